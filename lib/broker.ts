@@ -1,0 +1,56 @@
+// What the server may ask of any broker. The broker is the only part of hapi-pulse that knows about
+// other nodes: the listener hands it every publish and broadcast, and it calls the sink back on every
+// node (this one included) that has local recipients.
+
+import type { Position } from './protocol';
+
+// What travels between nodes. Everything in it must survive JSON.
+export interface PublishEnvelope {
+    path: string;
+    message: unknown;
+    internal?: unknown;                  // passed to subscription filters
+    user?: string;                       // only sockets authenticated as this user
+    position?: Position;                 // set by the broker when the path keeps history
+}
+
+export interface BroadcastEnvelope {
+    message: unknown;
+    user?: string;
+}
+
+export interface HistoryOptions {
+    size: number;                        // entries kept per path
+    ttl: number;                         // ms an entry is kept
+}
+
+// The answer to "what did I miss on this path since position P?".
+export type Recovery =
+    | { recovered: true; entries: PublishEnvelope[]; position: Position }
+    | { recovered: false; position: Position };
+
+export interface BrokerSink {
+    deliver(envelope: PublishEnvelope): void | Promise<void>;
+    broadcast(envelope: BroadcastEnvelope): void;
+}
+
+export interface Broker {
+
+    // Called once when the hapi server starts; the sink receives every delivery for this node.
+    start(sink: BrokerSink): Promise<void>;
+
+    // Called once when the hapi server stops. Must release every connection and timer.
+    stop(): Promise<void>;
+
+    // Resolves once the local delivery (if any) has been handed to the sockets and the message has
+    // been accepted for the other nodes. Rejects when the message cannot be accepted.
+    publish(envelope: PublishEnvelope, history?: HistoryOptions): Promise<void>;
+
+    broadcast(envelope: BroadcastEnvelope): Promise<void>;
+
+    // This node gained its first local subscriber of `path` / lost its last one.
+    subscribe(path: string): Promise<void>;
+    unsubscribe(path: string): Promise<void>;
+
+    // Current position of a path that keeps history, and what came after `since`.
+    recover(path: string, since: Position | null, history: HistoryOptions): Promise<Recovery>;
+}

@@ -1,0 +1,482 @@
+// The nes protocol v2 wire contract (see protocol.md), shared by the server and the client.
+// This module imports nothing from either side so that the browser bundle stays small.
+
+export const version = '2';
+
+// Close codes the server uses. 1000-1015 are RFC 6455; 4000-4999 are ours (protocol.md lists them).
+export const CloseCode = {
+    normal: 1000,
+    goingAway: 1001,                     // server stopping: reconnect elsewhere
+    protocolError: 1002,
+    unsupportedData: 1003,               // binary frame
+    policyViolation: 1008,               // hello failed, origin refused
+    messageTooBig: 1009,
+    internalError: 1011,
+    tryAgainLater: 1013,                 // maxConnections reached
+    helloTimeout: 4000,
+    heartbeatTimeout: 4001,
+    authExpired: 4002,                   // credentials expired or no longer verify
+    slowConsumer: 4003,                  // outbound buffer over the high-water mark
+    rateLimited: 4004
+} as const;
+
+export type CloseCode = typeof CloseCode[keyof typeof CloseCode];
+
+// Extensions are negotiated: the client lists them in hello.pulse, the server echoes what it accepted.
+export interface HelloExtensions {
+    recovery?: boolean;
+    expiry?: boolean;
+}
+
+export interface Position {
+    epoch: string;
+    offset: number;
+}
+
+// ---- Client to server ----
+
+export type MessageId = number | string;
+
+export interface HelloRequest {
+    type: 'hello';
+    id: MessageId;
+    version: string;
+    auth?: unknown;
+    subs?: string[];
+    pulse?: HelloExtensions & { positions?: Record<string, Position> };
+}
+
+export interface ReauthRequest {
+    type: 'reauth';
+    id: MessageId;
+    auth: unknown;
+}
+
+export interface TunnelRequest {
+    type: 'request';
+    id: MessageId;
+    method: string;
+    path: string;
+    headers?: Record<string, string>;
+    payload?: unknown;
+}
+
+export interface MessageRequest {
+    type: 'message';
+    id: MessageId;
+    message?: unknown;
+}
+
+export interface SubRequest {
+    type: 'sub';
+    id: MessageId;
+    path: string;
+    position?: Position;
+}
+
+export interface UnsubRequest {
+    type: 'unsub';
+    id: MessageId;
+    path: string;
+}
+
+export interface PingRequest {
+    type: 'ping';
+    id: MessageId;
+}
+
+export type ClientMessage = HelloRequest | ReauthRequest | TunnelRequest | MessageRequest | SubRequest | UnsubRequest | PingRequest;
+
+// ---- Server to client ----
+
+export interface ErrorFields {
+    statusCode?: number;
+    payload?: unknown;
+    headers?: Record<string, unknown>;
+    path?: string;
+}
+
+export interface HelloResponse extends ErrorFields {
+    type: 'hello';
+    id: MessageId;
+    heartbeat?: false | { interval: number; timeout: number };
+    socket?: string;
+    pulse?: HelloExtensions & { recovered?: Record<string, boolean> };
+}
+
+export interface ServerResponse extends ErrorFields {
+    type: 'reauth' | 'request' | 'message' | 'sub' | 'unsub';
+    id: MessageId;
+    message?: unknown;
+    pulse?: { expiresAt?: number; recovered?: boolean };
+}
+
+export interface PingMessage {
+    type: 'ping';
+}
+
+export interface UpdateMessage {
+    type: 'update';
+    message: unknown;
+}
+
+export interface PubMessage {
+    type: 'pub';
+    path: string;
+    message: unknown;
+    position?: Position;
+}
+
+export interface RevokeMessage {
+    type: 'revoke';
+    path: string;
+    message?: unknown;
+}
+
+export interface ExpiringMessage {
+    type: 'expiring';
+    expiresAt: number;
+}
+
+export interface BareError extends ErrorFields {
+    type?: undefined;
+    id?: undefined;
+}
+
+export type ServerMessage = HelloResponse | ServerResponse | PingMessage | UpdateMessage | PubMessage | RevokeMessage | ExpiringMessage | BareError;
+
+// ---- Limits used by validation (the server may set tighter ones) ----
+
+export const defaultLimits = {
+    maxPathLength: 1024,
+    maxIdLength: 64,
+    maxSubs: 1000,
+    maxHeaders: 100,
+    maxHeaderLength: 8192,
+    maxMethodLength: 32
+};
+
+export type Limits = typeof defaultLimits;
+
+// A validation failure: `field` names the offending field, `id` is the message id when it was readable
+// so that the error can be correlated by the client.
+export class ProtocolError extends Error {
+
+    readonly field: string | undefined;
+    readonly type: string | undefined;
+    readonly id: MessageId | undefined;
+
+    constructor(message: string, field?: string, type?: string, id?: MessageId) {
+
+        super(message);
+        this.name = 'ProtocolError';
+        this.field = field;
+        this.type = type;
+        this.id = id;
+    }
+}
+
+const methodToken = /^[A-Za-z][A-Za-z0-9!#$%&'*+.^_`|~-]*$/;
+
+const isObject = (value: unknown): value is Record<string, unknown> => {
+
+    return value !== null && typeof value === 'object' && !Array.isArray(value);
+};
+
+const checkPath = (value: unknown, field: string, limits: Limits, type: string, id: MessageId, routeIdAllowed = false): string => {
+
+    if (typeof value !== 'string' || !value.length) {
+        throw new ProtocolError(`Message ${field} must be a non-empty string`, field, type, id);
+    }
+
+    if (value.length > limits.maxPathLength) {
+        throw new ProtocolError(`Message ${field} is longer than ${limits.maxPathLength} characters`, field, type, id);
+    }
+
+    if (value[0] !== '/' && !routeIdAllowed) {
+        throw new ProtocolError(`Message ${field} must start with /`, field, type, id);
+    }
+
+    return value;
+};
+
+const checkPosition = (value: unknown, field: string, type: string, id: MessageId): Position => {
+
+    if (!isObject(value) ||
+        typeof value.epoch !== 'string' || value.epoch.length > 64 ||
+        typeof value.offset !== 'number' || !Number.isSafeInteger(value.offset) || value.offset < 0) {
+
+        throw new ProtocolError(`Message ${field} must be an object with a string epoch and a non-negative integer offset`, field, type, id);
+    }
+
+    return { epoch: value.epoch, offset: value.offset };
+};
+
+// Parses one complete client frame and checks every field the server will read.
+// Throws ProtocolError naming the field; never returns a partially valid message.
+export const parseClientMessage = (text: string, limits: Limits = defaultLimits): ClientMessage => {
+
+    let raw: unknown;
+    try {
+        raw = JSON.parse(text);
+    }
+    catch {
+        throw new ProtocolError('Cannot parse message');
+    }
+
+    return validateClientMessage(raw, limits);
+};
+
+export const validateClientMessage = (raw: unknown, limits: Limits = defaultLimits): ClientMessage => {
+
+    if (!isObject(raw)) {
+        throw new ProtocolError('Cannot parse message');
+    }
+
+    const type = raw.type;
+    if (typeof type !== 'string' || !type) {
+        throw new ProtocolError('Cannot parse message', 'type');
+    }
+
+    const rawId = raw.id;
+    if (rawId === undefined || rawId === null || rawId === '' || rawId === 0) {
+        throw new ProtocolError('Message missing id', 'id', type);
+    }
+
+    if (typeof rawId === 'number' ? !Number.isSafeInteger(rawId) : typeof rawId !== 'string' || rawId.length > limits.maxIdLength) {
+        throw new ProtocolError('Message id must be an integer or a short string', 'id', type);
+    }
+
+    const id = rawId as MessageId;
+
+    switch (type) {
+        case 'ping':
+            return { type, id };
+
+        case 'hello': {
+            if (typeof raw.version !== 'string') {
+                const received = raw.version === undefined ? 'none' : String(raw.version);
+                throw new ProtocolError(`Incorrect protocol version (expected ${version} but received ${received})`, 'version', type, id);
+            }
+
+            const hello: HelloRequest = { type, id, version: raw.version };
+            if (raw.auth !== undefined && raw.auth !== null) {
+                hello.auth = raw.auth;
+            }
+
+            if (raw.subs !== undefined) {
+                if (!Array.isArray(raw.subs) || raw.subs.length > limits.maxSubs) {
+                    throw new ProtocolError(`Message subs must be an array of at most ${limits.maxSubs} paths`, 'subs', type, id);
+                }
+
+                hello.subs = raw.subs.map((path) => checkPath(path, 'subs', limits, type, id));
+            }
+
+            if (raw.pulse !== undefined) {
+                hello.pulse = validateExtensions(raw.pulse, limits, id);
+            }
+
+            return hello;
+        }
+
+        case 'reauth':
+            if (raw.auth === undefined || raw.auth === null) {
+                throw new ProtocolError('Message missing auth', 'auth', type, id);
+            }
+
+            return { type, id, auth: raw.auth };
+
+        case 'request': {
+            const method = raw.method;
+            if (typeof method !== 'string' || !method) {
+                throw new ProtocolError('Message missing method', 'method', type, id);
+            }
+
+            if (method.length > limits.maxMethodLength || !methodToken.test(method)) {
+                throw new ProtocolError('Message method must be an HTTP method token', 'method', type, id);
+            }
+
+            if (raw.path === undefined || raw.path === null || raw.path === '') {
+                throw new ProtocolError('Message missing path', 'path', type, id);
+            }
+
+            const request: TunnelRequest = { type, id, method, path: checkPath(raw.path, 'path', limits, type, id, true) };
+            if (raw.headers !== undefined && raw.headers !== null) {
+                request.headers = checkHeaders(raw.headers, limits, type, id);
+            }
+
+            if (raw.payload !== undefined) {
+                request.payload = raw.payload;
+            }
+
+            return request;
+        }
+
+        case 'message':
+            return { type, id, message: raw.message };
+
+        case 'sub': {
+            const sub: SubRequest = { type, id, path: checkPath(raw.path, 'path', limits, type, id) };
+            if (raw.position !== undefined) {
+                sub.position = checkPosition(raw.position, 'position', type, id);
+            }
+
+            return sub;
+        }
+
+        case 'unsub':
+            return { type, id, path: checkPath(raw.path, 'path', limits, type, id) };
+
+        default:
+            throw new ProtocolError('Unknown message type', 'type', type, id);
+    }
+};
+
+const checkHeaders = (value: unknown, limits: Limits, type: string, id: MessageId): Record<string, string> => {
+
+    if (!isObject(value)) {
+        throw new ProtocolError('Message headers must be an object of strings', 'headers', type, id);
+    }
+
+    const names = Object.keys(value);
+    if (names.length > limits.maxHeaders) {
+        throw new ProtocolError(`Message headers has more than ${limits.maxHeaders} fields`, 'headers', type, id);
+    }
+
+    const headers: Record<string, string> = {};
+    for (const name of names) {
+        const field = value[name];
+        if (typeof field !== 'string' || field.length > limits.maxHeaderLength || !methodToken.test(name)) {
+            throw new ProtocolError(`Message headers.${name.slice(0, 64)} must be a string header`, 'headers', type, id);
+        }
+
+        headers[name] = field;
+    }
+
+    return headers;
+};
+
+const validateExtensions = (value: unknown, limits: Limits, id: MessageId): HelloRequest['pulse'] => {
+
+    if (!isObject(value)) {
+        throw new ProtocolError('Message pulse must be an object', 'pulse', 'hello', id);
+    }
+
+    const result: NonNullable<HelloRequest['pulse']> = {};
+    if (value.recovery === true) {
+        result.recovery = true;
+    }
+
+    if (value.expiry === true) {
+        result.expiry = true;
+    }
+
+    if (value.positions !== undefined) {
+        if (!isObject(value.positions)) {
+            throw new ProtocolError('Message pulse.positions must be an object', 'pulse.positions', 'hello', id);
+        }
+
+        const paths = Object.keys(value.positions);
+        if (paths.length > limits.maxSubs) {
+            throw new ProtocolError(`Message pulse.positions has more than ${limits.maxSubs} paths`, 'pulse.positions', 'hello', id);
+        }
+
+        result.positions = {};
+        for (const path of paths) {
+            checkPath(path, 'pulse.positions', limits, 'hello', id);
+            result.positions[path] = checkPosition(value.positions[path], 'pulse.positions', 'hello', id);
+        }
+    }
+
+    return result;
+};
+
+// ---- Server frames, as read by the client ----
+
+export const validateServerMessage = (raw: unknown): ServerMessage => {
+
+    if (!isObject(raw)) {
+        throw new ProtocolError('Received a message that is not an object');
+    }
+
+    if (raw.type !== undefined && typeof raw.type !== 'string') {
+        throw new ProtocolError('Received a message with an invalid type', 'type');
+    }
+
+    if (raw.statusCode !== undefined && typeof raw.statusCode !== 'number') {
+        throw new ProtocolError('Received a message with an invalid statusCode', 'statusCode');
+    }
+
+    if ((raw.type === 'pub' || raw.type === 'revoke') && typeof raw.path !== 'string') {
+        throw new ProtocolError(`Received a ${raw.type} message without a path`, 'path');
+    }
+
+    if (raw.position !== undefined) {
+        checkPosition(raw.position, 'position', String(raw.type), 0);
+    }
+
+    return raw as unknown as ServerMessage;
+};
+
+// ---- Encoding ----
+
+// Splits an encoded message into nes chunks: '+' parts then a final '!' part.
+export const chunk = (encoded: string, maxChunkChars: number): string[] => {
+
+    const parts: string[] = [];
+    for (let start = 0; start < encoded.length; start += maxChunkChars) {
+        const end = start + maxChunkChars;
+        parts.push((end >= encoded.length ? '!' : '+') + encoded.slice(start, end));
+    }
+
+    return parts;
+};
+
+// Reassembles chunks on the receiving side, bounded so that an endless stream cannot grow memory.
+export class ChunkAssembler {
+
+    private parts: string[] = [];
+    private length = 0;
+
+    constructor(private readonly maxChars: number) { }
+
+    get pending(): boolean {
+
+        return this.parts.length > 0;
+    }
+
+    // Returns the complete message, or null while waiting for more parts. Throws on overflow.
+    push(frame: string): string | null {
+
+        const prefix = frame[0];
+        if (prefix !== '+' && prefix !== '!') {
+            if (this.parts.length) {
+                this.reset();
+                throw new ProtocolError('Received an incomplete message');
+            }
+
+            return frame;
+        }
+
+        this.length += frame.length - 1;
+        if (this.length > this.maxChars) {
+            this.reset();
+            throw new ProtocolError(`Chunked message exceeds ${this.maxChars} characters`);
+        }
+
+        this.parts.push(frame.slice(1));
+        if (prefix === '+') {
+            return null;
+        }
+
+        const message = this.parts.join('');
+        this.reset();
+        return message;
+    }
+
+    reset(): void {
+
+        this.parts = [];
+        this.length = 0;
+    }
+}

@@ -1,0 +1,184 @@
+// Connection authentication: the auth endpoint (direct / cookie / token) and turning what a client
+// presents (hello auth, reauth auth, the upgrade cookie) into socket credentials.
+
+import * as Boom from '@hapi/boom';
+import * as Iron from '@hapi/iron';
+import type { Request, ResponseToolkit, RouteOptions, Server } from '@hapi/hapi';
+
+export interface AuthSettings {
+    type: 'direct' | 'cookie' | 'token';
+    endpoint: string;
+    id: string;
+    route?: RouteOptions['auth'];
+    password: string;                    // iron password (string, buffer or { id, secret })
+    iron?: Iron.SealOptions;
+    cookie: string;
+    isSecure: boolean;
+    isHttpOnly: boolean;
+    isSameSite: 'Strict' | 'Lax' | false;
+    path: string | null;
+    domain: string | null;
+    ttl: number | null;
+    index: boolean;
+    timeout: number | false;
+    maxConnectionsPerUser: number | false;
+    minAuthVerifyInterval: number | false;
+    expiry?: (credentials: Record<string, any>) => number | null | undefined;
+    expiryGrace: number;
+}
+
+// What a successful authentication yields, as stored in cookies and tokens.
+export interface Authenticated {
+    credentials: Record<string, any>;
+    artifacts?: unknown;
+    strategy?: string;
+    expiresAt?: number;
+}
+
+export const registerEndpoint = (server: Server, config: AuthSettings): void => {
+
+    if (config.type === 'cookie') {
+        server.state(config.cookie, {
+            isSecure: config.isSecure,
+            isHttpOnly: config.isHttpOnly,
+            isSameSite: config.isSameSite,
+            path: config.path,
+            domain: config.domain,
+            ttl: config.ttl,
+            encoding: 'iron',
+            password: config.password,
+            iron: config.iron
+        });
+    }
+
+    server.route({
+        method: (config.type === 'direct' ? 'auth' : 'GET') as 'GET',           // 'auth' is hapi's internal-only method
+        path: config.endpoint,
+        options: {
+            id: config.id,
+            isInternal: config.type === 'direct',
+            auth: config.route,
+            handler: async (request: Request, h: ResponseToolkit) => {
+
+                if (!request.auth.isAuthenticated) {
+                    return { status: 'unauthenticated' };
+                }
+
+                const authenticated: Authenticated = {
+                    credentials: request.auth.credentials as Record<string, any>,
+                    artifacts: request.auth.artifacts,
+                    strategy: request.auth.strategy ?? undefined
+                };
+
+                if (config.type === 'direct') {
+                    return authenticated;
+                }
+
+                // Sealed credentials expire with the cookie / token ttl, not later.
+                if (config.ttl) {
+                    authenticated.expiresAt = Date.now() + config.ttl;
+                }
+
+                if (config.type === 'cookie') {
+                    return h.response({ status: 'authenticated' }).state(config.cookie, authenticated);
+                }
+
+                const token = await Iron.seal(authenticated, config.password, { ...(config.iron ?? Iron.defaults), ttl: config.ttl ?? 0 });
+                return { status: 'authenticated', token };
+            }
+        }
+    });
+};
+
+// Whether a connection must authenticate: the auth endpoint's own route auth decides (as in nes).
+export const isRequired = (server: Server, config: AuthSettings | false): boolean => {
+
+    if (!config) {
+        return false;
+    }
+
+    const route = server.lookup(config.id);
+    const auth = route && (server.auth as unknown as { lookup(route: unknown): { mode: string } | null }).lookup(route);
+    return auth?.mode === 'required';
+};
+
+// Credentials from what the client sent in hello / reauth.
+export const fromClient = async (server: Server, config: AuthSettings, auth: unknown, remoteAddress: string, forwardedFor: string | undefined): Promise<Authenticated | null> => {
+
+    if (config.type === 'direct') {
+        const headers = readHeaders(auth);
+        if (forwardedFor !== undefined) {
+            headers['x-forwarded-for'] = forwardedFor;
+        }
+
+        const route = server.lookup(config.id)!;
+        const res = await server.inject({ url: route.path, method: 'auth', headers, remoteAddress, allowInternals: true, validate: false });
+        const result = res.result as { credentials?: Record<string, any>; message?: string } | null;
+        if (res.statusCode !== 200) {
+            throw Boom.unauthorized(result?.message);
+        }
+
+        if (!result?.credentials) {
+            return null;
+        }
+
+        return result as Authenticated;
+    }
+
+    if (typeof auth !== 'string') {
+        throw Boom.unauthorized('Invalid token');
+    }
+
+    try {
+        return await Iron.unseal(auth, config.password, config.iron ?? Iron.defaults) as Authenticated;
+    }
+    catch {
+        throw Boom.unauthorized('Invalid token');
+    }
+};
+
+// Credentials from the sealed cookie sent with the upgrade request.
+export const fromCookie = async (server: Server, config: AuthSettings, cookies: string | undefined): Promise<Authenticated | null> => {
+
+    if (!cookies) {
+        return null;
+    }
+
+    let states: Record<string, unknown>;
+    try {
+        ({ states } = await (server.states as unknown as { parse(cookies: string): Promise<{ states: Record<string, unknown> }> }).parse(cookies));
+    }
+    catch {
+        throw Boom.unauthorized('Invalid nes authentication cookie');
+    }
+
+    const state = states[config.cookie] as Authenticated | undefined;
+    return state && typeof state === 'object' && state.credentials ? state : null;
+};
+
+const readHeaders = (auth: unknown): Record<string, string> => {
+
+    const headers: Record<string, string> = {};
+    if (auth === null || typeof auth !== 'object' || Array.isArray(auth)) {
+        throw Boom.unauthorized('Direct authentication must be an object with headers');
+    }
+
+    const given = (auth as { headers?: unknown }).headers;
+    if (given === undefined) {
+        return headers;
+    }
+
+    if (given === null || typeof given !== 'object' || Array.isArray(given)) {
+        throw Boom.unauthorized('Direct authentication headers must be an object of strings');
+    }
+
+    for (const [name, value] of Object.entries(given)) {
+        if (typeof value !== 'string') {
+            throw Boom.unauthorized('Direct authentication headers must be an object of strings');
+        }
+
+        headers[name] = value;
+    }
+
+    return headers;
+};

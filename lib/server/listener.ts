@@ -1,0 +1,531 @@
+// Owns the WebSocket server: accepts upgrades (origin, limits, the application's hook), keeps the
+// socket registry and user index, runs one heartbeat sweep for all sockets, and shuts down cleanly.
+
+import type { IncomingMessage } from 'node:http';
+import type { Duplex } from 'node:stream';
+
+import * as Boom from '@hapi/boom';
+import type { Server } from '@hapi/hapi';
+import { WebSocketServer } from 'ws';
+import type { WebSocket } from 'ws';
+
+import type { BroadcastEnvelope, Broker, PublishEnvelope } from '../broker';
+import { CloseCode, defaultLimits } from '../protocol';
+import type { Limits as ProtocolLimits, MessageId, TunnelRequest } from '../protocol';
+import * as Auth from './auth';
+import { Prepared } from './prepared';
+import { Socket } from './socket';
+import { Subscriptions } from './subscriptions';
+
+export interface Limits {
+    maxPayload: number;
+    maxInFlight: number;
+    maxSubscriptions: number;
+    maxPathLength: number;
+    maxBufferedBytes: number;
+    rate: false | { messages: number; interval: number };
+}
+
+export interface Settings {
+    onConnection?: (socket: Socket) => void | Promise<void>;
+    onDisconnection?: (socket: Socket) => void;
+    onMessage?: (socket: Socket, message: any) => unknown;
+    onUpgrade?: (request: IncomingMessage) => boolean | Promise<boolean>;
+    auth: Auth.AuthSettings | false;
+    headers: string[] | '*' | null;
+    payload: { maxChunkChars: number | false };
+    heartbeat: false | { interval: number; timeout: number };
+    maxConnections: number | false;
+    origin?: string[];
+    limits: Limits;
+    closeTimeout: number;
+}
+
+const counter = { min: 10000, max: 99999 };
+const ping = new Prepared(JSON.stringify({ type: 'ping' }));
+
+export class Listener {
+
+    readonly sockets = new Map<string, Socket>();
+    readonly byUser = new Map<string, Set<Socket>>();
+    readonly subscriptions: Subscriptions;
+    readonly protocolLimits: ProtocolLimits;
+    readonly maxChunkChars: number | false;
+    readonly heartbeat: false | { interval: number; timeout: number };
+    readonly limits: Limits;
+    readonly closeTimeout: number;
+
+    private readonly wss: WebSocketServer;
+    private readonly authRequired: () => boolean;
+    private stopped = true;
+    private pendingUpgrades = 0;
+    private socketCounter = counter.min;
+    private beatTimer: NodeJS.Timeout | null = null;
+    private checkTimer: NodeJS.Timeout | null = null;
+    private verifyTimer: NodeJS.Timeout | null = null;
+    private readonly onUpgradeEvent = (req: IncomingMessage, socket: Duplex, head: Buffer) => this.upgrade(req, socket, head);
+
+    constructor(readonly server: Server, readonly settings: Settings, readonly broker: Broker) {
+
+        this.limits = settings.limits;
+        this.protocolLimits = { ...defaultLimits, maxPathLength: settings.limits.maxPathLength, maxSubs: settings.limits.maxSubscriptions };
+        this.maxChunkChars = settings.payload.maxChunkChars;
+        this.heartbeat = settings.heartbeat ? { interval: settings.heartbeat.interval, timeout: settings.heartbeat.timeout } : false;
+        this.closeTimeout = settings.closeTimeout;
+
+        this.wss = new WebSocketServer({ noServer: true, maxPayload: settings.limits.maxPayload, perMessageDeflate: false, clientTracking: false });
+        this.subscriptions = new Subscriptions(server, {
+            firstSubscriber: (path) => broker.subscribe(path),
+            lastSubscriberGone: (path) => {
+
+                broker.unsubscribe(path).catch((err) => server.log(['pulse', 'broker', 'error'], err));
+            }
+        });
+
+        let required: boolean | null = null;
+        this.authRequired = () => (required ??= Auth.isRequired(server, settings.auth));
+        server.listener.on('upgrade', this.onUpgradeEvent);
+    }
+
+    // ---- Lifecycle ----
+
+    async start(): Promise<void> {
+
+        await this.broker.start({
+            deliver: (envelope) => this.subscriptions.deliver(envelope),
+            broadcast: (envelope) => this.deliverBroadcast(envelope)
+        });
+
+        this.stopped = false;
+        this.scheduleBeat();
+        this.scheduleVerify();
+    }
+
+    async stop(): Promise<void> {
+
+        this.stopped = true;
+        clearTimeout(this.beatTimer!);
+        clearTimeout(this.checkTimer!);
+        clearTimeout(this.verifyTimer!);
+
+        // Let tunnelled requests in flight finish (bounded), then send everyone elsewhere.
+        const deadline = Date.now() + this.closeTimeout;
+        while (Date.now() < deadline && [...this.sockets.values()].some((socket) => socket.inFlight)) {
+            await new Promise((resolve) => setTimeout(resolve, 10));
+        }
+
+        await Promise.all([...this.sockets.values()].map((socket) => {
+
+            socket.close(CloseCode.goingAway, 'Server stopping');
+            return socket.disconnect();
+        }));
+
+        await this.broker.stop();
+    }
+
+    // ---- Accepting connections ----
+
+    private async upgrade(req: IncomingMessage, raw: Duplex, head: Buffer): Promise<void> {
+
+        raw.on('error', () => raw.destroy());
+        if (this.stopped) {
+            return refuse(raw, 503);
+        }
+
+        if (this.settings.origin && !this.settings.origin.includes(req.headers.origin as string)) {
+            return refuse(raw, 403);
+        }
+
+        if (this.settings.maxConnections && this.sockets.size + this.pendingUpgrades >= this.settings.maxConnections) {
+            return refuse(raw, 503);
+        }
+
+        ++this.pendingUpgrades;
+        try {
+            if (this.settings.onUpgrade) {
+                let accepted: boolean;
+                try {
+                    accepted = await this.settings.onUpgrade(req);
+                }
+                catch (err) {
+                    return refuse(raw, Boom.isBoom(err) ? err.output.statusCode : 500);
+                }
+
+                if (!accepted) {
+                    return refuse(raw, 403);
+                }
+
+                if (this.stopped || raw.destroyed) {
+                    return refuse(raw, 503);
+                }
+            }
+
+            this.wss.handleUpgrade(req, raw, head, (ws) => this.add(ws, req));
+        }
+        finally {
+            --this.pendingUpgrades;
+        }
+    }
+
+    private add(ws: WebSocket, req: IncomingMessage): void {
+
+        const socket = new Socket(ws, req, this, this.generateId());
+        this.sockets.set(socket.id, socket);
+        ws.on('error', () => ws.terminate());
+        ws.once('close', () => this.remove(socket));
+    }
+
+    private async remove(socket: Socket): Promise<void> {
+
+        this.sockets.delete(socket.id);
+        this.unindex(socket);
+        socket.onClosed();
+        await this.subscriptions.removeSocket(socket);
+        if (this.settings.onDisconnection) {
+            try {
+                this.settings.onDisconnection(socket);
+            }
+            catch (err) {
+                this.server.log(['pulse', 'onDisconnection', 'error'], err as Error);
+            }
+        }
+    }
+
+    private generateId(): string {
+
+        const id = `${Date.now()}:${this.server.info.id}:${this.socketCounter++}`;
+        if (this.socketCounter > counter.max) {
+            this.socketCounter = counter.min;
+        }
+
+        return id;
+    }
+
+    // ---- Authentication ----
+
+    async authenticate(socket: Socket, auth: unknown, isReauth: boolean): Promise<void> {
+
+        const config = this.settings.auth;
+        if (!config) {
+            if (auth !== undefined && auth !== null) {
+                throw Boom.badRequest('Authentication is not enabled');
+            }
+
+            return;
+        }
+
+        let authenticated = await Auth.fromCookie(this.server, config, socket.cookies);
+        if (authenticated && auth !== undefined && !isReauth) {
+            throw Boom.badRequest('Connection already authenticated');
+        }
+
+        if (auth !== undefined) {
+            authenticated = await Auth.fromClient(this.server, config, auth, socket.info.remoteAddress, socket.info['x-forwarded-for']);
+        }
+
+        if (!authenticated) {
+            if (!socket.auth.isAuthenticated && this.authRequired()) {
+                throw Boom.unauthorized('Connection requires authentication');
+            }
+
+            return;
+        }
+
+        this.setCredentials(socket, authenticated);
+    }
+
+    private setCredentials(socket: Socket, authenticated: Auth.Authenticated): void {
+
+        const config = this.settings.auth as Auth.AuthSettings;
+        const user = config.index && typeof authenticated.credentials.user === 'string' ? authenticated.credentials.user : null;
+        if (user !== null && user !== socket.user && config.maxConnectionsPerUser && (this.byUser.get(user)?.size ?? 0) >= config.maxConnectionsPerUser) {
+            throw Boom.serverUnavailable('Too many connections for the authenticated user');
+        }
+
+        this.subscriptions.reindex(socket, () => {
+
+            this.unindex(socket);
+            socket.auth.isAuthenticated = true;
+            socket.auth.credentials = authenticated.credentials;
+            socket.auth.artifacts = authenticated.artifacts;
+            socket.auth.strategy = authenticated.strategy;
+            socket.user = typeof authenticated.credentials.user === 'string' ? authenticated.credentials.user : null;
+            if (user !== null) {
+                let set = this.byUser.get(user);
+                if (!set) {
+                    set = new Set();
+                    this.byUser.set(user, set);
+                }
+
+                set.add(socket);
+            }
+        });
+
+        socket.verifiedAt = Date.now();
+    }
+
+    private unindex(socket: Socket): void {
+
+        const user = socket.user;
+        const set = user === null ? undefined : this.byUser.get(user);
+        if (set) {
+            set.delete(socket);
+            if (!set.size) {
+                this.byUser.delete(user!);
+            }
+        }
+    }
+
+    // Re-checks credentials with the auth strategy (server.auth.verify) once per minAuthVerifyInterval.
+    async verify(socket: Socket): Promise<void> {
+
+        const interval = this.settings.auth ? this.settings.auth.minAuthVerifyInterval : false;
+        if (!interval || !socket.auth.isAuthenticated || Date.now() - socket.verifiedAt < interval) {
+            return;
+        }
+
+        socket.verifiedAt = Date.now();
+        try {
+            await this.server.auth.verify(socket as any);
+        }
+        catch {
+            socket.close(CloseCode.authExpired, 'Credential verification failed');
+            throw Boom.forbidden('Credential verification failed');
+        }
+    }
+
+    private scheduleVerify(): void {
+
+        const interval = this.settings.auth ? this.settings.auth.minAuthVerifyInterval : false;
+        if (!interval) {
+            return;
+        }
+
+        this.verifyTimer = setTimeout(async () => {
+
+            for (const socket of [...this.sockets.values()]) {
+                await this.verify(socket).catch(() => { });
+            }
+
+            if (!this.stopped) {
+                this.scheduleVerify();
+            }
+        }, interval);
+    }
+
+    acknowledge(socket: Socket): Record<string, unknown> {
+
+        return { recovery: socket.recovery, expiry: socket.expiry };
+    }
+
+    // ---- Heartbeat: one sweep for every socket ----
+
+    private scheduleBeat(): void {
+
+        const heartbeat = this.heartbeat;
+        if (!heartbeat) {
+            return;
+        }
+
+        this.beatTimer = setTimeout(() => {
+
+            for (const socket of this.sockets.values()) {
+                socket.awaitingPong = true;
+                socket.sendPrepared(ping);
+            }
+
+            this.checkTimer = setTimeout(() => {
+
+                for (const socket of this.sockets.values()) {
+                    if (socket.awaitingPong && !socket.inFlight) {
+                        socket.close(CloseCode.heartbeatTimeout, 'Heartbeat timeout');
+                    }
+                }
+            }, heartbeat.timeout);
+
+            this.scheduleBeat();
+        }, heartbeat.interval);
+    }
+
+    // ---- Outbound ----
+
+    publish(path: string, message: unknown, options: { internal?: unknown; user?: string } = {}): Promise<void> {
+
+        if (this.stopped) {
+            return Promise.resolve();
+        }
+
+        const match = this.subscriptions.match(path);
+        if (!match) {
+            return Promise.resolve();
+        }
+
+        if (options.user !== undefined && !match.route.auth?.index) {
+            throw new Error('Subscription auth indexing is disabled');
+        }
+
+        const envelope: PublishEnvelope = { path, message };
+        if (options.internal !== undefined) {
+            envelope.internal = options.internal;
+        }
+
+        if (options.user !== undefined) {
+            envelope.user = options.user;
+        }
+
+        return this.broker.publish(envelope, match.route.history ?? undefined);
+    }
+
+    broadcast(message: unknown, options: { user?: string } = {}): Promise<void> {
+
+        if (options.user !== undefined && !(this.settings.auth && this.settings.auth.index)) {
+            throw new Error('Socket auth indexing is disabled');
+        }
+
+        if (this.stopped) {
+            return Promise.resolve();
+        }
+
+        const envelope: BroadcastEnvelope = { message };
+        if (options.user !== undefined) {
+            envelope.user = options.user;
+        }
+
+        return this.broker.broadcast(envelope);
+    }
+
+    private deliverBroadcast(envelope: BroadcastEnvelope): void {
+
+        const update = new Prepared(JSON.stringify({ type: 'update', message: envelope.message }));
+        const sockets = envelope.user === undefined ? this.sockets.values() : this.byUser.get(envelope.user)?.values() ?? [];
+        for (const socket of sockets) {
+            socket.sendPrepared(update);
+        }
+    }
+
+    async eachSocket(each: (socket: Socket) => unknown, options: { subscription?: string; user?: string } = {}): Promise<void> {
+
+        if (this.stopped) {
+            return;
+        }
+
+        if (!options.subscription) {
+            if (options.user !== undefined) {
+                throw new Error('Cannot specify user filter without a subscription path');
+            }
+
+            for (const socket of [...this.sockets.values()]) {
+                await each(socket);
+            }
+
+            return;
+        }
+
+        const topic = this.subscriptions.topics.get(options.subscription);
+        if (!topic) {
+            return;
+        }
+
+        if (options.user !== undefined && !topic.route.auth?.index) {
+            throw new Error('Subscription auth indexing is disabled');
+        }
+
+        for (const socket of [...topic.recipients(options.user)]) {
+            await each(socket);
+        }
+    }
+
+    // ---- Tunnelled requests ----
+
+    async inject(socket: Socket, request: TunnelRequest): Promise<string> {
+
+        let { method, path } = request;
+        if (request.headers && Object.keys(request.headers).some((name) => name.toLowerCase() === 'authorization')) {
+            throw Boom.badRequest('Cannot include an Authorization header');
+        }
+
+        if (path[0] !== '/') {                                       // route id
+            const route = this.server.lookup(path);
+            if (!route) {
+                throw Boom.notFound();
+            }
+
+            if (route.method === '*') {
+                throw Boom.badRequest('Cannot use route id with wildcard method route config');
+            }
+
+            path = route.path;
+            method = route.method;
+        }
+
+        if (this.settings.auth && path === this.settings.auth.endpoint) {
+            throw Boom.notFound();
+        }
+
+        const res = await this.server.inject({
+            method,
+            url: path,
+            payload: request.payload as any,
+            headers: request.headers,
+            auth: socket.auth.isAuthenticated ? { credentials: socket.auth.credentials as any, artifacts: socket.auth.artifacts as any, strategy: socket.auth.strategy! } : undefined,
+            validate: false,
+            plugins: { nes: { socket } },
+            remoteAddress: socket.info.remoteAddress
+        });
+
+        return this.encodeResponse(request.id, res.statusCode, res.result, res.headers);
+    }
+
+    private encodeResponse(id: MessageId, statusCode: number, result: unknown, headers: Record<string, unknown>): string {
+
+        const filtered = this.filterHeaders(headers);
+        const contentType = headers['content-type'];
+
+        // A handler that already returned JSON text is sent as is, not encoded twice (as nes does).
+        if (typeof result === 'string' && typeof contentType === 'string' && contentType.startsWith('application/json')) {
+            const head = JSON.stringify({ type: 'request', id, statusCode });
+            return head.slice(0, -1) + ',"payload":' + result + (filtered ? ',"headers":' + JSON.stringify(filtered) : '') + '}';
+        }
+
+        try {
+            return JSON.stringify({ type: 'request', id, statusCode, payload: result, headers: filtered });
+        }
+        catch {
+            this.server.log(['pulse', 'serialization', 'error'], 'request');
+            throw Boom.internal('Failed serializing message');
+        }
+    }
+
+    filterHeaders(headers: Record<string, unknown>): Record<string, unknown> | undefined {
+
+        const filter = this.settings.headers;
+        if (!filter) {
+            return undefined;
+        }
+
+        if (filter === '*') {
+            return headers;
+        }
+
+        const filtered: Record<string, unknown> = {};
+        for (const name of Object.keys(headers)) {
+            if (filter.includes(name.toLowerCase())) {
+                filtered[name] = headers[name];
+            }
+        }
+
+        return filtered;
+    }
+}
+
+const refuse = (socket: Duplex, statusCode: number): void => {
+
+    if (!socket.writable) {
+        socket.destroy();
+        return;
+    }
+
+    const reason = Boom.boomify(new Error(), { statusCode }).output.payload.error;
+    socket.once('finish', () => socket.destroy());
+    socket.end(`HTTP/1.1 ${statusCode} ${reason}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
+};

@@ -1,0 +1,42 @@
+// A message encoded once and shared by every socket it goes to. The UTF-8 bytes (and the chunked form,
+// when sockets chunk) are made on first use, so a publish with a thousand recipients encodes once.
+
+import { chunk } from '../protocol';
+
+export class Prepared {
+
+    private plainBytes: Buffer | null = null;
+    private positionedBytes: Buffer | null = null;
+    private chunks: string[] | null = null;
+    private positionedChunks: string[] | null = null;
+
+    // `positioned` is the same message with its history position, for sockets that negotiated recovery.
+    constructor(readonly text: string, readonly positioned: string | null = null) { }
+
+    bytes(withPosition: boolean): Buffer {
+
+        if (withPosition && this.positioned !== null) {
+            return (this.positionedBytes ??= Buffer.from(this.positioned));
+        }
+
+        return (this.plainBytes ??= Buffer.from(this.text));
+    }
+
+    // nes chunking: null when the message fits in one frame.
+    chunked(maxChunkChars: number, withPosition: boolean): string[] | null {
+
+        if (withPosition && this.positioned !== null) {
+            if (this.positioned.length <= maxChunkChars) {
+                return null;
+            }
+
+            return (this.positionedChunks ??= chunk(this.positioned, maxChunkChars));
+        }
+
+        if (this.text.length <= maxChunkChars) {
+            return null;
+        }
+
+        return (this.chunks ??= chunk(this.text, maxChunkChars));
+    }
+}

@@ -1,0 +1,431 @@
+// One connection: validates each frame at the edge, dispatches it by type, and owns the send path.
+// Sends go synchronously into ws; its buffer is the queue, bounded by the outbound high-water mark.
+
+import type { IncomingMessage } from 'node:http';
+
+import * as Boom from '@hapi/boom';
+import type { Server } from '@hapi/hapi';
+import type { RawData, WebSocket } from 'ws';
+
+import { CloseCode, chunk, parseClientMessage } from '../protocol';
+import type { ProtocolError } from '../protocol';
+import type { ClientMessage, HelloRequest, MessageId, ReauthRequest, SubRequest, TunnelRequest, UnsubRequest } from '../protocol';
+import type { Listener } from './listener';
+import type { Prepared } from './prepared';
+import type { Topic } from './subscriptions';
+
+export interface SocketAuth {
+    isAuthenticated: boolean;
+    credentials: Record<string, any> | null;
+    artifacts: unknown;
+    strategy?: string;
+}
+
+export interface SocketInfo {
+    remoteAddress: string;
+    remotePort: number;
+    'x-forwarded-for'?: string;
+}
+
+const enum State { connected, helloing, ready, closed }
+
+const OPEN = 1;
+
+export class Socket {
+
+    readonly id: string;
+    readonly app: Record<string, unknown> = {};
+    readonly auth: SocketAuth = { isAuthenticated: false, credentials: null, artifacts: null };
+    readonly server: Server;
+    readonly info: SocketInfo;
+
+    // Internal state, read by the listener and subscriptions.
+    readonly subscriptions = new Map<string, Topic>();
+    user: string | null = null;
+    awaitingPong = false;
+    inFlight = 0;
+    verifiedAt = 0;
+    recovery = false;                            // negotiated the recovery extension
+    expiry = false;                              // negotiated the expiry extension
+    expiresAt: number | null = null;
+    readonly cookies: string | undefined;
+
+    private state = State.connected;
+    private helloTimer: NodeJS.Timeout | null = null;
+    private killTimer: NodeJS.Timeout | null = null;
+    private removed: Promise<void>;
+    private markRemoved!: () => void;
+    private rateWindow = 0;
+    private rateCount = 0;
+
+    constructor(private readonly ws: WebSocket, req: IncomingMessage, private readonly listener: Listener, id: string) {
+
+        this.id = id;
+        this.server = listener.server;
+        this.cookies = req.headers.cookie;
+        this.info = {
+            remoteAddress: req.socket.remoteAddress!,
+            remotePort: req.socket.remotePort!,
+            'x-forwarded-for': req.headers['x-forwarded-for'] as string | undefined
+        };
+
+        this.removed = new Promise((resolve) => {
+
+            this.markRemoved = resolve;
+        });
+
+        const helloTimeout = listener.settings.auth ? listener.settings.auth.timeout : false;
+        if (helloTimeout) {
+            this.helloTimer = setTimeout(() => this.close(CloseCode.helloTimeout, 'Hello timeout'), helloTimeout);
+        }
+
+        ws.on('message', (data, isBinary) => this.onFrame(data, isBinary));
+    }
+
+    // ---- Public API (as @hapi/nes) ----
+
+    isOpen(): boolean {
+
+        return this.state !== State.closed && this.ws.readyState === OPEN;
+    }
+
+    disconnect(): Promise<void> {
+
+        this.close();
+        return this.removed;
+    }
+
+    send(message: unknown): Promise<void> {
+
+        return this.sendObject({ type: 'update', message });
+    }
+
+    publish(path: string, message: unknown): Promise<void> {
+
+        return this.sendObject({ type: 'pub', path, message });
+    }
+
+    async revoke(path: string, message?: unknown, options: { ignoreClose?: boolean } = {}): Promise<void> {
+
+        await this.listener.subscriptions.unsubscribe(this, path);
+        if (options.ignoreClose && !this.isOpen()) {
+            return;
+        }
+
+        return this.sendObject(message === null || message === undefined ? { type: 'revoke', path } : { type: 'revoke', path, message });
+    }
+
+    // ---- Send path ----
+
+    private sendObject(message: object): Promise<void> {
+
+        if (!this.isOpen()) {
+            return Promise.reject(Boom.internal('Socket not open'));
+        }
+
+        let text: string;
+        try {
+            text = JSON.stringify(message);
+        }
+        catch (err) {
+            return Promise.reject(err);
+        }
+
+        this.sendText(text);
+        return Promise.resolve();
+    }
+
+    sendText(text: string): void {
+
+        const max = this.listener.maxChunkChars;
+        if (max && text.length > max) {
+            for (const part of chunk(text, max)) {
+                this.write(part);
+            }
+
+            return;
+        }
+
+        this.write(text);
+    }
+
+    sendPrepared(prepared: Prepared): void {
+
+        if (!this.isOpen()) {
+            return;
+        }
+
+        const max = this.listener.maxChunkChars;
+        const parts = max ? prepared.chunked(max, this.recovery) : null;
+        if (parts) {
+            for (const part of parts) {
+                this.write(part);
+            }
+
+            return;
+        }
+
+        this.write(prepared.bytes(this.recovery));
+    }
+
+    private write(data: string | Buffer): void {
+
+        if (!this.isOpen()) {
+            return;
+        }
+
+        this.ws.send(data, { binary: false });
+        if (this.ws.bufferedAmount > this.listener.limits.maxBufferedBytes) {
+            this.server.log(['pulse', 'slow-consumer'], { socket: this.id, buffered: this.ws.bufferedAmount });
+            this.close(CloseCode.slowConsumer, 'Slow consumer');
+        }
+    }
+
+    // Closing stops all sends at once; a peer that does not answer the close frame is cut off.
+    close(code?: number, reason?: string): void {
+
+        if (this.state === State.closed) {
+            return;
+        }
+
+        this.state = State.closed;
+        this.clearHelloTimer();
+        this.ws.close(code, reason);
+        this.killTimer = setTimeout(() => this.ws.terminate(), this.listener.closeTimeout);
+    }
+
+    // Called by the listener once ws reports the close; resolves disconnect().
+    onClosed(): void {
+
+        this.state = State.closed;
+        this.clearHelloTimer();
+        clearTimeout(this.killTimer!);
+        this.markRemoved();
+    }
+
+    private clearHelloTimer(): void {
+
+        if (this.helloTimer) {
+            clearTimeout(this.helloTimer);
+            this.helloTimer = null;
+        }
+    }
+
+    sendError(err: unknown, type?: string, id?: MessageId, path?: string): void {
+
+        const boom = Boom.boomify(err instanceof Error ? err : new Error(String(err)));
+        const { statusCode: _, ...payload } = boom.output.payload;
+        const message: Record<string, unknown> = {
+            statusCode: boom.output.statusCode,
+            payload,
+            headers: this.listener.filterHeaders(boom.output.headers as Record<string, unknown>)
+        };
+
+        if (type !== undefined) {
+            message.type = type;
+        }
+
+        if (id !== undefined) {
+            message.id = id;
+        }
+
+        const errorPath = path ?? (boom as Boom.Boom & { path?: string }).path;
+        if (errorPath !== undefined) {
+            message.path = errorPath;
+        }
+
+        this.sendText(JSON.stringify(message));
+    }
+
+    // ---- Incoming ----
+
+    private onFrame(data: RawData, isBinary: boolean): void {
+
+        if (this.state === State.closed) {
+            return;
+        }
+
+        this.awaitingPong = false;
+        if (isBinary) {
+            this.close(CloseCode.unsupportedData, 'Binary frames are not supported');
+            return;
+        }
+
+        const rate = this.listener.limits.rate;
+        if (rate) {
+            const now = Date.now();
+            if (now - this.rateWindow >= rate.interval) {
+                this.rateWindow = now;
+                this.rateCount = 0;
+            }
+
+            if (++this.rateCount > rate.messages) {
+                this.close(CloseCode.rateLimited, 'Message rate limit exceeded');
+                return;
+            }
+        }
+
+        let message: ClientMessage;
+        try {
+            message = parseClientMessage(data.toString(), this.listener.protocolLimits);
+        }
+        catch (err) {
+            const error = err as ProtocolError;
+            this.sendError(Boom.badRequest(error.message), error.type, error.id);
+            return;
+        }
+
+        if (message.type === 'ping') {
+            return;
+        }
+
+        if (this.inFlight >= this.listener.limits.maxInFlight) {
+            this.sendError(Boom.tooManyRequests('Too many requests in flight'), message.type, message.id);
+            return;
+        }
+
+        ++this.inFlight;
+        this.process(message).finally(() => --this.inFlight);
+    }
+
+    private async process(message: Exclude<ClientMessage, { type: 'ping' }>): Promise<void> {
+
+        try {
+            if (message.type === 'hello') {
+                return await this.hello(message);
+            }
+
+            if (this.state !== State.ready) {
+                throw Boom.badRequest(this.state === State.helloing ? 'Connection is initializing' : 'Connection is not initialized');
+            }
+
+            await this.listener.verify(this);
+
+            switch (message.type) {
+                case 'reauth': return await this.reauth(message);
+                case 'request': return await this.request(message);
+                case 'message': return await this.message(message.id, message.message);
+                case 'sub': return await this.subscribe(message);
+                case 'unsub': return await this.unsubscribe(message);
+            }
+        }
+        catch (err) {
+            if (this.state !== State.closed) {
+                this.sendError(err, message.type, message.id);
+            }
+        }
+    }
+
+    private async hello(request: HelloRequest): Promise<void> {
+
+        if (this.state !== State.connected) {
+            throw Boom.badRequest('Connection already initialized');
+        }
+
+        this.state = State.helloing;
+        try {
+            if (request.version !== '2') {
+                throw Boom.badRequest(`Incorrect protocol version (expected 2 but received ${request.version || 'none'})`);
+            }
+
+            await this.listener.authenticate(this, request.auth, false);
+            this.clearHelloTimer();
+
+            if (this.listener.settings.onConnection) {
+                await this.listener.settings.onConnection(this);
+            }
+
+            if (request.pulse) {
+                this.recovery = !!request.pulse.recovery;
+                this.expiry = !!request.pulse.expiry;
+            }
+
+            for (const path of request.subs ?? []) {
+                if (this.subscriptions.size >= this.listener.limits.maxSubscriptions) {
+                    throw Object.assign(Boom.tooManyRequests('Too many subscriptions'), { path });
+                }
+
+                try {
+                    await this.listener.subscriptions.subscribe(this, path);
+                }
+                catch (err) {
+                    throw Object.assign(Boom.boomify(err as Error), { path });
+                }
+            }
+        }
+        catch (err) {
+            // A failed hello ends the connection once the error has been delivered.
+            if (this.isOpen()) {
+                this.sendError(err, 'hello', request.id);
+                this.close(CloseCode.policyViolation, 'Hello failed');
+            }
+
+            return;
+        }
+
+        if (!this.isOpen()) {
+            return;
+        }
+
+        this.state = State.ready;
+        const response: Record<string, unknown> = {
+            type: 'hello',
+            id: request.id,
+            heartbeat: this.listener.heartbeat,
+            socket: this.id
+        };
+
+        if (request.pulse) {
+            response.pulse = this.listener.acknowledge(this);
+        }
+
+        this.sendText(JSON.stringify(response));
+    }
+
+    private async reauth(request: ReauthRequest): Promise<void> {
+
+        try {
+            await this.listener.authenticate(this, request.auth, true);
+        }
+        catch (err) {
+            this.sendError(err, 'reauth', request.id);
+            this.close(CloseCode.authExpired, 'Reauthentication failed');
+            return;
+        }
+
+        this.sendText(JSON.stringify({ type: 'reauth', id: request.id }));
+    }
+
+    private async request(request: TunnelRequest): Promise<void> {
+
+        const reply = await this.listener.inject(this, request);
+        this.sendText(reply);
+    }
+
+    private async message(id: MessageId, message: unknown): Promise<void> {
+
+        const onMessage = this.listener.settings.onMessage;
+        if (!onMessage) {
+            throw Boom.notImplemented();
+        }
+
+        const response = await onMessage(this, message);
+        this.sendText(JSON.stringify({ type: 'message', id, message: response }));
+    }
+
+    private async subscribe(request: SubRequest): Promise<void> {
+
+        if (!this.subscriptions.has(request.path) && this.subscriptions.size >= this.listener.limits.maxSubscriptions) {
+            throw Boom.tooManyRequests('Too many subscriptions');
+        }
+
+        await this.listener.subscriptions.subscribe(this, request.path);
+        this.sendText(JSON.stringify({ type: 'sub', id: request.id, path: request.path }));
+    }
+
+    private async unsubscribe(request: UnsubRequest): Promise<void> {
+
+        await this.listener.subscriptions.unsubscribe(this, request.path);
+        this.sendText(JSON.stringify({ type: 'unsub', id: request.id }));
+    }
+}

@@ -1,0 +1,422 @@
+// Subscription routing: the route table (@hapi/call) that authorises a path, and the per-path
+// subscriber sets that make a publish cost O(recipients of that exact path).
+
+import * as Boom from '@hapi/boom';
+import * as Hoek from '@hapi/hoek';
+import { Router } from '@hapi/call';
+import type { Server } from '@hapi/hapi';
+
+import type { HistoryOptions, PublishEnvelope } from '../broker';
+import type { Position } from '../protocol';
+import { Prepared } from './prepared';
+import type { Socket } from './socket';
+
+export type FilterResult = boolean | { override: unknown };
+
+export interface FilterOptions {
+    socket: Socket;
+    credentials: Record<string, any> | null;
+    params: Record<string, string>;
+    internal: unknown;
+}
+
+export interface SubscriptionOptions {
+    filter?: (path: string, message: any, options: FilterOptions) => FilterResult | Promise<FilterResult>;
+    onSubscribe?: (socket: Socket, path: string, params: Record<string, string>) => void | Promise<void>;
+    onUnsubscribe?: (socket: Socket, path: string, params: Record<string, string>) => void | Promise<void>;
+    auth?: false | {
+        mode?: 'required' | 'optional';
+        scope?: string | string[];
+        entity?: 'user' | 'app' | 'any';
+        index?: boolean;
+    };
+    history?: false | { size?: number; ttl?: number };
+}
+
+export interface SubscriptionRoute {
+    pattern: string;
+    filter: SubscriptionOptions['filter'];
+    onSubscribe: SubscriptionOptions['onSubscribe'];
+    onUnsubscribe: SubscriptionOptions['onUnsubscribe'];
+    auth: null | {
+        mode: 'required' | 'optional';
+        scope: string[] | null;
+        scopeHasParams: boolean;
+        entity: 'user' | 'app' | 'any';
+        index: boolean;
+    };
+    history: HistoryOptions | null;
+}
+
+// All local subscribers of one concrete path.
+export class Topic {
+
+    readonly sockets = new Set<Socket>();
+    byUser: Map<string, Set<Socket>> | null = null;
+    pending: Promise<void> | null = null;               // a filtered delivery still waiting on async filters
+
+    constructor(readonly path: string, readonly route: SubscriptionRoute, readonly params: Record<string, string>) {
+
+        if (route.auth?.index) {
+            this.byUser = new Map();
+        }
+    }
+
+    add(socket: Socket): void {
+
+        this.sockets.add(socket);
+        const user = socket.user;
+        if (this.byUser && user !== null) {
+            let set = this.byUser.get(user);
+            if (!set) {
+                set = new Set();
+                this.byUser.set(user, set);
+            }
+
+            set.add(socket);
+        }
+    }
+
+    delete(socket: Socket): void {
+
+        this.sockets.delete(socket);
+        const user = socket.user;
+        if (this.byUser && user !== null) {
+            const set = this.byUser.get(user);
+            if (set) {
+                set.delete(socket);
+                if (!set.size) {
+                    this.byUser.delete(user);
+                }
+            }
+        }
+    }
+
+    recipients(user: string | undefined): Iterable<Socket> {
+
+        if (user === undefined) {
+            return this.sockets;
+        }
+
+        return this.byUser?.get(user) ?? [];
+    }
+}
+
+const subscriptionSchemaKeys = ['filter', 'onSubscribe', 'onUnsubscribe', 'auth', 'history'];
+
+export interface SubscriptionsHooks {
+    firstSubscriber(path: string): Promise<void>;
+    lastSubscriberGone(path: string): void;
+}
+
+export class Subscriptions {
+
+    readonly topics = new Map<string, Topic>();
+    private readonly router = new Router<SubscriptionRoute>();
+    private readonly patterns = new Set<string>();
+
+    constructor(private readonly server: Server, private readonly hooks: SubscriptionsHooks) { }
+
+    add(pattern: string, options: SubscriptionOptions = {}): void {
+
+        Hoek.assert(typeof pattern === 'string' && pattern[0] === '/', 'Subscription path must be a string starting with /');
+        Hoek.assert(!this.patterns.has(pattern), 'Subscription already exists:', pattern);
+        Hoek.assert(options && typeof options === 'object', 'Invalid subscription options:', pattern);
+        for (const key of Object.keys(options)) {
+            Hoek.assert(subscriptionSchemaKeys.includes(key), `Invalid subscription options: ${pattern} ("${key}" is not allowed)`);
+        }
+
+        for (const key of ['filter', 'onSubscribe', 'onUnsubscribe'] as const) {
+            Hoek.assert(options[key] === undefined || typeof options[key] === 'function', `Invalid subscription options: ${pattern} ("${key}" must be a function)`);
+        }
+
+        const route: SubscriptionRoute = {
+            pattern,
+            filter: options.filter,
+            onSubscribe: options.onSubscribe,
+            onUnsubscribe: options.onUnsubscribe,
+            auth: null,
+            history: null
+        };
+
+        if (options.auth) {
+            const { mode = 'required', scope, entity = 'any', index = false } = options.auth;
+            Hoek.assert(['required', 'optional'].includes(mode), `Invalid subscription options: ${pattern} (auth.mode must be required or optional)`);
+            Hoek.assert(['user', 'app', 'any'].includes(entity), `Invalid subscription options: ${pattern} (auth.entity must be user, app or any)`);
+            const scopes = scope === undefined ? null : [scope].flat();
+            Hoek.assert(!scopes || (scopes.length && scopes.every((item) => typeof item === 'string')), `Invalid subscription options: ${pattern} (auth.scope must be strings)`);
+            route.auth = {
+                mode,
+                scope: scopes,
+                scopeHasParams: !!scopes?.some((item) => /{([^}]+)}/.test(item)),
+                entity,
+                index: !!index
+            };
+        }
+        else {
+            Hoek.assert(options.auth === undefined || options.auth === false, `Invalid subscription options: ${pattern} (auth must be an object or false)`);
+        }
+
+        if (options.history) {
+            const { size = 100, ttl = 5 * 60 * 1000 } = options.history;
+            Hoek.assert(Number.isInteger(size) && size > 0 && Number.isInteger(ttl) && ttl > 0, `Invalid subscription options: ${pattern} (history.size and history.ttl must be positive integers)`);
+            route.history = { size, ttl };
+        }
+
+        this.router.add({ method: 'sub', path: pattern }, route);
+        this.patterns.add(pattern);
+    }
+
+    match(path: string): { route: SubscriptionRoute; params: Record<string, string> } | null {
+
+        const match = this.router.route('sub', path);
+        if (match.isBoom) {
+            return null;
+        }
+
+        return { route: match.route, params: match.params };
+    }
+
+    // Subscription errors carry the path so that a failing hello can name it.
+    async subscribe(socket: Socket, path: string): Promise<void> {
+
+        if (path.indexOf('?') !== -1) {
+            throw Boom.badRequest('Subscription path cannot contain query');
+        }
+
+        if (socket.subscriptions.has(path)) {
+            return;
+        }
+
+        const match = this.match(path);
+        if (!match) {
+            throw Boom.notFound('Subscription not found');
+        }
+
+        const { route, params } = match;
+        this.authorize(socket, route, params);
+
+        if (route.onSubscribe) {
+            await route.onSubscribe(socket, path, params);
+        }
+
+        if (!socket.isOpen() || socket.subscriptions.has(path)) {          // closed or subscribed while onSubscribe ran
+            return;
+        }
+
+        let topic = this.topics.get(path);
+        if (!topic) {
+            topic = new Topic(path, route, params);
+            this.topics.set(path, topic);
+            topic.add(socket);
+            socket.subscriptions.set(path, topic);
+            await this.hooks.firstSubscriber(path);
+            return;
+        }
+
+        topic.add(socket);
+        socket.subscriptions.set(path, topic);
+    }
+
+    async unsubscribe(socket: Socket, path: string): Promise<void> {
+
+        const topic = socket.subscriptions.get(path);
+        if (!topic) {
+            return;
+        }
+
+        this.detach(socket, topic);
+        await this.notifyUnsubscribe(socket, topic);
+    }
+
+    // Socket closed: drop it from every topic first, then tell the application.
+    async removeSocket(socket: Socket): Promise<void> {
+
+        const topics = [...socket.subscriptions.values()];
+        for (const topic of topics) {
+            this.detach(socket, topic);
+        }
+
+        for (const topic of topics) {
+            await this.notifyUnsubscribe(socket, topic);
+        }
+    }
+
+    // Called by the listener when a socket's user changes while subscribed (reauth as someone else).
+    reindex(socket: Socket, apply: () => void): void {
+
+        const topics = [...socket.subscriptions.values()].filter((topic) => topic.byUser);
+        for (const topic of topics) {
+            topic.delete(socket);
+        }
+
+        apply();
+        for (const topic of topics) {
+            topic.add(socket);
+        }
+    }
+
+    history(path: string): HistoryOptions | null {
+
+        return this.match(path)?.route.history ?? null;
+    }
+
+    // Hot path: one encoded frame for every recipient that gets the plain message.
+    deliver(envelope: PublishEnvelope): void | Promise<void> {
+
+        const topic = this.topics.get(envelope.path);
+        if (!topic) {
+            return;
+        }
+
+        const pub = new Prepared(pubMessage(envelope.path, envelope.message, undefined), envelope.position ? pubMessage(envelope.path, envelope.message, envelope.position) : null);
+        if (!topic.route.filter) {
+            for (const socket of topic.recipients(envelope.user)) {
+                socket.sendPrepared(pub);
+            }
+
+            return;
+        }
+
+        return this.deliverFiltered(topic, envelope, pub);
+    }
+
+    // Filters may be async; a topic whose filter went async queues later publishes behind it so that
+    // every socket still sees the publishes of a path in order.
+    private deliverFiltered(topic: Topic, envelope: PublishEnvelope, pub: Prepared): void | Promise<void> {
+
+        if (topic.pending) {
+            return this.track(topic, topic.pending.then(() => this.filterAndSend(topic, envelope, pub)));
+        }
+
+        const result = this.filterAndSend(topic, envelope, pub);
+        return result && this.track(topic, result);
+    }
+
+    private track(topic: Topic, work: Promise<void>): Promise<void> {
+
+        topic.pending = work;
+        return work.finally(() => {
+
+            if (topic.pending === work) {
+                topic.pending = null;
+            }
+        });
+    }
+
+    private filterAndSend(topic: Topic, envelope: PublishEnvelope, pub: Prepared): void | Promise<void> {
+
+        const filter = topic.route.filter!;
+        const sockets = [...topic.recipients(envelope.user)];
+        let async = false;
+        const results = sockets.map((socket) => {
+
+            try {
+                const result = filter(envelope.path, envelope.message, { socket, credentials: socket.auth.credentials, params: topic.params, internal: envelope.internal });
+                if (result instanceof Promise) {
+                    async = true;
+                    return result.catch((err) => this.filterFailed(err));
+                }
+
+                return result;
+            }
+            catch (err) {
+                return this.filterFailed(err);
+            }
+        });
+
+        if (!async) {
+            return this.sendFiltered(sockets, results as FilterResult[], envelope, pub);
+        }
+
+        return Promise.all(results).then((settled) => this.sendFiltered(sockets, settled, envelope, pub));
+    }
+
+    private sendFiltered(sockets: Socket[], decisions: FilterResult[], envelope: PublishEnvelope, pub: Prepared): void {
+
+        for (let i = 0; i < sockets.length; ++i) {
+            const decision = decisions[i];
+            const socket = sockets[i]!;
+            if (!decision || !socket.isOpen()) {
+                continue;
+            }
+
+            if (typeof decision === 'object' && 'override' in decision) {
+                socket.sendPrepared(new Prepared(pubMessage(envelope.path, decision.override, undefined), envelope.position ? pubMessage(envelope.path, decision.override, envelope.position) : null));
+                continue;
+            }
+
+            socket.sendPrepared(pub);
+        }
+    }
+
+    private filterFailed(err: unknown): false {
+
+        this.server.log(['pulse', 'filter', 'error'], err as Error);
+        return false;
+    }
+
+    private authorize(socket: Socket, route: SubscriptionRoute, params: Record<string, string>): void {
+
+        const auth = route.auth;
+        if (!auth) {
+            return;
+        }
+
+        const credentials = socket.auth.credentials;
+        if (!credentials) {
+            if (auth.mode === 'required') {
+                throw Boom.unauthorized('Authentication required to subscribe');
+            }
+
+            return;
+        }
+
+        if (auth.scope) {
+            const scopes = auth.scopeHasParams ? auth.scope.map((scope) => Hoek.reachTemplate({ params }, scope)) : auth.scope;
+            const held: unknown = credentials.scope;
+            const allowed = typeof held === 'string' ? scopes.includes(held) : Array.isArray(held) && held.some((item) => scopes.includes(item));
+            if (!allowed) {
+                throw Boom.forbidden('Insufficient scope to subscribe, expected any of: ' + scopes.join(','));
+            }
+        }
+
+        if (auth.entity === 'user' && !credentials.user) {
+            throw Boom.forbidden('Application credentials cannot be used on a user subscription');
+        }
+
+        if (auth.entity === 'app' && credentials.user) {
+            throw Boom.forbidden('User credentials cannot be used on an application subscription');
+        }
+    }
+
+    private detach(socket: Socket, topic: Topic): void {
+
+        socket.subscriptions.delete(topic.path);
+        topic.delete(socket);
+        if (!topic.sockets.size && this.topics.get(topic.path) === topic) {
+            this.topics.delete(topic.path);
+            this.hooks.lastSubscriberGone(topic.path);
+        }
+    }
+
+    private async notifyUnsubscribe(socket: Socket, topic: Topic): Promise<void> {
+
+        if (!topic.route.onUnsubscribe) {
+            return;
+        }
+
+        try {
+            await topic.route.onUnsubscribe(socket, topic.path, topic.params);
+        }
+        catch (err) {
+            this.server.log(['pulse', 'onUnsubscribe', 'error'], err as Error);
+        }
+    }
+}
+
+// The nes pub message, key order as nes sends it; `position` only for sockets that negotiated recovery.
+export const pubMessage = (path: string, message: unknown, position: Position | undefined): string => {
+
+    return JSON.stringify(position ? { type: 'pub', path, message, position } : { type: 'pub', path, message });
+};
