@@ -1,0 +1,151 @@
+// Shared test fixtures: servers with our plugin or with @hapi/nes, and a raw WebSocket peer that
+// records every frame so tests can assert on the exact wire format.
+
+import * as Hapi from '@hapi/hapi';
+import WebSocket from 'ws';
+
+import * as Pulse from '../lib/index';
+
+// The stock nes client, loosely typed: tests poke at it the way applications do.
+export interface NesClient {
+    id: string | null;
+    connect(options?: any): Promise<void>;
+    disconnect(): Promise<void>;
+    request(options: any): Promise<any>;
+    message(message: any): Promise<any>;
+    subscribe(path: string, handler: (message: any, flags: any) => void): Promise<void>;
+    unsubscribe(path: string, handler?: any): Promise<void>;
+    subscriptions(): string[];
+    reauthenticate(auth: any): Promise<any>;
+    [key: string]: any;
+}
+
+export const Nes: { Client: new (address: string, options?: any) => NesClient; plugin: any } = require('@hapi/nes');
+
+export type Flavour = 'pulse' | 'nes';
+
+export const server = async (options: Record<string, unknown> = {}, flavour: Flavour = 'pulse', setup?: (server: Hapi.Server) => void | Promise<void>): Promise<Hapi.Server> => {
+
+    const srv = Hapi.server({ host: '127.0.0.1', port: 0 });
+    if (setup) {
+        await setup(srv);
+    }
+
+    await srv.register({ plugin: flavour === 'pulse' ? Pulse.plugin : Nes, options } as any);
+    return srv;
+};
+
+export const url = (srv: Hapi.Server): string => `ws://127.0.0.1:${srv.info.port}`;
+
+export const wait = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+// Polls until `check` is true, failing the test after `timeout` ms.
+export const until = async (check: () => boolean, timeout = 3000, what = 'condition'): Promise<void> => {
+
+    const end = Date.now() + timeout;
+    while (!check()) {
+        if (Date.now() > end) {
+            throw new Error(`Timed out waiting for ${what}`);
+        }
+
+        await wait(5);
+    }
+};
+
+// A raw protocol peer: sends exactly what it is told, keeps every frame it receives.
+export class Peer {
+
+    readonly frames: string[] = [];
+    closed: { code: number; reason: string } | null = null;
+    private waiting: { count: number; resolve: () => void }[] = [];
+
+    private constructor(readonly ws: WebSocket) {
+
+        ws.on('message', (data) => {
+
+            this.frames.push(data.toString());
+            this.waiting = this.waiting.filter((waiter) => {
+
+                if (this.frames.length >= waiter.count) {
+                    waiter.resolve();
+                    return false;
+                }
+
+                return true;
+            });
+        });
+
+        ws.on('close', (code, reason) => {
+
+            this.closed = { code, reason: reason.toString() };
+        });
+
+        ws.on('error', () => { });
+    }
+
+    static open(address: string, options: WebSocket.ClientOptions = {}): Promise<Peer> {
+
+        return new Promise((resolve, reject) => {
+
+            const ws = new WebSocket(address, options);
+            const peer = new Peer(ws);
+            ws.once('open', () => resolve(peer));
+            ws.once('unexpected-response', (_req, res) => reject(Object.assign(new Error(`Upgrade refused: ${res.statusCode}`), { statusCode: res.statusCode })));
+            ws.once('error', reject);
+        });
+    }
+
+    send(message: unknown): void {
+
+        this.ws.send(typeof message === 'string' ? message : JSON.stringify(message));
+    }
+
+    // Resolves with the next frame (parsed), waiting at most `timeout` ms.
+    async next(timeout = 2000): Promise<any> {
+
+        const index = this.read;
+        await this.count(index + 1, timeout);
+        this.read = index + 1;
+        return JSON.parse(this.frames[index]!);
+    }
+
+    read = 0;
+
+    count(count: number, timeout = 2000): Promise<void> {
+
+        if (this.frames.length >= count) {
+            return Promise.resolve();
+        }
+
+        return new Promise((resolve, reject) => {
+
+            const timer = setTimeout(() => reject(new Error(`Timed out waiting for frame ${count} (have ${this.frames.length})`)), timeout);
+            this.waiting.push({ count, resolve: () => {
+
+                clearTimeout(timer);
+                resolve();
+            } });
+        });
+    }
+
+    async request(message: Record<string, unknown>, timeout = 2000): Promise<any> {
+
+        this.send(message);
+        return await this.next(timeout);
+    }
+
+    async hello(extra: Record<string, unknown> = {}): Promise<any> {
+
+        return await this.request({ type: 'hello', id: 1, version: '2', ...extra });
+    }
+
+    closedWith(timeout = 2000): Promise<{ code: number; reason: string }> {
+
+        return until(() => this.closed !== null, timeout, 'close').then(() => this.closed!);
+    }
+
+    close(): void {
+
+        this.ws.close();
+    }
+}
