@@ -235,7 +235,8 @@ export const validateClientMessage = (raw: unknown, limits: Limits = defaultLimi
 
     const type = raw.type;
     if (typeof type !== 'string' || !type) {
-        throw new ProtocolError('Cannot parse message', 'type');
+        const id = typeof raw.id === 'number' || typeof raw.id === 'string' ? raw.id : undefined;
+        throw new ProtocolError('Cannot parse message', 'type', undefined, id);
     }
 
     const rawId = raw.id;

@@ -115,7 +115,8 @@ describe('@hapi/nes client against hapi-pulse', () => {
 
         const anonymous = new Nes.Client(url(srv));
         await expect(anonymous.connect()).to.reject('Connection requires authentication');
-        await expect(anonymous.connect({ auth: { headers: { authorization: header('john', 'wrong') } } })).to.reject('Bad username or password');
+        const wrong = new Nes.Client(url(srv));
+        await expect(wrong.connect({ auth: { headers: { authorization: header('john', 'wrong') } } })).to.reject('Bad username or password');
 
         await expect(jane.subscribe('/user/john', () => { })).to.reject('Insufficient scope to subscribe, expected any of: user-john');
 

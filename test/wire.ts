@@ -1,0 +1,167 @@
+// Byte-for-byte: the same conversation with a stock @hapi/nes server and with hapi-pulse must produce
+// the same frames (apart from socket ids), so a stock nes client cannot tell them apart.
+
+import * as Boom from '@hapi/boom';
+import * as Code from '@hapi/code';
+import type * as Hapi from '@hapi/hapi';
+import * as Lab from '@hapi/lab';
+
+import { Peer, server, url, until, wait } from './helpers';
+import type { Flavour } from './helpers';
+
+const { expect } = Code;
+const lab = Lab.script();
+export { lab };
+const { describe, it } = lab;
+
+const setup = (srv: Hapi.Server): void => {
+
+    srv.route([
+        { method: 'GET', path: '/', handler: () => 'hello' },
+        { method: 'POST', path: '/echo', options: { id: 'echo', handler: (request) => request.payload } },
+        { method: 'GET', path: '/json', handler: (_request, h) => h.response('{"raw":[1,2]}').type('application/json') },
+        { method: 'GET', path: '/fail', handler: () => Boom.conflict('Busy', { why: 1 }) },
+        { method: 'GET', path: '/empty', handler: (_request, h) => h.response().code(204) }
+    ]);
+};
+
+// Runs a conversation and returns every frame the server sent, socket ids replaced.
+const converse = async (flavour: Flavour, options: Record<string, unknown>, script: (peer: Peer, srv: Hapi.Server) => Promise<void>): Promise<string[]> => {
+
+    const srv = await server(options, flavour, setup);
+    srv.subscription('/item/{id}');
+    srv.subscription('/plain');
+    await srv.start();
+    const peer = await Peer.open(url(srv));
+    await script(peer, srv);
+    peer.close();
+    await srv.stop();
+    let socketId = '';
+    return peer.frames.map((frame) => {
+
+        const match = /"socket":"([^"]+)"/.exec(frame);
+        if (match) {
+            socketId = match[1]!;
+        }
+
+        return socketId ? frame.split(socketId).join('<socket>') : frame;
+    });
+};
+
+const same = async (options: Record<string, unknown>, script: (peer: Peer, srv: Hapi.Server) => Promise<void>): Promise<string[]> => {
+
+    const nes = await converse('nes', options, script);
+    const pulse = await converse('pulse', options, script);
+    expect(pulse).to.equal(nes);
+    return pulse;
+};
+
+describe('wire format', () => {
+
+    it('answers hello, requests and errors exactly as nes', async () => {
+
+        const frames = await same({ headers: ['content-type'] }, async (peer) => {
+
+            await peer.request({ type: 'request', id: 1, method: 'GET', path: '/' });            // before hello
+            await peer.hello();
+            await peer.request({ type: 'request', id: 2, method: 'GET', path: '/' });
+            await peer.request({ type: 'request', id: 3, method: 'POST', path: '/echo', payload: { a: 'b' } });
+            await peer.request({ type: 'request', id: 4, method: 'GET', path: 'echo', payload: 'x' });
+            await peer.request({ type: 'request', id: 5, method: 'GET', path: '/json' });
+            await peer.request({ type: 'request', id: 6, method: 'GET', path: '/fail' });
+            await peer.request({ type: 'request', id: 7, method: 'GET', path: '/missing' });
+            await peer.request({ type: 'request', id: 8, method: 'GET', path: '/empty' });
+            await peer.request({ type: 'request', id: 9, method: 'GET', path: '/', headers: { Authorization: 'x' } });
+            await peer.request({ type: 'request', id: 10, path: '/' });
+            await peer.request({ type: 'request', id: 11, method: 'GET' });
+            await peer.request({ type: 'message', id: 12, message: 'hi' });
+            await peer.request({ type: 'other', id: 13 });
+            await peer.request({ type: 'request', method: 'GET', path: '/' });
+            await peer.request({ id: 14 });
+            peer.send('{not json');
+            await peer.next();
+            await peer.request({ type: 'hello', id: 15, version: '2' });
+        });
+
+        expect(frames[0]).to.equal('{"statusCode":400,"payload":{"error":"Bad Request","message":"Connection is not initialized"},"headers":{},"type":"request","id":1}');
+        expect(frames[1]).to.equal('{"type":"hello","id":1,"heartbeat":{"interval":15000,"timeout":5000},"socket":"<socket>"}');
+        expect(frames[5]).to.equal('{"type":"request","id":5,"statusCode":200,"payload":{"raw":[1,2]},"headers":{"content-type":"application/json; charset=utf-8"}}');
+    });
+
+    it('subscribes, publishes, revokes and broadcasts exactly as nes', async () => {
+
+        await same({}, async (peer, srv) => {
+
+            await peer.hello({ subs: ['/item/1'] });
+            await peer.request({ type: 'sub', id: 2, path: '/item/2' });
+            await peer.request({ type: 'sub', id: 3, path: '/plain' });
+            await peer.request({ type: 'sub', id: 4, path: '/nope' });
+            await peer.request({ type: 'sub', id: 5, path: '/item/2?x' });
+            await srv.publish('/item/2', { n: 2 });
+            await peer.next();
+            await srv.publish('/plain', [1, 'two', null]);
+            await peer.next();
+            await srv.broadcast({ all: true });
+            await peer.next();
+            await srv.eachSocket((socket) => socket.revoke('/item/2', { gone: true }));
+            await peer.next();
+            await srv.eachSocket((socket) => socket.revoke('/item/1', null));
+            await peer.next();
+            await srv.eachSocket((socket) => socket.send('direct'));
+            await peer.next();
+            await srv.eachSocket((socket) => socket.publish('/custom', 'x'));
+            await peer.next();
+            await peer.request({ type: 'unsub', id: 6, path: '/plain' });
+            await peer.request({ type: 'unsub', id: 7, path: '/never' });
+            await srv.publish('/plain', 'not delivered');
+            await peer.request({ type: 'request', id: 8, method: 'GET', path: '/' });
+        });
+    });
+
+    it('chunks exactly as nes', async () => {
+
+        const run = (flavour: Flavour) => converse(flavour, { payload: { maxChunkChars: 10 } }, async (peer, srv) => {
+
+            peer.send({ type: 'hello', id: 1, version: '2', subs: ['/plain'] });
+            await until(() => peer.frames.length > 0 && peer.frames[peer.frames.length - 1]![0] === '!');
+            peer.frames.splice(0);                                  // the hello reply holds a socket id split over chunks
+            await srv.publish('/plain', 'abcdefghijklmnopqrstuvwxyz');
+            await until(() => peer.frames.length > 0 && peer.frames[peer.frames.length - 1]![0] === '!');
+        });
+
+        const frames = await run('pulse');
+        expect(frames).to.equal(await run('nes'));
+        expect(frames).to.equal(['+{"type":"p', '+ub","path"', '+:"/plain",', '+"message":', '+"abcdefghi', '+jklmnopqrs', '!tuvwxyz"}']);
+    });
+
+    it('fails hello like nes (then closes the socket)', async () => {
+
+        for (const flavour of ['nes', 'pulse'] as const) {
+            const srv = await server({}, flavour);
+            await srv.start();
+            const peer = await Peer.open(url(srv));
+            expect(await peer.request({ type: 'hello', id: 1, version: '1' })).to.equal({ statusCode: 400, payload: { error: 'Bad Request', message: 'Incorrect protocol version (expected 2 but received 1)' }, type: 'hello', id: 1 });
+            if (flavour === 'pulse') {
+                expect((await peer.closedWith()).code).to.equal(1008);
+            }
+            else {
+                await wait(20);
+                expect(peer.closed).to.be.null();                       // nes keeps the failed socket open
+            }
+
+            peer.close();
+            await srv.stop();
+        }
+    });
+
+    it('sends pings as nes', async () => {
+
+        await same({ heartbeat: { interval: 30, timeout: 20 } }, async (peer) => {
+
+            await peer.hello();
+            await peer.next();
+            peer.send({ type: 'ping', id: 2 });
+            await peer.next();
+        });
+    });
+});
