@@ -1,0 +1,71 @@
+// The demo behind `npm start`: a hapi server with hapi-pulse, one route, one subscription and a
+// publish loop. Open the printed page in a browser, or connect any nes client to the printed URL.
+
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+import * as Hapi from '@hapi/hapi';
+
+import * as Pulse from '../lib/index';
+
+const page = `<!doctype html>
+<meta charset="utf-8">
+<title>hapi-pulse demo</title>
+<h1>hapi-pulse demo</h1>
+<pre id="log"></pre>
+<script src="/hapi-pulse.min.js"></script>
+<script>
+    const log = (line) => { document.getElementById('log').textContent += line + '\\n'; };
+    const client = new HapiPulse.Client('ws://' + location.host);
+    client.onConnect = () => log('connected as ' + client.id);
+    client.onDisconnect = (willReconnect) => log('disconnected, reconnecting: ' + willReconnect);
+    (async () => {
+        await client.connect();
+        log('GET /hello -> ' + JSON.stringify((await client.request('/hello')).payload));
+        await client.subscribe('/clock/seconds', (message) => log('/clock/seconds: ' + JSON.stringify(message)));
+    })().catch((err) => log('error: ' + err.message));
+</script>`;
+
+const start = async (): Promise<Hapi.Server> => {
+
+    const server = Hapi.server({ host: process.env.HOST ?? '127.0.0.1', port: Number(process.env.PORT ?? 3000) });
+    await server.register({ plugin: Pulse.plugin, options: { heartbeat: { interval: 10000, timeout: 5000 } } });
+
+    server.route({ method: 'GET', path: '/hello', handler: (request) => ({ hello: 'world', viaWebSocket: request.socket !== null }) });
+    server.route({ method: 'GET', path: '/', handler: (_request, h) => h.response(page).type('text/html') });
+    server.route({
+        method: 'GET',
+        path: '/hapi-pulse.min.js',
+        handler: (_request, h) => h.response(readFileSync(join(__dirname, '..', 'browser', 'hapi-pulse.min.js'))).type('application/javascript')
+    });
+
+    server.subscription('/clock/{unit}');
+    await server.start();
+
+    let tick = 0;
+    const timer = setInterval(() => {
+
+        server.publish('/clock/seconds', { tick: ++tick, at: new Date().toISOString() }).catch((err) => console.error(err));
+    }, 1000);
+
+    server.events.on('stop', () => clearInterval(timer));
+
+    const ws = server.info.uri.replace(/^http/, 'ws');
+    console.log(`hapi-pulse demo listening on ${server.info.uri}`);
+    console.log(`  browser:  open ${server.info.uri}/`);
+    console.log(`  node:     const { Client } = require('hapi-pulse/client'); const client = new Client('${ws}');`);
+    console.log(`            await client.connect(); await client.subscribe('/clock/seconds', console.log);`);
+    console.log(`  @hapi/nes clients connect to ${ws} unchanged.`);
+    return server;
+};
+
+start().then((server) => {
+
+    const stop = () => server.stop({ timeout: 2000 }).then(() => process.exit(0));
+    process.once('SIGINT', stop);
+    process.once('SIGTERM', stop);
+}, (err) => {
+
+    console.error(err);
+    process.exit(1);
+});

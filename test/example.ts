@@ -1,0 +1,54 @@
+// `npm start` runs dist/examples/server.js: it must serve, and a stock @hapi/nes client must connect.
+
+import { spawn } from 'node:child_process';
+import { join } from 'node:path';
+
+import * as Code from '@hapi/code';
+import * as Lab from '@hapi/lab';
+
+import { Nes } from './helpers';
+
+const { expect } = Code;
+const lab = Lab.script();
+export { lab };
+const { describe, it } = lab;
+
+describe('example server', () => {
+
+    it('serves the demo to a stock nes client', async () => {
+
+        const child = spawn(process.execPath, [join(__dirname, '..', 'examples', 'server.js')], { env: { ...process.env, PORT: '0' }, stdio: ['ignore', 'pipe', 'inherit'] });
+        try {
+            const address = await new Promise<string>((resolve, reject) => {
+
+                let output = '';
+                const timer = setTimeout(() => reject(new Error('example did not start: ' + output)), 10000);
+                child.stdout.on('data', (chunk) => {
+
+                    output += chunk;
+                    const match = /listening on (http:\/\/\S+)/.exec(output);
+                    if (match) {
+                        clearTimeout(timer);
+                        resolve(match[1]!.replace(/^http/, 'ws'));
+                    }
+                });
+            });
+
+            const client = new Nes.Client(address);
+            await client.connect();
+            expect((await client.request('/hello')).payload).to.equal({ hello: 'world', viaWebSocket: true });
+            const tick = await new Promise<{ tick: number }>((resolve) => {
+
+                client.subscribe('/clock/seconds', resolve);
+            });
+
+            expect(tick.tick).to.be.a.number();
+            await client.disconnect();
+        }
+        finally {
+            const exited = new Promise((resolve) => child.once('exit', resolve));
+            child.kill('SIGTERM');
+            await exited;
+        }
+    });
+});
