@@ -31,6 +31,7 @@ export type Recovery =
 export interface BrokerSink {
     deliver(envelope: PublishEnvelope): void | Promise<void>;
     broadcast(envelope: BroadcastEnvelope): void;
+    log?(tags: string[], data: unknown): void;       // broker events (connection errors, reconnects) for server.log
 }
 
 export interface Broker {

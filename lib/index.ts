@@ -55,7 +55,7 @@ const defaults = {
         index: false,
         timeout: 5000,
         maxConnectionsPerUser: false,
-        expiryGrace: 10000
+        expiryNotice: 10000
     },
     headers: null,
     payload: { maxChunkChars: false },
@@ -100,7 +100,7 @@ const schema = Joi.object({
             otherwise: Joi.number().min(Joi.ref('...heartbeat.interval'))
         }),
         expiry: Joi.function(),
-        expiryGrace: Joi.number().integer().min(0)
+        expiryNotice: Joi.number().integer().min(0)
     }).allow(false).required(),
     headers: Joi.array().items(Joi.string().lowercase()).min(1).allow('*', null),
     payload: Joi.object({

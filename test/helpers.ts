@@ -134,6 +134,27 @@ export class Peer {
         return await this.next(timeout);
     }
 
+    // Sends a request and waits for the frame answering its id, whatever arrives in between.
+    async reply(message: Record<string, unknown>, timeout = 2000): Promise<any> {
+
+        const from = this.frames.length;
+        this.send(message);
+        let found: any;
+        await until(() => {
+
+            for (let i = from; i < this.frames.length; ++i) {
+                const frame = JSON.parse(this.frames[i]!);
+                if (frame.id === message.id && frame.type === message.type) {
+                    found = frame;
+                    return true;
+                }
+            }
+
+            return false;
+        }, timeout, `reply to ${message.type} ${message.id}`);
+        return found;
+    }
+
     async hello(extra: Record<string, unknown> = {}): Promise<any> {
 
         return await this.request({ type: 'hello', id: 1, version: '2', ...extra });

@@ -24,7 +24,7 @@ export interface AuthSettings {
     maxConnectionsPerUser: number | false;
     minAuthVerifyInterval: number | false;
     expiry?: (credentials: Record<string, any>) => number | null | undefined;
-    expiryGrace: number;
+    expiryNotice: number;                // ms before expiry that extension clients are warned
 }
 
 // What a successful authentication yields, as stored in cookies and tokens.

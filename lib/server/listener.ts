@@ -9,13 +9,19 @@ import type { Server } from '@hapi/hapi';
 import { WebSocketServer } from 'ws';
 import type { WebSocket } from 'ws';
 
-import type { BroadcastEnvelope, Broker, PublishEnvelope } from '../broker';
+import type { BroadcastEnvelope, Broker, PublishEnvelope, Recovery } from '../broker';
 import { CloseCode, defaultLimits } from '../protocol';
-import type { Limits as ProtocolLimits, MessageId, TunnelRequest } from '../protocol';
+import type { Limits as ProtocolLimits, MessageId, Position, TunnelRequest } from '../protocol';
 import * as Auth from './auth';
 import { Prepared } from './prepared';
 import { Socket } from './socket';
 import { Subscriptions } from './subscriptions';
+
+export interface Catchup {
+    path: string;
+    since: Position | undefined;
+    recovery: Recovery;
+}
 
 export interface Limits {
     maxPayload: number;
@@ -93,7 +99,8 @@ export class Listener {
 
         await this.broker.start({
             deliver: (envelope) => this.subscriptions.deliver(envelope),
-            broadcast: (envelope) => this.deliverBroadcast(envelope)
+            broadcast: (envelope) => this.deliverBroadcast(envelope),
+            log: (tags, data) => this.server.log(['pulse', 'broker', ...tags], data as any)
         });
 
         this.stopped = false;
@@ -237,6 +244,11 @@ export class Listener {
     private setCredentials(socket: Socket, authenticated: Auth.Authenticated): void {
 
         const config = this.settings.auth as Auth.AuthSettings;
+        const expiresAt = this.expiryOf(config, authenticated);
+        if (expiresAt !== null && expiresAt <= Date.now()) {
+            throw Boom.unauthorized('Credentials expired');
+        }
+
         const user = config.index && typeof authenticated.credentials.user === 'string' ? authenticated.credentials.user : null;
         if (user !== null && user !== socket.user && config.maxConnectionsPerUser && (this.byUser.get(user)?.size ?? 0) >= config.maxConnectionsPerUser) {
             throw Boom.serverUnavailable('Too many connections for the authenticated user');
@@ -262,6 +274,15 @@ export class Listener {
         });
 
         socket.verifiedAt = Date.now();
+        socket.expireAt(expiresAt, config.expiryNotice);
+    }
+
+    // The earliest of: the sealed token / cookie ttl, auth.expiry(credentials), credentials.expiresAt.
+    private expiryOf(config: Auth.AuthSettings, authenticated: Auth.Authenticated): number | null {
+
+        const candidates = [authenticated.expiresAt, config.expiry ? config.expiry(authenticated.credentials) : authenticated.credentials.expiresAt];
+        const times = candidates.filter((value): value is number => typeof value === 'number' && Number.isFinite(value));
+        return times.length ? Math.min(...times) : null;
     }
 
     private unindex(socket: Socket): void {
@@ -313,9 +334,65 @@ export class Listener {
         }, interval);
     }
 
-    acknowledge(socket: Socket): Record<string, unknown> {
+    // The hello reply's extension block: what was accepted, and per history path where the socket stands.
+    acknowledge(socket: Socket, catchups: Catchup[]): Record<string, unknown> {
 
-        return { recovery: socket.recovery, expiry: socket.expiry };
+        const pulse: Record<string, unknown> = { recovery: socket.recovery, expiry: socket.expiry };
+        if (catchups.length) {
+            const positions: Record<string, Position> = {};
+            const recovered: Record<string, boolean> = {};
+            for (const catchup of catchups) {
+                positions[catchup.path] = catchup.recovery.position;
+                if (catchup.since) {
+                    recovered[catchup.path] = catchup.recovery.recovered;
+                }
+            }
+
+            pulse.positions = positions;
+            pulse.recovered = recovered;
+        }
+
+        if (socket.expiry && socket.expiresAt !== null) {
+            pulse.expiresAt = socket.expiresAt;
+        }
+
+        return pulse;
+    }
+
+    // ---- Recovery ----
+
+    // Subscribes; on a history path for a recovery socket, also holds live pubs and reads what was missed.
+    async subscribeFor(socket: Socket, path: string, since: Position | undefined): Promise<Catchup | null> {
+
+        const history = socket.recovery ? this.subscriptions.history(path) : null;
+        if (!history) {
+            await this.subscriptions.subscribe(socket, path);
+            return null;
+        }
+
+        socket.hold(path);
+        try {
+            await this.subscriptions.subscribe(socket, path);
+            const recovery = await this.broker.recover(path, since ?? null, history);
+            return { path, since, recovery };
+        }
+        catch (err) {
+            socket.release(path, null);
+            throw err;
+        }
+    }
+
+    // After the reply: missed publishes in order, then the live ones held meanwhile, none twice.
+    async catchUp(socket: Socket, catchups: Catchup[]): Promise<void> {
+
+        for (const { path, since, recovery } of catchups) {
+            const topic = socket.subscriptions.get(path);
+            if (topic && since && recovery.recovered) {
+                await this.subscriptions.replay(socket, topic, recovery.entries);
+            }
+
+            socket.release(path, recovery.position.offset);
+        }
     }
 
     // ---- Heartbeat: one sweep for every socket ----

@@ -10,8 +10,9 @@ export class Prepared {
     private chunks: string[] | null = null;
     private positionedChunks: string[] | null = null;
 
-    // `positioned` is the same message with its history position, for sockets that negotiated recovery.
-    constructor(readonly text: string, readonly positioned: string | null = null) { }
+    // `positioned` is the same message with its history position, for sockets that negotiated recovery;
+    // `path` and `offset` let a socket that is catching up on a path hold and de-duplicate live pubs.
+    constructor(readonly text: string, readonly positioned: string | null = null, readonly path: string | null = null, readonly offset = 0) { }
 
     bytes(withPosition: boolean): Buffer {
 

@@ -10,7 +10,7 @@ import type { RawData, WebSocket } from 'ws';
 import { CloseCode, chunk, parseClientMessage } from '../protocol';
 import type { ProtocolError } from '../protocol';
 import type { ClientMessage, HelloRequest, MessageId, ReauthRequest, SubRequest, TunnelRequest, UnsubRequest } from '../protocol';
-import type { Listener } from './listener';
+import type { Catchup, Listener } from './listener';
 import type { Prepared } from './prepared';
 import type { Topic } from './subscriptions';
 
@@ -30,6 +30,7 @@ export interface SocketInfo {
 const enum State { connected, helloing, ready, closed }
 
 const OPEN = 1;
+const maxTimer = 2 ** 31 - 1;                   // setTimeout's longest delay
 
 export class Socket {
 
@@ -55,6 +56,8 @@ export class Socket {
     private killTimer: NodeJS.Timeout | null = null;
     private removed: Promise<void>;
     private markRemoved!: () => void;
+    private held: Map<string, Prepared[]> | null = null;        // live pubs held while a path catches up
+    private expiryTimer: NodeJS.Timeout | null = null;
     private rateWindow = 0;
     private rateCount = 0;
 
@@ -149,10 +152,18 @@ export class Socket {
         this.write(text);
     }
 
-    sendPrepared(prepared: Prepared): void {
+    sendPrepared(prepared: Prepared, replayed = false): void {
 
         if (!this.isOpen()) {
             return;
+        }
+
+        if (!replayed && this.held !== null && prepared.path !== null) {
+            const held = this.held.get(prepared.path);
+            if (held) {
+                held.push(prepared);
+                return;
+            }
         }
 
         const max = this.listener.maxChunkChars;
@@ -181,6 +192,70 @@ export class Socket {
         }
     }
 
+    // Recovery: live pubs of `path` wait while the missed ones are read and replayed.
+    hold(path: string): void {
+
+        this.held ??= new Map();
+        this.held.set(path, []);
+    }
+
+    // Sends what was held with an offset after `offset` (older ones were replayed), then goes live.
+    release(path: string, offset: number | null): void {
+
+        const held = this.held?.get(path);
+        if (!held) {
+            return;
+        }
+
+        this.held!.delete(path);
+        if (!this.held!.size) {
+            this.held = null;
+        }
+
+        if (offset === null) {
+            return;
+        }
+
+        for (const prepared of held) {
+            if (prepared.offset > offset) {
+                this.sendPrepared(prepared, true);
+            }
+        }
+    }
+
+    // Credentials expiry: sockets that negotiated the extension are warned `notice` ms ahead so they can
+    // reauth; at expiry the socket is closed unless a reauth moved the expiry.
+    expireAt(expiresAt: number | null, notice: number): void {
+
+        clearTimeout(this.expiryTimer!);
+        this.expiryTimer = null;
+        this.expiresAt = expiresAt;
+        if (expiresAt === null) {
+            return;
+        }
+
+        const warn = this.expiry && notice > 0;
+        const at = warn ? expiresAt - notice : expiresAt;
+        const fire = () => {
+
+            if (Date.now() < at) {
+                this.expiryTimer = setTimeout(fire, Math.min(at - Date.now(), maxTimer));
+                return;
+            }
+
+            if (!warn) {
+                this.close(CloseCode.authExpired, 'Credentials expired');
+                return;
+            }
+
+            this.sendText(JSON.stringify({ type: 'expiring', expiresAt }));
+            this.expireAt(expiresAt, 0);
+            this.expiresAt = expiresAt;
+        };
+
+        this.expiryTimer = setTimeout(fire, Math.min(Math.max(at - Date.now(), 0), maxTimer));
+    }
+
     // Closing stops all sends at once; a peer that does not answer the close frame is cut off.
     close(code?: number, reason?: string): void {
 
@@ -200,6 +275,8 @@ export class Socket {
         this.state = State.closed;
         this.clearHelloTimer();
         clearTimeout(this.killTimer!);
+        clearTimeout(this.expiryTimer!);
+        this.held = null;
         this.markRemoved();
     }
 
@@ -323,6 +400,7 @@ export class Socket {
         }
 
         this.state = State.helloing;
+        const catchups: Catchup[] = [];
         try {
             if (request.version !== '2') {
                 throw Boom.badRequest(`Incorrect protocol version (expected 2 but received ${request.version || 'none'})`);
@@ -346,7 +424,10 @@ export class Socket {
                 }
 
                 try {
-                    await this.listener.subscriptions.subscribe(this, path);
+                    const catchup = await this.listener.subscribeFor(this, path, request.pulse?.positions?.[path]);
+                    if (catchup) {
+                        catchups.push(catchup);
+                    }
                 }
                 catch (err) {
                     throw Object.assign(Boom.boomify(err as Error), { path });
@@ -355,6 +436,10 @@ export class Socket {
         }
         catch (err) {
             // A failed hello ends the connection once the error has been delivered.
+            for (const catchup of catchups) {
+                this.release(catchup.path, null);
+            }
+
             if (this.isOpen()) {
                 this.sendError(err, 'hello', request.id);
                 this.close(CloseCode.policyViolation, 'Hello failed');
@@ -376,10 +461,11 @@ export class Socket {
         };
 
         if (request.pulse) {
-            response.pulse = this.listener.acknowledge(this);
+            response.pulse = this.listener.acknowledge(this, catchups);
         }
 
         this.sendText(JSON.stringify(response));
+        await this.listener.catchUp(this, catchups);
     }
 
     private async reauth(request: ReauthRequest): Promise<void> {
@@ -419,8 +505,19 @@ export class Socket {
             throw Boom.tooManyRequests('Too many subscriptions');
         }
 
-        await this.listener.subscriptions.subscribe(this, request.path);
-        this.sendText(JSON.stringify({ type: 'sub', id: request.id, path: request.path }));
+        const catchup = await this.listener.subscribeFor(this, request.path, request.position);
+        if (!catchup) {
+            this.sendText(JSON.stringify({ type: 'sub', id: request.id, path: request.path }));
+            return;
+        }
+
+        const pulse: Record<string, unknown> = { position: catchup.recovery.position };
+        if (catchup.since) {
+            pulse.recovered = catchup.recovery.recovered;
+        }
+
+        this.sendText(JSON.stringify({ type: 'sub', id: request.id, path: request.path, pulse }));
+        await this.listener.catchUp(this, [catchup]);
     }
 
     private async unsubscribe(request: UnsubRequest): Promise<void> {

@@ -269,7 +269,7 @@ export class Subscriptions {
             return;
         }
 
-        const pub = new Prepared(pubMessage(envelope.path, envelope.message, undefined), envelope.position ? pubMessage(envelope.path, envelope.message, envelope.position) : null);
+        const pub = preparePub(envelope, envelope.message);
         if (!topic.route.filter) {
             for (const socket of topic.recipients(envelope.user)) {
                 socket.sendPrepared(pub);
@@ -342,11 +342,36 @@ export class Subscriptions {
             }
 
             if (typeof decision === 'object' && 'override' in decision) {
-                socket.sendPrepared(new Prepared(pubMessage(envelope.path, decision.override, undefined), envelope.position ? pubMessage(envelope.path, decision.override, envelope.position) : null));
+                socket.sendPrepared(preparePub(envelope, decision.override));
                 continue;
             }
 
             socket.sendPrepared(pub);
+        }
+    }
+
+    // Replays missed publishes to one socket, through the same user targeting and filter as live ones.
+    async replay(socket: Socket, topic: Topic, envelopes: PublishEnvelope[]): Promise<void> {
+
+        const filter = topic.route.filter;
+        for (const envelope of envelopes) {
+            if (envelope.user !== undefined && envelope.user !== socket.user) {
+                continue;
+            }
+
+            let decision: FilterResult = true;
+            if (filter) {
+                try {
+                    decision = await filter(envelope.path, envelope.message, { socket, credentials: socket.auth.credentials, params: topic.params, internal: envelope.internal });
+                }
+                catch (err) {
+                    decision = this.filterFailed(err);
+                }
+            }
+
+            if (decision) {
+                socket.sendPrepared(preparePub(envelope, typeof decision === 'object' && 'override' in decision ? decision.override : envelope.message), true);
+            }
         }
     }
 
@@ -414,6 +439,12 @@ export class Subscriptions {
         }
     }
 }
+
+const preparePub = (envelope: PublishEnvelope, message: unknown): Prepared => {
+
+    const position = envelope.position;
+    return new Prepared(pubMessage(envelope.path, message, undefined), position ? pubMessage(envelope.path, message, position) : null, envelope.path, position?.offset ?? 0);
+};
 
 // The nes pub message, key order as nes sends it; `position` only for sockets that negotiated recovery.
 export const pubMessage = (path: string, message: unknown, position: Position | undefined): string => {
