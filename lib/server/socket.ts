@@ -250,7 +250,6 @@ export class Socket {
 
             this.sendText(JSON.stringify({ type: 'expiring', expiresAt }));
             this.expireAt(expiresAt, 0);
-            this.expiresAt = expiresAt;
         };
 
         this.expiryTimer = setTimeout(fire, Math.min(Math.max(at - Date.now(), 0), maxTimer));
@@ -406,16 +405,16 @@ export class Socket {
                 throw Boom.badRequest(`Incorrect protocol version (expected 2 but received ${request.version || 'none'})`);
             }
 
+            if (request.pulse) {
+                this.recovery = !!request.pulse.recovery;
+                this.expiry = !!request.pulse.expiry;
+            }
+
             await this.listener.authenticate(this, request.auth, false);
             this.clearHelloTimer();
 
             if (this.listener.settings.onConnection) {
                 await this.listener.settings.onConnection(this);
-            }
-
-            if (request.pulse) {
-                this.recovery = !!request.pulse.recovery;
-                this.expiry = !!request.pulse.expiry;
             }
 
             for (const path of request.subs ?? []) {
