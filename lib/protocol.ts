@@ -9,10 +9,8 @@ export const CloseCode = {
     goingAway: 1001,                     // server stopping: reconnect elsewhere
     protocolError: 1002,
     unsupportedData: 1003,               // binary frame
-    policyViolation: 1008,               // hello failed, origin refused
+    policyViolation: 1008,               // hello failed
     messageTooBig: 1009,
-    internalError: 1011,
-    tryAgainLater: 1013,                 // maxConnections reached
     helloTimeout: 4000,
     heartbeatTimeout: 4001,
     authExpired: 4002,                   // credentials expired or no longer verify
@@ -101,14 +99,15 @@ export interface HelloResponse extends ErrorFields {
     id: MessageId;
     heartbeat?: false | { interval: number; timeout: number };
     socket?: string;
-    pulse?: HelloExtensions & { recovered?: Record<string, boolean> };
+    pulse?: HelloExtensions & { positions?: Record<string, Position>; recovered?: Record<string, boolean>; expiresAt?: number };
 }
 
 export interface ServerResponse extends ErrorFields {
     type: 'reauth' | 'request' | 'message' | 'sub' | 'unsub';
     id: MessageId;
     message?: unknown;
-    pulse?: { expiresAt?: number; recovered?: boolean };
+    path?: string;
+    pulse?: { expiresAt?: number | null; position?: Position; recovered?: boolean };
 }
 
 export interface PingMessage {

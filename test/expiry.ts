@@ -68,7 +68,7 @@ describe('credential expiry', () => {
         const warning = JSON.parse(peer.frames.find((frame) => frame.includes('"expiring"'))!);
         expect(warning).to.equal({ type: 'expiring', expiresAt: hello.pulse.expiresAt });
 
-        expect(await peer.reply({ type: 'reauth', id: 2, auth: header('john', 'none') })).to.equal({ type: 'reauth', id: 2 });
+        expect(await peer.reply({ type: 'reauth', id: 2, auth: header('john', 'none') })).to.equal({ type: 'reauth', id: 2, pulse: { expiresAt: null } });
         await wait(200);                                                  // past the first expiry
         expect(peer.closed).to.be.null();
         await srv.publish('/news', 'still here');

@@ -302,6 +302,7 @@ describe('@hapi/nes client against hapi-pulse', () => {
 
         const client = new Nes.Client(url(srv));
         await client.connect({ reconnect: false });
+        client.onError = () => { };
         client._send = () => Promise.resolve();             // stop answering pings
 
         const log = await new Promise<{ code: number }>((resolve) => {

@@ -231,6 +231,10 @@ export class Listener {
         }
 
         if (!authenticated) {
+            if (isReauth && auth !== undefined) {
+                throw Boom.unauthorized('Reauthentication yielded no credentials');
+            }
+
             if (!socket.auth.isAuthenticated && this.authRequired()) {
                 throw Boom.unauthorized('Connection requires authentication');
             }
@@ -277,7 +281,7 @@ export class Listener {
         socket.expireAt(expiresAt, config.expiryNotice);
     }
 
-    // The earliest of: the sealed token / cookie ttl, auth.expiry(credentials), credentials.expiresAt.
+    // The earlier of the sealed token / cookie ttl and auth.expiry(credentials) (default: credentials.expiresAt).
     private expiryOf(config: Auth.AuthSettings, authenticated: Auth.Authenticated): number | null {
 
         const candidates = [authenticated.expiresAt, config.expiry ? config.expiry(authenticated.credentials) : authenticated.credentials.expiresAt];
@@ -298,20 +302,21 @@ export class Listener {
     }
 
     // Re-checks credentials with the auth strategy (server.auth.verify) once per minAuthVerifyInterval.
-    async verify(socket: Socket): Promise<void> {
+    // Resolves false when they no longer verify; the caller tells the client and closes.
+    async verify(socket: Socket): Promise<boolean> {
 
         const interval = this.settings.auth ? this.settings.auth.minAuthVerifyInterval : false;
         if (!interval || !socket.auth.isAuthenticated || Date.now() - socket.verifiedAt < interval) {
-            return;
+            return true;
         }
 
         socket.verifiedAt = Date.now();
         try {
             await this.server.auth.verify(socket as any);
+            return true;
         }
         catch {
-            socket.close(CloseCode.authExpired, 'Credential verification failed');
-            throw Boom.forbidden('Credential verification failed');
+            return false;
         }
     }
 
@@ -325,7 +330,9 @@ export class Listener {
         this.verifyTimer = setTimeout(async () => {
 
             for (const socket of [...this.sockets.values()]) {
-                await this.verify(socket).catch(() => { });
+                if (!await this.verify(socket)) {
+                    socket.close(CloseCode.authExpired, 'Credential verification failed');
+                }
             }
 
             if (!this.stopped) {
@@ -373,7 +380,14 @@ export class Listener {
         socket.hold(path);
         try {
             await this.subscriptions.subscribe(socket, path);
-            const recovery = await this.broker.recover(path, since ?? null, history);
+            let recovery = await this.broker.recover(path, since ?? null, history);
+
+            // Live pubs already held are part of what this subscription receives: start just before them.
+            const first = socket.firstHeld(path);
+            if (!(since && recovery.recovered) && first !== null && first <= recovery.position.offset) {
+                recovery = { ...recovery, position: { epoch: recovery.position.epoch, offset: first - 1 } };
+            }
+
             return { path, since, recovery };
         }
         catch (err) {
@@ -535,7 +549,7 @@ export class Listener {
             method = route.method;
         }
 
-        if (this.settings.auth && path === this.settings.auth.endpoint) {
+        if (this.settings.auth && path.split('?')[0] === this.settings.auth.endpoint) {
             throw Boom.notFound();
         }
 

@@ -31,6 +31,7 @@ const enum State { connected, helloing, ready, closed }
 
 const OPEN = 1;
 const maxTimer = 2 ** 31 - 1;                   // setTimeout's longest delay
+const defaultHelloTimeout = 5000;
 
 export class Socket {
 
@@ -77,7 +78,8 @@ export class Socket {
             this.markRemoved = resolve;
         });
 
-        const helloTimeout = listener.settings.auth ? listener.settings.auth.timeout : false;
+        // Without auth there is no auth.timeout; a socket that never says hello is still not kept forever.
+        const helloTimeout = listener.settings.auth ? listener.settings.auth.timeout : defaultHelloTimeout;
         if (helloTimeout) {
             this.helloTimer = setTimeout(() => this.close(CloseCode.helloTimeout, 'Hello timeout'), helloTimeout);
         }
@@ -197,6 +199,13 @@ export class Socket {
 
         this.held ??= new Map();
         this.held.set(path, []);
+    }
+
+    // The oldest live pub held for `path`, by offset.
+    firstHeld(path: string): number | null {
+
+        const held = this.held?.get(path);
+        return held?.length ? held[0]!.offset : null;
     }
 
     // Sends what was held with an offset after `offset` (older ones were replayed), then goes live.
@@ -375,7 +384,11 @@ export class Socket {
                 throw Boom.badRequest(this.state === State.helloing ? 'Connection is initializing' : 'Connection is not initialized');
             }
 
-            await this.listener.verify(this);
+            if (!await this.listener.verify(this)) {
+                this.sendError(Boom.forbidden('Credential verification failed'), message.type, message.id);
+                this.close(CloseCode.authExpired, 'Credential verification failed');
+                return;
+            }
 
             switch (message.type) {
                 case 'reauth': return await this.reauth(message);
@@ -478,7 +491,13 @@ export class Socket {
             return;
         }
 
-        this.sendText(JSON.stringify({ type: 'reauth', id: request.id }));
+        // Clients that negotiated expiry learn the new expiry with the reply.
+        const reply: Record<string, unknown> = { type: 'reauth', id: request.id };
+        if (this.expiry) {
+            reply.pulse = { expiresAt: this.expiresAt };
+        }
+
+        this.sendText(JSON.stringify(reply));
     }
 
     private async request(request: TunnelRequest): Promise<void> {
