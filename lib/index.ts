@@ -18,6 +18,8 @@ import type { SubscriptionOptions } from './server/subscriptions';
 
 export type { Broker, BrokerSink, PublishEnvelope, BroadcastEnvelope, HistoryOptions, Recovery } from './broker';
 export { MemoryBroker } from './brokers/memory';
+export { RedisBroker } from './brokers/redis';
+export type { RedisBrokerOptions } from './brokers/redis';
 export { CloseCode } from './protocol';
 export type { Socket, SocketAuth, SocketInfo } from './server/socket';
 export type { SubscriptionOptions, FilterOptions, FilterResult } from './server/subscriptions';
@@ -163,6 +165,16 @@ const settle = (options: PluginOptions): Settings & { broker?: Broker } => {
     return broker ? { ...settings, broker } : settings;
 };
 
+// Registry sizes of this server's node (read-only): open sockets, indexed users, subscribed paths, socket-path
+// subscriptions and upgrades still waiting on onUpgrade. For dashboards, and for tests that prove nothing leaks.
+export interface PulseStats {
+    sockets: number;
+    users: number;
+    topics: number;
+    subscriptions: number;
+    pendingUpgrades: number;
+}
+
 const listeners = new WeakMap<object, Listener>();
 
 const listenerOf = (server: Server): Listener => {
@@ -178,6 +190,7 @@ declare module '@hapi/hapi' {
         subscription(path: string, options?: SubscriptionOptions): void;
         publish(path: string, message: unknown, options?: { internal?: unknown; user?: string }): Promise<void>;
         eachSocket(each: (socket: Socket) => unknown, options?: { subscription?: string; user?: string }): Promise<void>;
+        pulseStats(): PulseStats;
     }
 
     interface Request {
@@ -225,6 +238,11 @@ export const plugin: Plugin<PluginOptions> = {
         server.decorate('server', 'eachSocket', function (this: Server, each: (socket: Socket) => unknown, opts?: { subscription?: string; user?: string }) {
 
             return listenerOf(this).eachSocket(each, opts);
+        });
+
+        server.decorate('server', 'pulseStats', function (this: Server) {
+
+            return listenerOf(this).stats();
         });
 
         server.decorate('request', 'socket', (request: Request) => request.plugins.nes?.socket ?? null, { apply: true });

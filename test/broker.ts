@@ -1,0 +1,884 @@
+// The broker suite: one behavioural suite run against every broker (the in-process one is the
+// reference), then what only a shared bus has: several nodes on one Redis, and Redis faults.
+//
+// Redis comes from REDIS_URL (default redis://127.0.0.1:6379). Without it these tests are skipped
+// loudly outside CI and fail under CI=true. Each run uses its own key and channel prefix.
+
+import { spawn, spawnSync } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import * as Net from 'node:net';
+
+import * as Basic from '@hapi/basic';
+import * as Code from '@hapi/code';
+import type * as Hapi from '@hapi/hapi';
+import * as Lab from '@hapi/lab';
+import { createClient } from '@redis/client';
+
+import * as Pulse from '../lib/index';
+import type { Broker, BrokerSink, PublishEnvelope } from '../lib/index';
+import { Nes, server, url, until, wait } from './helpers';
+import type { NesClient } from './helpers';
+
+const { expect } = Code;
+const lab = Lab.script();
+export { lab };
+const { after, before, describe, it } = lab;
+
+const redisUrl = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
+const runPrefix = `pulse-test:${process.pid}:${randomBytes(4).toString('hex')}:`;
+
+// Synchronous so that the suite knows at definition time whether to skip.
+const redisAvailable = ((): boolean => {
+
+    const probe = `
+        const u = new URL(process.argv[1]);
+        const s = require('net').connect(Number(u.port) || 6379, u.hostname);
+        s.setTimeout(1000, () => process.exit(1));
+        s.on('error', () => process.exit(1));
+        s.on('connect', () => s.write('PING\\r\\n'));
+        s.on('data', (d) => process.exit(/PONG|NOAUTH/.test(d.toString()) ? 0 : 1));`;
+    return spawnSync(process.execPath, ['-e', probe, redisUrl], { timeout: 3000 }).status === 0;
+})();
+
+const ci = process.env.CI === 'true';
+if (!redisAvailable && !ci) {
+    console.error(`\n${'#'.repeat(100)}\n#  SKIPPED: Redis broker tests. No Redis at ${redisUrl} (set REDIS_URL). Under CI=true this fails.\n${'#'.repeat(100)}\n`);
+}
+
+let prefixCounter = 0;
+const uniquePrefix = (): string => `${runPrefix}${++prefixCounter}:`;
+
+const users: Record<string, { scope: string[] }> = {
+    john: { scope: ['user-john'] },
+    jane: { scope: ['user-jane'] },
+    jim: { scope: ['user-jim'] }
+};
+
+const basic = async (srv: Hapi.Server): Promise<void> => {
+
+    await srv.register(Basic);
+    srv.auth.strategy('default', 'basic', {
+        validate: (_request: unknown, username: string, password: string) => {
+
+            const user = users[username];
+            if (!user || password !== 'secret') {
+                return { isValid: false, credentials: null };
+            }
+
+            return { isValid: true, credentials: { user: username, scope: user.scope } };
+        }
+    });
+    srv.auth.default('default');
+};
+
+const header = (username: string): string => 'Basic ' + Buffer.from(`${username}:secret`).toString('base64');
+
+const connect = async (srv: Hapi.Server, user?: string): Promise<NesClient> => {
+
+    const client = new Nes.Client(url(srv));
+    await client.connect(user ? { auth: { headers: { authorization: header(user) } } } : {});
+    return client;
+};
+
+// A sink that records what a broker delivers, for broker-level tests.
+const recorder = (): BrokerSink & { delivered: PublishEnvelope[]; broadcasts: unknown[]; logs: { tags: string[]; data: unknown }[] } => {
+
+    const sink = {
+        delivered: [] as PublishEnvelope[],
+        broadcasts: [] as unknown[],
+        logs: [] as { tags: string[]; data: unknown }[],
+        deliver: (envelope: PublishEnvelope) => {
+
+            sink.delivered.push(envelope);
+        },
+        broadcast: (envelope: { message: unknown }) => {
+
+            sink.broadcasts.push(envelope.message);
+        },
+        log: (tags: string[], data: unknown) => {
+
+            sink.logs.push({ tags, data });
+        }
+    };
+
+    return sink;
+};
+
+interface Flavour {
+    name: string;
+    skip: boolean;
+    make: (prefix?: string) => Broker;
+}
+
+const flavours: Flavour[] = [
+    { name: 'memory', skip: false, make: () => new Pulse.MemoryBroker() },
+    { name: 'redis', skip: !redisAvailable, make: (prefix = uniquePrefix()) => new Pulse.RedisBroker({ url: redisUrl, prefix }) }
+];
+
+const admin = createClient({ url: redisUrl });
+
+const cleanup = async (): Promise<void> => {
+
+    const keys: string[] = [];
+    for await (const batch of admin.scanIterator({ MATCH: `${runPrefix}*`, COUNT: 1000 })) {
+        keys.push(...batch);
+    }
+
+    if (keys.length) {
+        await admin.del(keys);
+    }
+};
+
+if (redisAvailable) {
+    before(async () => {
+
+        await admin.connect();
+    });
+
+    after(async () => {
+
+        await cleanup();
+        expect(await admin.keys(`${runPrefix}*`)).to.equal([]);
+        admin.destroy();
+    });
+}
+else if (ci) {
+    describe('redis', () => {
+
+        it('is required under CI', () => {
+
+            throw new Error(`CI=true but no Redis answers at ${redisUrl}`);
+        });
+    });
+}
+
+for (const flavour of flavours) {
+    describe(`${flavour.name} broker`, { skip: flavour.skip }, () => {
+
+        it('delivers a publish once to the subscribers of that exact path', async () => {
+
+            const srv = await server({ broker: flavour.make() });
+            srv.subscription('/item/{id}');
+            await srv.start();
+
+            const client = await connect(srv);
+            const five: unknown[] = [];
+            const six: unknown[] = [];
+            await client.subscribe('/item/5', (message: unknown) => five.push(message));
+            await client.subscribe('/item/6', (message: unknown) => six.push(message));
+
+            await srv.publish('/item/5', { a: 1 });
+            await srv.publish('/item/6', 'six');
+            await srv.publish('/item/7', 'nobody');
+            await until(() => five.length === 1 && six.length === 1);
+            await wait(50);
+            expect(five).to.equal([{ a: 1 }]);
+            expect(six).to.equal(['six']);
+
+            await client.disconnect();
+            await srv.stop();
+        });
+
+        it('runs filters with the socket credentials and the internal option, and per-socket overrides', async () => {
+
+            const srv = await server({ auth: { type: 'direct' }, broker: flavour.make() }, 'pulse', basic);
+            const seen: unknown[] = [];
+            srv.subscription('/room/{id}', {
+                filter: (_path, message, options) => {
+
+                    seen.push({ user: options.credentials?.user, internal: options.internal, params: options.params });
+                    if (options.credentials?.user === 'jane') {
+                        return { override: { ...message, for: 'jane' } };
+                    }
+
+                    return (options.internal as { allow: string[] }).allow.includes(options.credentials?.user);
+                }
+            });
+            await srv.start();
+
+            const got: Record<string, unknown[]> = { john: [], jane: [], jim: [] };
+            const clients = await Promise.all(Object.keys(got).map((user) => connect(srv, user)));
+            await Promise.all(clients.map((client, i) => client.subscribe('/room/a', (message: unknown) => got[Object.keys(got)[i]!]!.push(message))));
+
+            await srv.publish('/room/a', { text: 'hi' }, { internal: { allow: ['john'] } });
+            await until(() => got.john!.length === 1 && got.jane!.length === 1);
+            await wait(50);
+            expect(got).to.equal({ john: [{ text: 'hi' }], jane: [{ text: 'hi', for: 'jane' }], jim: [] });
+            expect(seen).to.have.length(3);
+            expect(seen).to.contain({ user: 'jim', internal: { allow: ['john'] }, params: { id: 'a' } });
+
+            await Promise.all(clients.map((client) => client.disconnect()));
+            await srv.stop();
+        });
+
+        it('targets users on publish and broadcast', async () => {
+
+            const srv = await server({ auth: { type: 'direct', index: true }, broker: flavour.make() }, 'pulse', basic);
+            srv.subscription('/news', { auth: { index: true } });
+            await srv.start();
+
+            const john = await connect(srv, 'john');
+            const jane = await connect(srv, 'jane');
+            const got: unknown[] = [];
+            john.onUpdate = (message: unknown) => got.push(['john', 'update', message]);
+            jane.onUpdate = (message: unknown) => got.push(['jane', 'update', message]);
+            await john.subscribe('/news', (message: unknown) => got.push(['john', 'pub', message]));
+            await jane.subscribe('/news', (message: unknown) => got.push(['jane', 'pub', message]));
+
+            await srv.publish('/news', 'for jane', { user: 'jane' });
+            await srv.broadcast('to john', { user: 'john' });
+            await srv.broadcast('to all');
+            await until(() => got.length === 4);
+            await wait(50);
+            expect(got).to.have.length(4);
+            expect(got).to.contain([['jane', 'pub', 'for jane'], ['john', 'update', 'to john'], ['john', 'update', 'to all'], ['jane', 'update', 'to all']]);
+
+            await john.disconnect();
+            await jane.disconnect();
+            await srv.stop();
+        });
+
+        it('asks the broker for a path when its first local subscriber arrives and leaves it after the last', async () => {
+
+            const broker = flavour.make();
+            const calls: string[] = [];
+            const subscribe = broker.subscribe.bind(broker);
+            const unsubscribe = broker.unsubscribe.bind(broker);
+            broker.subscribe = (path) => {
+
+                calls.push(`+${path}`);
+                return subscribe(path);
+            };
+
+            broker.unsubscribe = (path) => {
+
+                calls.push(`-${path}`);
+                return unsubscribe(path);
+            };
+
+            const srv = await server({ broker });
+            srv.subscription('/item/{id}');
+            await srv.start();
+
+            const a = await connect(srv);
+            const b = await connect(srv);
+            const got: unknown[] = [];
+            await a.subscribe('/item/1', (message: unknown) => got.push(['a', message]));
+            await b.subscribe('/item/1', (message: unknown) => got.push(['b', message]));
+            expect(calls).to.equal(['+/item/1']);
+
+            await a.unsubscribe('/item/1');
+            await srv.publish('/item/1', 'one');
+            await until(() => got.length === 1);
+            expect(got).to.equal([['b', 'one']]);
+            expect(calls).to.equal(['+/item/1']);
+
+            await b.disconnect();
+            await until(() => calls.length === 2);
+            expect(calls).to.equal(['+/item/1', '-/item/1']);
+            await srv.publish('/item/1', 'nobody');
+            await wait(50);
+            expect(got).to.have.length(1);
+
+            await a.disconnect();
+            await srv.stop();
+        });
+
+        it('stops and starts again', async () => {
+
+            const srv = await server({ broker: flavour.make() });
+            srv.subscription('/item/{id}');
+            await srv.start();
+            await srv.stop();
+            await srv.start();
+
+            const client = await connect(srv);
+            const got: unknown[] = [];
+            client.onUpdate = (message: unknown) => got.push(message);
+            await client.subscribe('/item/1', (message: unknown) => got.push(message));
+            await srv.publish('/item/1', 'again');
+            await srv.broadcast('everyone');
+            await until(() => got.length === 2);
+            expect(got).to.equal(['again', 'everyone']);
+
+            await client.disconnect();
+            await srv.stop();
+        });
+
+        it('numbers the publishes of a path that keeps history and recovers what was missed', async () => {
+
+            const broker = flavour.make();
+            const sink = recorder();
+            await broker.start(sink);
+            await broker.subscribe('/h');
+
+            const history = { size: 10, ttl: 60000 };
+            const empty = await broker.recover('/h', null, history);
+            expect(empty).to.equal({ recovered: true, entries: [], position: { epoch: empty.position.epoch, offset: 0 } });
+
+            for (let i = 1; i <= 4; ++i) {
+                const envelope: PublishEnvelope = { path: '/h', message: { i }, internal: 'x' };
+                await broker.publish(envelope, history);
+                expect(envelope.position).to.equal({ epoch: empty.position.epoch, offset: i });
+            }
+
+            await until(() => sink.delivered.length === 4);
+            expect(sink.delivered.map((envelope) => envelope.position!.offset)).to.equal([1, 2, 3, 4]);
+            expect(sink.delivered[0]).to.equal({ path: '/h', message: { i: 1 }, internal: 'x', position: { epoch: empty.position.epoch, offset: 1 } });
+
+            const position = { epoch: empty.position.epoch, offset: 4 };
+            expect(await broker.recover('/h', null, history)).to.equal({ recovered: true, entries: [], position });
+            expect(await broker.recover('/h', { epoch: position.epoch, offset: 4 }, history)).to.equal({ recovered: true, entries: [], position });
+            expect(await broker.recover('/h', { epoch: position.epoch, offset: 0 }, history)).to.equal({ recovered: true, entries: sink.delivered, position });
+            expect(await broker.recover('/h', { epoch: position.epoch, offset: 2 }, history)).to.equal({ recovered: true, entries: sink.delivered.slice(2), position });
+
+            // Another epoch, a future offset
+            expect(await broker.recover('/h', { epoch: 'other', offset: 2 }, history)).to.equal({ recovered: false, position });
+            expect(await broker.recover('/h', { epoch: position.epoch, offset: 5 }, history)).to.equal({ recovered: false, position });
+
+            // Publishes in flight together
+            await Promise.all([broker.publish({ path: '/h', message: 5 }, history), broker.publish({ path: '/h', message: 6 }, history)]);
+            await until(() => sink.delivered.length === 6);
+            expect(sink.delivered.map((envelope) => envelope.message)).to.equal([{ i: 1 }, { i: 2 }, { i: 3 }, { i: 4 }, 5, 6]);
+
+            // A path that never had a publish
+            const never = await broker.recover('/never', null, history);
+            expect(await broker.recover('/never', never.position, history)).to.equal({ recovered: true, entries: [], position: never.position });
+
+            // Without history a publish has no position
+            const plain: PublishEnvelope = { path: '/h', message: 'plain' };
+            await broker.publish(plain);
+            expect(plain.position).to.not.exist();
+
+            await broker.stop();
+        });
+
+        it('refuses recovery beyond the history size and after its ttl', async () => {
+
+            const broker = flavour.make();
+            await broker.start(recorder());
+
+            const sized = { size: 3, ttl: 60000 };
+            for (let i = 1; i <= 5; ++i) {
+                await broker.publish({ path: '/sized', message: i }, sized);
+            }
+
+            const { position } = await broker.recover('/sized', null, sized);
+            expect(position.offset).to.equal(5);
+            expect(await broker.recover('/sized', { epoch: position.epoch, offset: 1 }, sized)).to.equal({ recovered: false, position });
+            const recovered = await broker.recover('/sized', { epoch: position.epoch, offset: 2 }, sized);
+            expect(recovered.recovered).to.be.true();
+            expect((recovered as { entries: PublishEnvelope[] }).entries.map((entry) => entry.message)).to.equal([3, 4, 5]);
+
+            const short = { size: 10, ttl: 100 };
+            await broker.publish({ path: '/short', message: 1 }, short);
+            const before = await broker.recover('/short', null, short);
+            await wait(200);
+            const late = await broker.recover('/short', { epoch: before.position.epoch, offset: 0 }, short);
+            expect(late.recovered).to.be.false();
+
+            await broker.stop();
+        });
+    });
+}
+
+// ---- Only a shared bus: several nodes, one Redis ----
+
+const killConnection = async (broker: Pulse.RedisBroker, which: 'pub' | 'sub'): Promise<void> => {
+
+    const list = await admin.sendCommand(['CLIENT', 'LIST']) as string;
+    const line = list.split('\n').find((item) => item.includes(` name=hapi-pulse:${broker.id}:${which} `));
+    expect(line).to.exist();
+    const id = /^id=(\d+) /.exec(line!)![1]!;
+    await admin.sendCommand(['CLIENT', 'KILL', 'ID', id]);
+};
+
+const connectionsOf = async (broker: Pulse.RedisBroker): Promise<number> => {
+
+    const list = await admin.sendCommand(['CLIENT', 'LIST']) as string;
+    return list.split('\n').filter((item) => item.includes(` name=hapi-pulse:${broker.id}:`)).length;
+};
+
+const freePort = (): Promise<number> => {
+
+    return new Promise((resolve, reject) => {
+
+        const probe = Net.createServer();
+        probe.once('error', reject);
+        probe.listen(0, '127.0.0.1', () => {
+
+            const port = (probe.address() as Net.AddressInfo).port;
+            probe.close(() => resolve(port));
+        });
+    });
+};
+
+const eventually = async (check: () => Promise<boolean>, timeout = 2000): Promise<void> => {
+
+    const end = Date.now() + timeout;
+    while (!await check()) {
+        if (Date.now() > end) {
+            throw new Error('Timed out');
+        }
+
+        await wait(10);
+    }
+};
+
+const redisServerAvailable = spawnSync('redis-server', ['--version']).status === 0;
+
+// A redis-server of the test's own, for faults that would disturb everyone on the shared one. Killed
+// on exit too, in case a test timed out before its finally.
+const privateServers = new Set<ChildProcess>();
+process.once('exit', () => privateServers.forEach((child) => child.kill('SIGKILL')));
+
+class PrivateRedis {
+
+    child: ChildProcess | null = null;
+
+    private constructor(readonly port: number) { }
+
+    get url(): string {
+
+        return `redis://127.0.0.1:${this.port}`;
+    }
+
+    static async start(): Promise<PrivateRedis> {
+
+        const redis = new PrivateRedis(await freePort());
+        await redis.restart();
+        return redis;
+    }
+
+    async restart(): Promise<void> {
+
+        const child = spawn('redis-server', ['--port', `${this.port}`, '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
+        this.child = child;
+        privateServers.add(child);
+        child.once('exit', () => privateServers.delete(child));
+        const probe = createClient({ url: this.url, socket: { reconnectStrategy: 20 } });
+        probe.on('error', () => { });
+        await probe.connect();
+        probe.destroy();
+    }
+
+    async kill(): Promise<void> {
+
+        const child = this.child;
+        if (child && child.exitCode === null) {
+            const exited = new Promise((resolve) => child.once('exit', resolve));
+            child.kill('SIGKILL');
+            await exited;
+        }
+
+        this.child = null;
+    }
+
+    signal(signal: NodeJS.Signals): void {
+
+        this.child!.kill(signal);
+    }
+}
+
+describe('redis broker across nodes', { skip: !redisAvailable }, () => {
+
+    const nodes = async (count: number, options: Record<string, unknown> = {}, setup?: (srv: Hapi.Server) => void | Promise<void>, brokerOptions: Pulse.RedisBrokerOptions = {}) => {
+
+        const prefix = uniquePrefix();
+        const list: { srv: Hapi.Server; broker: Pulse.RedisBroker }[] = [];
+        for (let i = 0; i < count; ++i) {
+            const broker = new Pulse.RedisBroker({ url: redisUrl, prefix, ...brokerOptions });
+            const srv = await server({ ...options, broker }, 'pulse', setup);
+            list.push({ srv, broker });
+        }
+
+        return { list, prefix };
+    };
+
+    it('delivers a publish on node A to subscribers on node B with B\'s filters, credentials and overrides, once', async () => {
+
+        const { list: [a, b] } = await nodes(2, { auth: { type: 'direct' } }, basic);
+        const filtered: unknown[] = [];
+        for (const { srv } of [a!, b!]) {
+            srv.subscription('/room/{id}', {
+                filter: (_path, message, options) => {
+
+                    filtered.push({ port: srv.info.port, user: options.credentials?.user, internal: options.internal });
+                    if (options.credentials?.user === 'jane') {
+                        return { override: { ...message, for: 'jane' } };
+                    }
+
+                    return options.credentials?.user !== 'jim';
+                }
+            });
+            await srv.start();
+        }
+
+        const got: unknown[] = [];
+        const onA = await connect(a!.srv, 'john');
+        const onB = await Promise.all(['john', 'jane', 'jim'].map((user) => connect(b!.srv, user)));
+        await onA.subscribe('/room/1', (message: unknown) => got.push(['A john', message]));
+        await Promise.all(onB.map((client, i) => client.subscribe('/room/1', (message: unknown) => got.push([`B ${['john', 'jane', 'jim'][i]}`, message]))));
+
+        await a!.srv.publish('/room/1', { n: 1 }, { internal: { from: 'A' } });
+        await b!.srv.publish('/room/1', { n: 2 });
+        await until(() => got.length === 6);
+        await wait(100);
+        expect(got).to.have.length(6);
+        expect(got).to.contain([
+            ['A john', { n: 1 }], ['B john', { n: 1 }], ['B jane', { n: 1, for: 'jane' }],
+            ['A john', { n: 2 }], ['B john', { n: 2 }], ['B jane', { n: 2, for: 'jane' }]
+        ]);
+        expect(filtered).to.contain({ port: b!.srv.info.port, user: 'jim', internal: { from: 'A' } });
+        expect(filtered).to.contain({ port: a!.srv.info.port, user: 'john', internal: { from: 'A' } });
+        expect(filtered).to.have.length(8);
+
+        await onA.disconnect();
+        await Promise.all(onB.map((client) => client.disconnect()));
+        await a!.srv.stop();
+        await b!.srv.stop();
+    });
+
+    it('broadcasts and targets users across nodes', async () => {
+
+        const { list: [a, b] } = await nodes(2, { auth: { type: 'direct', index: true } }, basic);
+        for (const { srv } of [a!, b!]) {
+            srv.subscription('/news', { auth: { index: true } });
+            await srv.start();
+        }
+
+        const got: unknown[] = [];
+        const john = await connect(b!.srv, 'john');
+        const jane = await connect(b!.srv, 'jane');
+        const jim = await connect(a!.srv, 'jim');
+        for (const [name, client] of [['john', john], ['jane', jane], ['jim', jim]] as const) {
+            client.onUpdate = (message: unknown) => got.push([name, 'update', message]);
+            await client.subscribe('/news', (message: unknown) => got.push([name, 'pub', message]));
+        }
+
+        await a!.srv.publish('/news', 'for jane', { user: 'jane' });
+        await a!.srv.broadcast('to john', { user: 'john' });
+        await b!.srv.broadcast('to jim', { user: 'jim' });
+        await a!.srv.broadcast('to all');
+        await until(() => got.length === 6);
+        await wait(100);
+        expect(got).to.have.length(6);
+        expect(got).to.contain([
+            ['jane', 'pub', 'for jane'], ['john', 'update', 'to john'], ['jim', 'update', 'to jim'],
+            ['john', 'update', 'to all'], ['jane', 'update', 'to all'], ['jim', 'update', 'to all']
+        ]);
+
+        await Promise.all([john, jane, jim].map((client) => client.disconnect()));
+        await a!.srv.stop();
+        await b!.srv.stop();
+    });
+
+    it('subscribes in Redis only to the paths its sockets hold', async () => {
+
+        const { list: [a, b], prefix } = await nodes(2);
+        for (const { srv } of [a!, b!]) {
+            srv.subscription('/item/{id}');
+            await srv.start();
+        }
+
+        const channels = async () => ((await admin.sendCommand(['PUBSUB', 'CHANNELS', `${prefix}*`])) as string[]).sort();
+        expect(await channels()).to.equal([`${prefix}b`]);
+
+        const client = await connect(b!.srv);
+        await client.subscribe('/item/1', () => { });
+        await client.subscribe('/item/2', () => { });
+        expect(await channels()).to.equal([`${prefix}b`, `${prefix}p:/item/1`, `${prefix}p:/item/2`]);
+        const numsub = await admin.sendCommand(['PUBSUB', 'NUMSUB', `${prefix}p:/item/1`, `${prefix}b`]) as [string, number, string, number];
+        expect(numsub).to.equal([`${prefix}p:/item/1`, 1, `${prefix}b`, 2]);
+
+        await client.unsubscribe('/item/1');
+        await eventually(async () => (await channels()).length === 2);
+        expect(await channels()).to.equal([`${prefix}b`, `${prefix}p:/item/2`]);
+
+        await client.disconnect();
+        await eventually(async () => (await channels()).length === 1);
+        expect(await channels()).to.equal([`${prefix}b`]);
+
+        await a!.srv.stop();
+        await b!.srv.stop();
+        expect(await channels()).to.equal([]);
+        expect(await connectionsOf(a!.broker)).to.equal(0);
+        expect(await connectionsOf(b!.broker)).to.equal(0);
+    });
+
+    it('gives concurrent publishers on two nodes distinct increasing offsets', async () => {
+
+        const { list: [a, b] } = await nodes(2);
+        for (const { srv } of [a!, b!]) {
+            srv.subscription('/h', { history: { size: 1000, ttl: 60000 } });
+            await srv.start();
+        }
+
+        const client = await connect(b!.srv);
+        const got: unknown[] = [];
+        await client.subscribe('/h', (message: unknown) => got.push(message));
+
+        const sink = recorder();
+        const observer = new Pulse.RedisBroker({ url: redisUrl, prefix: (a!.broker as any).prefix });
+        await observer.start(sink);
+        await observer.subscribe('/h');
+
+        await Promise.all(Array.from({ length: 50 }, (_, i) => (i % 2 ? a : b)!.srv.publish('/h', i)));
+        await until(() => sink.delivered.length === 50 && got.length === 50);
+        expect(sink.delivered.map((envelope) => envelope.position!.offset)).to.equal(Array.from({ length: 50 }, (_, i) => i + 1));
+        expect(new Set(sink.delivered.map((envelope) => envelope.position!.epoch)).size).to.equal(1);
+        expect(got).to.equal(sink.delivered.map((envelope) => envelope.message));
+
+        const history = { size: 1000, ttl: 60000 };
+        const fromA = await a!.broker.recover('/h', { epoch: sink.delivered[0]!.position!.epoch, offset: 40 }, history);
+        const fromB = await b!.broker.recover('/h', { epoch: sink.delivered[0]!.position!.epoch, offset: 40 }, history);
+        expect(fromA).to.equal(fromB);
+        expect(fromA).to.equal({ recovered: true, entries: sink.delivered.slice(40), position: sink.delivered[49]!.position! });
+
+        await observer.stop();
+        await client.disconnect();
+        await a!.srv.stop();
+        await b!.srv.stop();
+    });
+
+    it('reconnects and resubscribes after its connections are killed in the middle of a publish stream', async () => {
+
+        const { list: [a, b] } = await nodes(2, {}, undefined, { timeout: 1000, client: { socket: { reconnectStrategy: () => 300 } } });
+        const logs: string[][] = [];
+        for (const { srv } of [a!, b!]) {
+            srv.subscription('/stream');
+            srv.events.on('log', (event) => logs.push(event.tags));
+            await srv.start();
+        }
+
+        const client = await connect(b!.srv);
+        const got: number[] = [];
+        await client.subscribe('/stream', (message: number) => got.push(message));
+
+        let sent = 0;
+        const failures: unknown[] = [];
+        let stop = false;
+        const stream = (async () => {
+
+            while (!stop) {
+                await a!.srv.publish('/stream', ++sent).catch((err) => failures.push(err));
+                await wait(5);
+            }
+        })();
+
+        await until(() => got.length >= 10);
+        await killConnection(b!.broker, 'sub');
+        await until(() => logs.some((tags) => tags.includes('sub') && tags.includes('error')));
+        await until(() => logs.some((tags) => tags.includes('sub') && tags.includes('ready')), 3000, 'resubscription');
+        const resumedAt = sent;
+        await until(() => got.some((n) => n > resumedAt + 5), 3000, 'delivery after resubscription');
+
+        // The publishing connection: node-redis reconnects at once, a publish caught in the gap is refused
+        await killConnection(a!.broker, 'pub');
+        await until(() => logs.some((tags) => tags.includes('pub') && tags.includes('error')));
+        const killedAt = sent;
+        await until(() => got.some((n) => n > killedAt + 5), 3000, 'delivery after reconnection');
+        for (const failure of failures as { isBoom: boolean; output: { statusCode: number } }[]) {
+            expect(failure.isBoom).to.be.true();
+            expect(failure.output.statusCode).to.equal(503);
+        }
+
+        stop = true;
+        await stream;
+        await until(() => got.at(-1) === sent - failures.length || got.includes(sent), 2000).catch(() => { });
+        for (let i = 1; i < got.length; ++i) {
+            expect(got[i]).to.be.above(got[i - 1]!);                 // in order, never twice
+        }
+
+        await client.disconnect();
+        await a!.srv.stop();
+        await b!.srv.stop();
+    });
+
+    it('survives a Redis restart: refuses publishes while it is down and resumes after', { skip: !redisServerAvailable }, async () => {
+
+        const redis = await PrivateRedis.start();
+        try {
+            const { list: [a, b] } = await nodes(2, {}, undefined, { url: redis.url, timeout: 1000, client: { socket: { reconnectStrategy: () => 100 } } });
+            let errors = 0;
+            for (const { srv } of [a!, b!]) {
+                srv.subscription('/stream');
+                srv.subscription('/h', { history: { size: 10, ttl: 60000 } });
+                srv.events.on('log', (event) => {
+
+                    errors += event.tags.includes('error') ? 1 : 0;
+                });
+                await srv.start();
+            }
+
+            const client = await connect(b!.srv);
+            const got: unknown[] = [];
+            await client.subscribe('/stream', (message: unknown) => got.push(message));
+            await client.subscribe('/h', (message: unknown) => got.push(message));
+
+            await a!.srv.publish('/stream', 'before');
+            await a!.srv.publish('/h', 'h before');
+            await until(() => got.length === 2);
+            const { position } = await a!.broker.recover('/h', null, { size: 10, ttl: 60000 });
+
+            await redis.kill();
+            await until(() => errors > 0 && !(a!.broker as any).pub.isReady);
+
+            const refused = async (promise: Promise<unknown>) => {
+
+                const err = await expect(promise).to.reject('Redis broker unavailable');
+                expect((err as any).output.statusCode).to.equal(503);
+            };
+
+            await refused(a!.srv.publish('/stream', 'while down'));
+            await refused(a!.srv.broadcast('while down'));
+            await refused(a!.srv.publish('/h', 'while down'));
+            await refused(a!.broker.recover('/h', position, { size: 10, ttl: 60000 }));
+
+            // Subscribing and leaving while Redis is down: settled once it is back
+            const late = await connect(b!.srv);
+            const lateGot: unknown[] = [];
+            b!.srv.subscription('/late');
+            a!.srv.subscription('/late');
+            await late.subscribe('/late', (message: unknown) => lateGot.push(message));
+            await client.unsubscribe('/h');
+
+            await redis.restart();
+            const ready = (broker: Pulse.RedisBroker, path: string) => (broker as any).pub.isReady && (broker as any).channels.get(`${(broker as any).prefix}p:${path}`) === true;
+            await until(() => ready(a!.broker, '/h') === false && ready(b!.broker, '/stream') && ready(b!.broker, '/late'), 5000, 'reconnection');
+
+            await a!.srv.publish('/stream', 'after');
+            await a!.srv.publish('/h', 'h after');
+            await a!.srv.publish('/late', 'late');
+            await until(() => got.length === 3 && lateGot.length === 1);
+            await wait(50);
+            expect(got).to.equal(['before', 'h before', 'after']);
+            expect(lateGot).to.equal(['late']);
+
+            // The history did not survive the restart: a new epoch, the old position cannot be recovered
+            const recovery = await a!.broker.recover('/h', position, { size: 10, ttl: 60000 });
+            expect(recovery.recovered).to.be.false();
+            expect(recovery.position.epoch).to.not.equal(position.epoch);
+
+            await client.disconnect();
+            await late.disconnect();
+            await a!.srv.stop();
+            await b!.srv.stop();
+        }
+        finally {
+            await redis.kill();
+        }
+    });
+
+    it('bounds every wait on a Redis that stops answering', { skip: !redisServerAvailable }, async () => {
+
+        const redis = await PrivateRedis.start();
+        try {
+            const broker = new Pulse.RedisBroker({ url: redis.url, timeout: 300, client: { socket: { reconnectStrategy: () => 50 } } });
+            const sink = recorder();
+            await broker.start(sink);
+            await broker.subscribe('/a');
+            await broker.subscribe('/c');
+
+            redis.signal('SIGSTOP');
+            const started = Date.now();
+            const err = await expect(broker.publish({ path: '/a', message: 'hung' })).to.reject(/Redis broker command failed/);
+            expect((err as any).output.statusCode).to.equal(503);
+            await broker.subscribe('/b');                                    // gives up waiting, logs
+            expect(Date.now() - started).to.be.within(500, 1500);
+            expect(sink.logs.some((log) => log.tags.includes('subscribe'))).to.be.true();
+
+            // The timed out publish was written: it arrives when Redis answers again
+            redis.signal('SIGCONT');
+            await until(() => sink.delivered.length === 1);
+            expect(sink.delivered[0]!.message).to.equal('hung');
+
+            // Left while Redis is gone: the queued UNSUBSCRIBE is dropped when the broker stops
+            await redis.kill();
+            await until(() => !(broker as any).sub.isReady);
+            await broker.subscribe('/d');
+            await broker.unsubscribe('/c');
+            await broker.stop();
+            await until(() => sink.logs.some((log) => log.tags.includes('unsubscribe')), 1000).catch(() => { });
+        }
+        finally {
+            await redis.kill();
+        }
+    });
+
+    it('fails to start when Redis cannot be reached, and stops cleanly', async () => {
+
+        const port = await freePort();
+        const broker = new Pulse.RedisBroker({ url: `redis://127.0.0.1:${port}`, timeout: 300 });
+        const srv = await server({ broker });
+        await expect(srv.start()).to.reject(/RedisBroker cannot connect/);
+        await srv.stop();
+        await expect(broker.publish({ path: '/x', message: 1 })).to.reject(/Redis broker unavailable/);
+        await broker.unsubscribe('/x');
+    });
+
+    it('reloads its scripts after SCRIPT FLUSH, reports Redis errors as 500 and ignores malformed messages', async () => {
+
+        const prefix = uniquePrefix();
+        const broker = new Pulse.RedisBroker({ url: redisUrl, prefix });
+        const sink = recorder();
+        await broker.start(sink);
+        await broker.subscribe('/h');
+        expect(() => new Pulse.RedisBroker({ timeout: 0 })).to.throw('Invalid RedisBroker timeout');
+        expect(() => new Pulse.RedisBroker({ timeout: 1.5 })).to.throw('Invalid RedisBroker timeout');
+        expect(() => new Pulse.RedisBroker(null as any)).to.throw('Invalid RedisBroker options');
+        expect(() => new Pulse.RedisBroker({ url: 1 as any })).to.throw('Invalid RedisBroker url');
+        expect(() => new Pulse.RedisBroker({ prefix: 1 as any })).to.throw('Invalid RedisBroker prefix');
+
+        // Left before Redis acknowledged the subscription
+        const subscribing = broker.subscribe('/gone');
+        await broker.unsubscribe('/gone');
+        await subscribing;
+        await broker.publish({ path: '/gone', message: 'nobody' });
+
+        const history = { size: 10, ttl: 60000 };
+        await broker.publish({ path: '/h', message: 1 }, history);
+        await admin.sendCommand(['SCRIPT', 'FLUSH']);
+        await broker.publish({ path: '/h', message: 2 }, history);
+        expect((await broker.recover('/h', null, history)).position.offset).to.equal(2);
+
+        await admin.set(`${prefix}m:/wrong`, 'not a hash');
+        const err = await expect(broker.publish({ path: '/wrong', message: 1 }, history)).to.reject();
+        expect((err as any).output.statusCode).to.equal(500);
+
+        await admin.publish(`${prefix}p:/h`, 'garbage');
+        await until(() => sink.logs.some((log) => log.tags.includes('deliver')));
+        await broker.publish({ path: '/h', message: 3 });
+        await until(() => sink.delivered.length === 3);
+        expect(sink.delivered.map((envelope) => envelope.message)).to.equal([1, 2, 3]);
+
+        await broker.stop();
+    });
+
+    it('resolves a publish whose own copy never comes back after the timeout', async () => {
+
+        const prefix = uniquePrefix();
+        const broker = new Pulse.RedisBroker({ url: redisUrl, prefix, timeout: 200 });
+        await broker.start(recorder());
+        await broker.subscribe('/lost');
+        await (broker as any).sub.UNSUBSCRIBE(`${prefix}p:/lost`);          // Redis forgets, the broker does not know
+
+        // An own publish that came back settles every earlier one that did not
+        await broker.subscribe('/found');
+        const lost = broker.publish({ path: '/lost', message: 0 });
+        await broker.publish({ path: '/found', message: 0 });
+        await lost;
+
+        const started = Date.now();
+        const first = broker.publish({ path: '/lost', message: 1 });
+        await wait(120);
+        const second = broker.publish({ path: '/lost', message: 2 });
+        await first;
+        expect(Date.now() - started).to.be.within(180, 400);
+        await second;
+        expect(Date.now() - started).to.be.within(300, 700);
+
+        await broker.stop();
+    });
+});
