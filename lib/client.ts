@@ -1,0 +1,878 @@
+// hapi-pulse client: speaks nes protocol v2 over a WebSocket, in browsers (native WebSocket) and in Node (ws).
+// It is API compatible with the @hapi/nes 14 client; the differences are documented next to the code that has them.
+// Only ./protocol may be imported here: the browser bundle is built from this file alone.
+
+import type { ClientOptions as WsOptions } from 'ws';
+
+import { ChunkAssembler, CloseCode, validateServerMessage, version } from './protocol';
+import type { ClientMessage, ErrorFields, HelloRequest, MessageId, ServerMessage } from './protocol';
+
+
+// ---- Public types ----
+
+export type ErrorType = 'timeout' | 'disconnect' | 'server' | 'protocol' | 'ws' | 'user';
+
+export type ClientAuth = string | { headers?: Record<string, string>; payload?: unknown; [key: string]: unknown };
+
+export interface ClientOptions {
+
+    // Passed to the ws constructor (Node only). maxPayload defaults to 16 MiB instead of ws's 100 MiB.
+    ws?: WsOptions;
+
+    // Per request timeout in milliseconds (false: none, the default).
+    timeout?: number | false;
+
+    // Upper bound, in characters, of one server message after chunk reassembly. Defaults to 64 Mi.
+    maxMessageChars?: number;
+}
+
+export interface ConnectOptions {
+    auth?: ClientAuth;
+    reconnect?: boolean;                // default true
+    delay?: number;                     // first reconnection delay in ms, doubled on each failed attempt (default 1000)
+    maxDelay?: number;                  // cap on the reconnection delay (default 5000)
+    retries?: number;                   // consecutive failed attempts allowed (default Infinity)
+    timeout?: number;                   // time allowed to open the socket, in ms
+    jitter?: number;                    // share of each delay that is randomised, 0..1 (default 0.5)
+}
+
+export interface RequestOptions {
+    path: string;
+    method?: string;
+    headers?: Record<string, string>;
+    payload?: unknown;
+}
+
+export interface RequestResponse<T = any> {
+    payload: T;
+    statusCode: number;
+    headers: Record<string, string>;
+}
+
+export interface MessageResponse<T = any> {
+    payload: T;
+}
+
+export interface SubscriptionFlags {
+    revoked?: boolean;
+}
+
+export type SubscriptionHandler<T = unknown> = (message: T, flags: SubscriptionFlags) => void;
+
+export interface DisconnectLog {
+    code: number;
+    explanation: string;
+    reason: string;
+    wasClean: boolean;
+    willReconnect: boolean;
+    wasRequested: boolean;
+}
+
+// The subset of the WebSocket interface used here; both the DOM WebSocket and ws provide it.
+export interface WebSocketLike {
+    readonly readyState: number;
+    onopen: ((event: unknown) => void) | null;
+    onclose: ((event: { code?: number; reason?: string; wasClean?: boolean }) => void) | null;
+    onerror: ((event: unknown) => void) | null;
+    onmessage: ((event: { data: unknown }) => void) | null;
+    send(data: string): void;
+    close(code?: number, reason?: string): void;
+}
+
+export type WebSocketConstructor = new (url: string, options?: WsOptions) => WebSocketLike;
+
+
+export class PulseError extends Error {
+
+    readonly type: ErrorType;
+    readonly isNes = true;
+    readonly isPulse = true;
+    statusCode?: number;
+    data?: any;
+    headers?: Record<string, string>;
+    path?: string;
+
+    constructor(message: string, type: ErrorType, cause?: unknown) {
+
+        super(message, cause === undefined ? undefined : { cause });
+        this.name = 'PulseError';
+        this.type = type;
+    }
+}
+
+// Kept for code written against @hapi/nes types
+export type NesError = PulseError;
+
+
+// ---- Internals ----
+
+const OPEN = 1;
+const CONNECTING = 0;
+
+const ignore = () => { };
+
+const explanations: Record<number, string> = {
+    1000: 'Normal closure',
+    1001: 'Going away',
+    1002: 'Protocol error',
+    1003: 'Unsupported data',
+    1004: 'Reserved',
+    1005: 'No status received',
+    1006: 'Abnormal closure',
+    1007: 'Invalid frame payload data',
+    1008: 'Policy violation',
+    1009: 'Message too big',
+    1010: 'Mandatory extension',
+    1011: 'Internal server error',
+    1015: 'TLS handshake'
+};
+
+interface Pending {
+    resolve: (value: any) => void;
+    reject: (err: PulseError) => void;
+    timer: ReturnType<typeof setTimeout> | null;
+}
+
+interface Reconnection {
+    delay: number;
+    maxDelay: number;
+    retries: number;
+    jitter: number;
+    attempts: number;               // failed attempts since the last successful hello
+    settings: { auth?: ClientAuth; timeout?: number };
+}
+
+type Done = (err?: PulseError) => void;
+
+const toError = (err: unknown, type: ErrorType): PulseError => {
+
+    return new PulseError(err instanceof Error ? err.message : String(err), type, err);
+};
+
+// In Node the ws module is used so that options (headers, agents, maxPayload) can be passed; everywhere else the
+// platform WebSocket. ws is required lazily so that importing this module never loads it, and the browser bundle
+// marks it external and never reaches the require.
+const platformWebSocket = (): { WebSocket: WebSocketConstructor; node: boolean } => {
+
+    // $lab:coverage:off$
+    if (typeof process === 'object' && process !== null && process.versions?.node) {
+        return { WebSocket: require('ws'), node: true };
+    }
+
+    const WebSocket = (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+    if (!WebSocket) {
+        throw new Error('No WebSocket implementation available');
+    }
+
+    return { WebSocket, node: false };
+    // $lab:coverage:on$
+};
+
+
+export class Client {
+
+    // Overrides the WebSocket implementation (must accept (url, options) when `ws` options are used).
+    static WebSocket: WebSocketConstructor | null = null;
+
+    id: string | null = null;
+
+    onError: (err: PulseError) => void = (err) => console.error(err);
+    onConnect: () => void = ignore;
+    onDisconnect: (willReconnect: boolean, log: DisconnectLog) => void = ignore;
+    onHeartbeatTimeout: (willReconnect: boolean) => void = ignore;
+    onUpdate: (message: unknown) => void = ignore;
+
+    private readonly _url: string;
+    private readonly _settings: ClientOptions;
+    private readonly _assembler: ChunkAssembler;
+    private readonly _maxChars: number;
+
+    private _ws: WebSocketLike | null = null;
+    private _ready = false;                 // hello answered on the current socket
+    private _discarding = false;            // skipping the rest of an oversized chunked message
+    private _reconnection: Reconnection | null = null;
+    private _reconnectionTimer: ReturnType<typeof setTimeout> | null = null;
+    private _ids = 0;
+    private _requests = new Map<MessageId, Pending>();
+    private _subscriptions = new Map<string, SubscriptionHandler<any>[]>();
+    private _heartbeatMs: number | false = false;
+    private _heartbeatTimer: ReturnType<typeof setTimeout> | null = null;
+    private _disconnectListeners: (() => void)[] | null = null;
+    private _disconnectRequested = false;
+
+    constructor(url: string, options: ClientOptions = {}) {
+
+        this._url = url;
+        this._settings = options;
+        this._maxChars = options.maxMessageChars ?? 64 * 1024 * 1024;
+        this._assembler = new ChunkAssembler(this._maxChars);
+    }
+
+    // ---- Connection ----
+
+    connect(options: ConnectOptions = {}): Promise<void> {
+
+        if (this._ws) {
+            return Promise.reject(new PulseError('Already connected', 'user'));
+        }
+
+        if (this._reconnection) {
+            return Promise.reject(new PulseError('Cannot connect while client attempts to reconnect', 'user'));
+        }
+
+        const settings = { auth: options.auth, timeout: options.timeout };
+        if (options.reconnect !== false) {
+            this._reconnection = {
+                delay: options.delay || 1000,
+                maxDelay: options.maxDelay || 5000,
+                retries: options.retries ?? Infinity,           // nes treats 0 as Infinity; here 0 means no retry
+                jitter: Math.min(Math.max(options.jitter ?? 0.5, 0), 1),
+                attempts: 0,
+                settings
+            };
+        }
+
+        return new Promise((resolve, reject) => {
+
+            this._connect(settings, true, (err) => (err ? reject(err) : resolve()));
+        });
+    }
+
+    disconnect(): Promise<void> {
+
+        return new Promise((resolve) => this._disconnect(resolve, false));
+    }
+
+    overrideReconnectionAuth(auth: ClientAuth): boolean {
+
+        if (!this._reconnection) {
+            return false;
+        }
+
+        this._reconnection.settings.auth = auth;
+        return true;
+    }
+
+    reauthenticate(auth: ClientAuth): Promise<true> {
+
+        this.overrideReconnectionAuth(auth);
+        return this._send({ type: 'reauth', auth } as ClientMessage);
+    }
+
+    // ---- Requests ----
+
+    request<T = any>(options: string | RequestOptions): Promise<RequestResponse<T>> {
+
+        if (typeof options === 'string') {
+            options = { path: options };
+        }
+
+        return this._send({
+            type: 'request',
+            method: options.method || 'GET',
+            path: options.path,
+            headers: options.headers,
+            payload: options.payload
+        } as ClientMessage);
+    }
+
+    message<T = any>(message: unknown): Promise<MessageResponse<T>> {
+
+        return this._send({ type: 'message', message } as ClientMessage);
+    }
+
+    // ---- Subscriptions ----
+
+    subscriptions(): string[] {
+
+        return [...this._subscriptions.keys()];
+    }
+
+    subscribe<T = unknown>(path: string, handler: SubscriptionHandler<T>): Promise<void> {
+
+        if (!path || path[0] !== '/' || typeof handler !== 'function') {
+            return Promise.reject(new PulseError(typeof handler !== 'function' ? 'Invalid handler' : 'Invalid path', 'user'));
+        }
+
+        const handlers = this._subscriptions.get(path);
+        if (handlers) {
+            if (!handlers.includes(handler)) {
+                handlers.push(handler);
+            }
+
+            return Promise.resolve();
+        }
+
+        this._subscriptions.set(path, [handler]);
+        if (!this._isReady()) {
+            return Promise.resolve();           // Sent with the next hello, or right after the current one
+        }
+
+        return this._sub(path);
+    }
+
+    unsubscribe(path: string, handler?: SubscriptionHandler<any> | null): Promise<void> {
+
+        if (!path || path[0] !== '/') {
+            return Promise.reject(new PulseError('Invalid path', 'user'));
+        }
+
+        const handlers = this._subscriptions.get(path);
+        if (!handlers) {
+            return Promise.resolve();
+        }
+
+        if (handler) {
+            const pos = handlers.indexOf(handler);
+            if (pos === -1) {
+                return Promise.resolve();
+            }
+
+            handlers.splice(pos, 1);
+            if (handlers.length) {
+                return Promise.resolve();
+            }
+        }
+
+        this._subscriptions.delete(path);
+        if (!this._isReady()) {
+            return Promise.resolve();
+        }
+
+        // The handlers are gone whatever the server answers
+        const promise = this._send<void>({ type: 'unsub', path } as ClientMessage);
+        promise.catch(ignore);
+        return promise;
+    }
+
+    // ---- Internals: connection lifecycle ----
+
+    private _connect(settings: Reconnection['settings'], initial: boolean, done: Done): void {
+
+        this._clearReconnectionTimer();
+
+        let ws: WebSocketLike;
+        try {
+            ws = this._createSocket();
+        }
+        catch (err) {
+            done(toError(err, 'ws'));
+            return;
+        }
+
+        this._ws = ws;
+
+        let opened = false;
+        let finished = false;
+        const finish: Done = (err) => {                 // Called exactly once per attempt
+
+            clearTimeout(timer);
+            finished = true;
+            done(err);
+        };
+
+        // Covers opening the socket and the hello exchange
+        const timer = settings.timeout ? setTimeout(() => {
+
+            finish(new PulseError('Connection timed out', 'timeout'));
+            this._cleanup(ws);
+            if (initial) {
+                this._reconnect();
+            }
+        }, settings.timeout) : undefined;
+
+        // Both close and error events end the socket; whichever comes first detaches the handlers
+        const closed = (event: { code?: number; reason?: string; wasClean?: boolean }) => {
+
+            const report = opened || this._reconnection !== null;
+            const wasRequested = this._disconnectRequested;
+            this._cleanup(ws);
+
+            if (!opened) {
+                finish(new PulseError('Socket error', 'ws'));
+            }
+
+            if (!report) {
+                return;
+            }
+
+            const code = event.code ?? 1006;
+            const willReconnect = this._willReconnect();
+            this._call(this.onDisconnect, willReconnect, {
+                code,
+                explanation: explanations[code] ?? 'Unknown',
+                reason: event.reason ?? '',
+                wasClean: event.wasClean ?? false,
+                willReconnect,
+                wasRequested
+            });
+
+            this._reconnect();
+        };
+
+        // The hello is tracked with plain callbacks rather than a promise so that its reply is handled in the same
+        // turn as the frame that carried it, while this socket is certainly still the current one.
+        ws.onopen = () => {
+
+            opened = true;
+            ws.onopen = null;
+            const subs = this.subscriptions();
+            this._track(ws, this._hello(settings.auth, subs), () => {
+
+                this._helloed(subs);
+                this._call(this.onConnect);
+                finish();
+            }, (err) => {
+
+                if (this._ws !== ws) {
+                    if (!finished) {
+                        finish(err);                // Socket lost during the hello (a timeout has already reported)
+                    }
+
+                    return;
+                }
+
+                if (err.path) {
+                    this._subscriptions.delete(err.path);
+                }
+
+                // A failed hello stops reconnection: the same credentials would fail the same way
+                this._disconnect(() => setTimeout(() => finish(err), 0), true);
+            });
+        };
+
+        ws.onerror = () => closed({});
+        ws.onclose = closed;
+        ws.onmessage = (event) => {
+
+            try {
+                this._onMessage(ws, event.data);
+            }
+            catch (err) {
+                /* $lab:coverage:off$ */ this._emitError(toError(err, 'protocol')); /* $lab:coverage:on$ */
+            }
+        };
+    }
+
+    private _createSocket(): WebSocketLike {
+
+        const platform = platformWebSocket();
+        const WebSocket = Client.WebSocket ?? platform.WebSocket;
+
+        // $lab:coverage:off$
+        if (!platform.node) {
+            return new WebSocket(this._url);
+        }
+        // $lab:coverage:on$
+
+        return new WebSocket(this._url, { maxPayload: 16 * 1024 * 1024, ...this._settings.ws });
+    }
+
+    private _hello(auth: ClientAuth | undefined, subs: string[]): ClientMessage {
+
+        const request: Partial<HelloRequest> = { type: 'hello', version };
+        if (auth) {
+            request.auth = auth;
+        }
+
+        if (subs.length) {
+            request.subs = subs;
+        }
+
+        const extensions = this._extensions();
+        if (extensions) {
+            request.pulse = extensions;
+        }
+
+        return request as ClientMessage;
+    }
+
+    // Brings the server in line with subscription changes made while the hello was in flight
+    private _helloed(subs: string[]): void {
+
+        this._ready = true;
+        if (this._reconnection) {
+            this._reconnection.attempts = 0;
+        }
+
+        for (const path of this._subscriptions.keys()) {
+            if (!subs.includes(path)) {
+                this._sub(path).catch(ignore);
+            }
+        }
+
+        for (const path of subs) {
+            if (!this._subscriptions.has(path)) {
+                this._send({ type: 'unsub', path } as ClientMessage).catch(ignore);
+            }
+        }
+    }
+
+    // Hook for negotiated extensions (hello.pulse). Nothing is sent by default so that a stock nes server sees
+    // exactly what the nes client would send.
+    protected _extensions(): HelloRequest['pulse'] | undefined {
+
+        return undefined;
+    }
+
+    private _disconnect(next: () => void, isInternal: boolean): void {
+
+        this._reconnection = null;
+        this._clearReconnectionTimer();
+        const requested = this._disconnectRequested || !isInternal;
+
+        if (this._disconnectListeners) {
+            this._disconnectRequested = requested;
+            this._disconnectListeners.push(next);
+            return;
+        }
+
+        const ws = this._ws;
+        if (!ws || (ws.readyState !== OPEN && ws.readyState !== CONNECTING)) {
+            return next();
+        }
+
+        this._disconnectRequested = requested;
+        this._disconnectListeners = [next];
+        ws.close();
+    }
+
+    private _cleanup(ws: WebSocketLike): void {
+
+        this._ws = null;
+        ws.onopen = null;
+        ws.onclose = null;
+        ws.onerror = ignore;                    // ws (Node) throws on an error event without a listener
+        ws.onmessage = null;
+        if (ws.readyState === OPEN || ws.readyState === CONNECTING) {
+            ws.close();
+        }
+
+        this.id = null;
+        this._ready = false;
+        this._assembler.reset();
+        this._discarding = false;
+
+        if (this._heartbeatTimer) {
+            clearTimeout(this._heartbeatTimer);
+            this._heartbeatTimer = null;
+        }
+
+        const requests = this._requests;
+        this._requests = new Map();
+        for (const request of requests.values()) {
+            if (request.timer) {
+                clearTimeout(request.timer);
+            }
+
+            request.reject(new PulseError('Request failed - server disconnected', 'disconnect'));
+        }
+
+        const listeners = this._disconnectListeners;
+        if (listeners) {
+            this._disconnectListeners = null;
+            this._disconnectRequested = false;
+            for (const listener of listeners) {
+                listener();
+            }
+        }
+    }
+
+    private _willReconnect(): boolean {
+
+        // A pending timer means an attempt is already scheduled (nes reports false in that case)
+        return !!this._reconnection && (this._reconnectionTimer !== null || this._reconnection.attempts < this._reconnection.retries);
+    }
+
+    // Exponential backoff with jitter: attempt n waits min(maxDelay, delay * 2^n) scaled down by up to `jitter`,
+    // so that many clients dropped together do not all come back in the same millisecond.
+    private _reconnect(): void {
+
+        const reconnection = this._reconnection;
+        if (!reconnection || this._reconnectionTimer) {
+            return;
+        }
+
+        if (reconnection.attempts >= reconnection.retries) {
+            return this._disconnect(ignore, true);
+        }
+
+        const base = Math.min(reconnection.maxDelay, reconnection.delay * 2 ** reconnection.attempts);
+        const wait = Math.round(base * (1 - reconnection.jitter * Math.random()));
+        ++reconnection.attempts;
+
+        this._reconnectionTimer = setTimeout(() => {
+
+            this._reconnectionTimer = null;
+            this._connect(reconnection.settings, false, (err) => {
+
+                if (err) {
+                    this._emitError(err);
+                    this._reconnect();
+                }
+            });
+        }, wait);
+    }
+
+    private _clearReconnectionTimer(): void {
+
+        if (this._reconnectionTimer) {
+            clearTimeout(this._reconnectionTimer);
+            this._reconnectionTimer = null;
+        }
+    }
+
+    // ---- Internals: sending ----
+
+    private _isReady(): boolean {
+
+        return this._ready && this._ws!.readyState === OPEN;
+    }
+
+    private _sub(path: string): Promise<void> {
+
+        const promise = this._send<void>({ type: 'sub', path } as ClientMessage);
+        promise.catch(() => this._subscriptions.delete(path));
+        return promise;
+    }
+
+    // Sends a request once the hello is answered, resolving with its response
+    private _send<T>(request: ClientMessage): Promise<T> {
+
+        if (!this._isReady()) {
+            return Promise.reject(new PulseError('Failed to send message - server disconnected', 'disconnect'));
+        }
+
+        return new Promise<T>((resolve, reject) => this._track(this._ws!, request, resolve, reject));
+    }
+
+    // Sends a request and records its callbacks until the response, a timeout or the end of the socket
+    private _track(ws: WebSocketLike, request: ClientMessage, resolve: (value: any) => void, reject: (err: PulseError) => void): void {
+
+        let encoded: string;
+        try {
+            encoded = this._encode(request);
+        }
+        catch (err) {
+            return reject(toError(err, 'user'));
+        }
+
+        const id = request.id;
+        const record: Pending = { resolve, reject, timer: null };
+        const timeout = this._settings.timeout;
+        if (timeout) {
+            record.timer = setTimeout(() => {
+
+                // A late response is dropped quietly: the record stays, its callbacks are spent
+                record.timer = null;
+                record.resolve = record.reject = ignore;
+                reject(new PulseError('Request timed out', 'timeout'));
+            }, timeout);
+        }
+
+        this._requests.set(id, record);
+        try {
+            ws.send(encoded);
+        }
+        catch (err) {
+            /* $lab:coverage:off$ */
+            if (record.timer) {
+                clearTimeout(record.timer);
+            }
+
+            this._requests.delete(id);
+            reject(toError(err, 'ws'));
+            /* $lab:coverage:on$ */
+        }
+    }
+
+    // Assigns the next id last, so that the frame is byte for byte what the nes client sends
+    private _encode(request: ClientMessage): string {
+
+        request.id = ++this._ids;
+        return JSON.stringify(request);
+    }
+
+    // ---- Internals: receiving ----
+
+    private _onMessage(ws: WebSocketLike, data: unknown): void {
+
+        this._beat(ws);
+
+        if (typeof data !== 'string') {
+            return this._emitError(new PulseError('Received a binary message', 'protocol'));
+        }
+
+        // Chunked messages: '+' parts then a final '!' part, bounded by maxMessageChars
+        const prefix = data[0];
+        const isChunk = prefix === '+' || prefix === '!';
+        if (this._discarding) {
+            if (prefix === '+') {
+                return;
+            }
+
+            this._discarding = false;
+            if (prefix === '!') {
+                return;
+            }
+        }
+
+        if (!isChunk && this._assembler.pending) {
+            this._assembler.reset();
+            this._emitError(new PulseError('Received an incomplete message', 'protocol'));
+        }
+
+        let text: string | null;
+        try {
+            text = this._assembler.push(data);
+        }
+        catch (err) {
+            this._discarding = prefix === '+';
+            return this._emitError(toError(err, 'protocol'));
+        }
+
+        if (text === null) {
+            return;
+        }
+
+        if (text.length > this._maxChars) {
+            return this._emitError(new PulseError(`Message exceeds ${this._maxChars} characters`, 'protocol'));
+        }
+
+        let update: ServerMessage;
+        try {
+            update = validateServerMessage(JSON.parse(text));
+        }
+        catch (err) {
+            return this._emitError(toError(err, 'protocol'));
+        }
+
+        // Error responses carry the Boom output: statusCode, payload { error, message }, headers, and path for subs
+        const fields = update as ErrorFields;
+        let error: PulseError | null = null;
+        if (fields.statusCode && fields.statusCode >= 400) {
+            const payload = fields.payload as { message?: unknown; error?: unknown } | undefined;
+            const text = payload && typeof payload === 'object' ? payload.message || payload.error : undefined;
+            error = new PulseError(typeof text === 'string' && text ? text : 'Error', 'server');
+            error.statusCode = fields.statusCode;
+            error.data = fields.payload;
+            error.headers = fields.headers as Record<string, string> | undefined;
+            error.path = fields.path;
+        }
+
+        switch (update.type) {
+            case 'ping':
+                // Untracked: the server does not answer. ws and browsers drop a send on a closing socket silently.
+                ws.send(this._encode({ type: 'ping' } as ClientMessage));
+                return;
+
+            case 'update':
+                return this._call(this.onUpdate, update.message);
+
+            case 'pub':
+            case 'revoke': {
+                const handlers = this._subscriptions.get(update.path);
+                const flags: SubscriptionFlags = {};
+                if (update.type === 'revoke') {
+                    this._subscriptions.delete(update.path);
+                    flags.revoked = true;
+                }
+
+                if (handlers && update.message !== undefined) {
+                    for (const handler of [...handlers]) {
+                        this._call(handler, update.message, flags);
+                    }
+                }
+
+                return;
+            }
+
+            case 'expiring':
+                return;                 // Extension, only sent when negotiated
+        }
+
+        const request = update.id === undefined ? undefined : this._requests.get(update.id);
+        if (!request) {
+            return this._emitError(error ?? new PulseError('Received response for unknown request', 'protocol'));
+        }
+
+        if (request.timer) {
+            clearTimeout(request.timer);
+        }
+
+        this._requests.delete(update.id!);
+
+        if (error) {
+            return request.reject(error);
+        }
+
+        switch (update.type) {
+            case 'request':
+                return request.resolve({ payload: update.payload, statusCode: update.statusCode, headers: update.headers });
+
+            case 'message':
+                return request.resolve({ payload: update.message });
+
+            case 'hello':
+                this.id = update.socket ?? null;
+                this._heartbeatMs = update.heartbeat ? update.heartbeat.interval + update.heartbeat.timeout : false;
+                this._beat(ws);
+                return request.resolve(undefined);
+
+            case 'reauth':
+                return request.resolve(true);
+
+            case 'sub':
+            case 'unsub':
+                return request.resolve(undefined);
+        }
+
+        request.reject(new PulseError('Received invalid response', 'protocol'));
+        this._emitError(new PulseError(`Received unknown response type: ${update.type}`, 'protocol'));
+    }
+
+    // Any frame from the server proves the connection alive; silence for interval + timeout drops it.
+    private _beat(ws: WebSocketLike): void {
+
+        if (this._heartbeatTimer) {
+            clearTimeout(this._heartbeatTimer);
+            this._heartbeatTimer = null;
+        }
+
+        if (!this._heartbeatMs) {
+            return;
+        }
+
+        this._heartbeatTimer = setTimeout(() => {
+
+            this._heartbeatTimer = null;
+            this._emitError(new PulseError('Disconnecting due to heartbeat timeout', 'timeout'));
+            this._call(this.onHeartbeatTimeout, this._willReconnect());
+
+            // A dead network may never complete the closing handshake: report the loss now rather than waiting
+            const onclose = ws.onclose!;
+            ws.close(CloseCode.heartbeatTimeout, 'Heartbeat timeout');
+            onclose({ code: CloseCode.heartbeatTimeout, reason: 'Heartbeat timeout', wasClean: false });
+        }, this._heartbeatMs);
+    }
+
+    // ---- Internals: callbacks ----
+
+    private _emitError(err: PulseError): void {
+
+        this._call(this.onError, err);
+    }
+
+    // Application callbacks run inside WebSocket event handlers: an exception must not escape into the socket
+    private _call<A extends unknown[]>(fn: (...args: A) => void, ...args: A): void {
+
+        try {
+            fn.apply(this, args);
+        }
+        catch (err) {
+            if (fn as unknown !== this.onError) {
+                this._call(this.onError, toError(err, 'user'));
+            }
+        }
+    }
+}

@@ -1,0 +1,186 @@
+// The browser bundle (dist/browser/hapi-pulse.min.js) in headless Chromium against a real server: token auth,
+// a request, a subscription, and recovery from a server-side close. The page records what happens; the test reads it.
+//
+// Chromium is driven from a child process running this same file (HAPI_PULSE_BROWSER_URL set): playwright-core
+// defines process-wide globals that cannot be removed (signal-exit's emitter) and that lab would report as leaks.
+
+import * as ChildProcess from 'child_process';
+import * as Fs from 'fs';
+import * as Os from 'os';
+import * as Path from 'path';
+
+import * as Code from '@hapi/code';
+import * as Hapi from '@hapi/hapi';
+import * as Lab from '@hapi/lab';
+
+
+const driverUrl = process.env.HAPI_PULSE_BROWSER_URL;
+
+const { expect } = Code;
+export const lab = Lab.script({ schedule: !driverUrl });
+const { describe, it } = lab;
+
+const Basic = require('@hapi/basic');
+
+const chromiumPath = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
+const bundlePath = Path.join(__dirname, '..', 'browser', 'hapi-pulse.min.js');
+const available = Fs.existsSync(chromiumPath);
+const ci = process.env.CI === 'true';
+
+// Same swap as test/client.ts: PULSE_SERVER=pulse runs against this package's plugin
+const plugin = () => (process.env.PULSE_SERVER === 'pulse' ? require('../lib') : require('@hapi/nes'));
+
+// The page runs the whole scenario; /control/* routes make the server publish or drop the socket on cue.
+const page = `<!doctype html>
+<html><head><meta charset="utf-8"><script src="/hapi-pulse.min.js"></script></head><body><script>
+window.results = { connects: 0, disconnects: [], messages: [], errors: [], ids: [] };
+const until = (condition) => new Promise((resolve, reject) => {
+    const started = Date.now();
+    const check = () => condition() ? resolve() : Date.now() - started > 5000 ? reject(new Error('Timed out')) : setTimeout(check, 10);
+    check();
+});
+
+(async () => {
+
+    const auth = await fetch('/nes/auth', { headers: { authorization: 'Basic ' + btoa('alice:secret') } });
+    const { token } = await auth.json();
+
+    const client = new HapiPulse.Client('ws://' + location.host);
+    client.onConnect = () => { results.connects++; results.ids.push(client.id); };
+    client.onDisconnect = (willReconnect, log) => results.disconnects.push(log);
+    client.onError = (err) => results.errors.push(err.type + ': ' + err.message);
+    await client.connect({ auth: token, delay: 50, maxDelay: 200 });
+
+    results.whoami = (await client.request('/whoami')).payload;
+    results.isPulse = new HapiPulse.PulseError('x', 'user').isPulse;
+    await client.subscribe('/news', (message, flags) => results.messages.push([message, flags]));
+
+    await fetch('/control/publish?n=1');
+    await until(() => results.messages.length === 1);
+
+    await fetch('/control/drop');
+    await until(() => results.connects === 2);
+    results.subscriptions = client.subscriptions();
+
+    await fetch('/control/publish?n=2');
+    await until(() => results.messages.length === 2);
+    await client.disconnect();
+})().catch((err) => { results.failed = String(err && err.message || err); }).then(() => { results.done = true; });
+</script></body></html>`;
+
+
+// ---- Child: drive Chromium and print the page's results as JSON ----
+
+const drive = async (url: string) => {
+
+    const { chromium } = require('playwright-core');
+    const userDataDir = Fs.mkdtempSync(Path.join(Os.tmpdir(), 'hapi-pulse-chromium-'));
+    const context = await chromium.launchPersistentContext(userDataDir, {
+        executablePath: chromiumPath,
+        headless: true,
+        args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync']
+    });
+
+    try {
+        const tab = context.pages()[0] ?? await context.newPage();
+        const pageErrors: string[] = [];
+        tab.on('pageerror', (err: Error) => pageErrors.push(err.message));
+        await tab.goto(url);
+        await tab.waitForFunction(() => (window as any).results.done, null, { timeout: 15000 });
+        const results = await tab.evaluate(() => (window as any).results);
+        process.stdout.write(JSON.stringify({ ...results, pageErrors }));
+    }
+    finally {
+        await context.close();
+        Fs.rmSync(userDataDir, { recursive: true, force: true });
+    }
+};
+
+if (driverUrl) {
+    drive(driverUrl).catch((err) => {
+
+        console.error(err);
+        process.exitCode = 1;
+    });
+}
+
+
+// ---- Test ----
+
+if (!driverUrl && !available && !ci) {
+    console.error('\n' + '='.repeat(78) + `\n  SKIPPED: Chromium not installed (${chromiumPath}): the browser client test did not run\n` + '='.repeat(78) + '\n');
+}
+
+describe('Browser bundle', () => {
+
+    it('connects with a token, requests, subscribes and survives a server-side close', { skip: !available && !ci, timeout: 30000 }, async () => {
+
+        if (!available) {
+            throw new Error(`Chromium not installed at ${chromiumPath} (required when CI=true)`);
+        }
+
+        expect(Fs.existsSync(bundlePath), `${bundlePath} missing: run npm run build`).to.be.true();
+
+        const server = Hapi.server({ host: '127.0.0.1', port: 0 });
+        await server.register(Basic);
+        server.auth.strategy('basic', 'basic', {
+            validate: (_request: unknown, username: string, password: string) => ({ isValid: password === 'secret', credentials: { user: username } })
+        });
+
+        await server.register({ plugin: plugin(), options: { auth: { type: 'token', route: 'basic' }, heartbeat: false } });
+        const nes = server as any;
+        nes.subscription('/news');
+
+        let drops = 0;
+        server.route([
+            { method: 'GET', path: '/', options: { auth: false, handler: (_request, h) => h.response(page).type('text/html') } },
+            { method: 'GET', path: '/hapi-pulse.min.js', options: { auth: false, handler: (_request, h) => h.response(Fs.readFileSync(bundlePath)).type('application/javascript') } },
+            { method: 'GET', path: '/whoami', options: { auth: 'basic', handler: (request) => request.auth.credentials } },
+            { method: 'GET', path: '/control/publish', options: { auth: false, handler: (request) => (nes.publish('/news', { n: Number(request.query.n) }), null) } },
+            {
+                method: 'GET', path: '/control/drop', options: {
+                    auth: false, handler: async () => {
+
+                        const sockets: any[] = [];
+                        nes.eachSocket((socket: any) => sockets.push(socket));
+                        drops += sockets.length;
+                        await Promise.all(sockets.map((socket) => socket.disconnect()));
+                        return null;
+                    }
+                }
+            }
+        ]);
+
+        await server.start();
+
+        try {
+            const output = await new Promise<string>((resolve, reject) => {
+
+                ChildProcess.execFile(process.execPath, [__filename], {
+                    env: { ...process.env, HAPI_PULSE_BROWSER_URL: `http://127.0.0.1:${server.info.port}/` },
+                    timeout: 25000
+                }, (err, stdout, stderr) => (err ? reject(new Error(`Browser driver failed: ${err.message}\n${stderr}`)) : resolve(stdout)));
+            });
+
+            const results = JSON.parse(output);
+            expect(results.failed).to.not.exist();
+            expect(results.pageErrors).to.equal([]);
+            expect(results.whoami).to.equal({ user: 'alice' });
+            expect(results.isPulse).to.be.true();
+            expect(drops).to.equal(1);
+            expect(results.connects).to.equal(2);
+            expect(results.subscriptions).to.equal(['/news']);
+            expect(results.messages).to.equal([[{ n: 1 }, {}], [{ n: 2 }, {}]]);
+            expect(results.disconnects).to.have.length(2);
+            expect(results.disconnects[0]).to.include({ willReconnect: true, wasRequested: false });
+            expect(results.disconnects[1]).to.include({ willReconnect: false, wasRequested: true });
+            expect(results.ids[0]).to.be.a.string();
+            expect(results.ids[1]).to.be.a.string();
+            expect(results.ids[1]).to.not.equal(results.ids[0]);
+            expect(results.errors).to.equal([]);
+        }
+        finally {
+            await server.stop({ timeout: 100 });
+        }
+    });
+});
