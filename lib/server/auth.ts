@@ -60,6 +60,11 @@ export const registerEndpoint = (server: Server, config: AuthSettings): void => 
             auth: config.route,
             handler: async (request: Request, h: ResponseToolkit) => {
 
+                // Never through the tunnel, whatever path spelling ('/x/../nes/auth', '/nes/%61uth') routed here.
+                if (request.plugins.nes?.socket) {
+                    throw Boom.notFound();
+                }
+
                 if (!request.auth.isAuthenticated) {
                     return { status: 'unauthenticated' };
                 }
@@ -129,12 +134,29 @@ export const fromClient = async (server: Server, config: AuthSettings, auth: unk
         throw Boom.unauthorized('Invalid token');
     }
 
+    let unsealed: Authenticated;
     try {
-        return await Iron.unseal(auth, config.password, config.iron ?? Iron.defaults) as Authenticated;
+        unsealed = await Iron.unseal(auth, config.password, config.iron ?? Iron.defaults) as Authenticated;
     }
     catch {
         throw Boom.unauthorized('Invalid token');
     }
+
+    return unexpired(unsealed, 'Invalid token');
+};
+
+// Sealed credentials past their expiresAt are refused (cookies carry no iron ttl: the browser's max-age is advisory).
+const unexpired = (authenticated: Authenticated, message: string): Authenticated => {
+
+    if (!authenticated || typeof authenticated !== 'object' || !authenticated.credentials || typeof authenticated.credentials !== 'object') {
+        throw Boom.unauthorized(message);                    // sealed with our password, but not by us (a shared password)
+    }
+
+    if (typeof authenticated.expiresAt === 'number' && authenticated.expiresAt <= Date.now()) {
+        throw Boom.unauthorized(message);
+    }
+
+    return authenticated;
 };
 
 // Credentials from the sealed cookie sent with the upgrade request.
@@ -153,7 +175,7 @@ export const fromCookie = async (server: Server, config: AuthSettings, cookies: 
     }
 
     const state = states[config.cookie] as Authenticated | undefined;
-    return state && typeof state === 'object' && state.credentials ? state : null;
+    return state && typeof state === 'object' && state.credentials ? unexpired(state, 'Invalid nes authentication cookie') : null;
 };
 
 const readHeaders = (auth: unknown): Record<string, string> => {

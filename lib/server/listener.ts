@@ -130,6 +130,17 @@ export class Listener {
         await this.broker.stop();
     }
 
+    // Registry sizes, read-only: for tests and ops dashboards (server.pulseStats()).
+    stats(): { sockets: number; users: number; topics: number; subscriptions: number; pendingUpgrades: number } {
+
+        let subscriptions = 0;
+        for (const topic of this.subscriptions.topics.values()) {
+            subscriptions += topic.sockets.size;
+        }
+
+        return { sockets: this.sockets.size, users: this.byUser.size, topics: this.subscriptions.topics.size, subscriptions, pendingUpgrades: this.pendingUpgrades };
+    }
+
     // ---- Accepting connections ----
 
     private async upgrade(req: IncomingMessage, raw: Duplex, head: Buffer): Promise<void> {
@@ -266,7 +277,7 @@ export class Listener {
             socket.auth.artifacts = authenticated.artifacts;
             socket.auth.strategy = authenticated.strategy;
             socket.user = typeof authenticated.credentials.user === 'string' ? authenticated.credentials.user : null;
-            if (user !== null) {
+            if (user !== null && this.sockets.get(socket.id) === socket) {      // not if it closed while authenticating (remove() ran)
                 let set = this.byUser.get(user);
                 if (!set) {
                     set = new Set();
@@ -303,10 +314,11 @@ export class Listener {
 
     // Re-checks credentials with the auth strategy (server.auth.verify) once per minAuthVerifyInterval.
     // Resolves false when they no longer verify; the caller tells the client and closes.
-    async verify(socket: Socket): Promise<boolean> {
+    // The sweep forces it: credentials that stop verifying are caught within one interval, not two.
+    async verify(socket: Socket, force = false): Promise<boolean> {
 
         const interval = this.settings.auth ? this.settings.auth.minAuthVerifyInterval : false;
-        if (!interval || !socket.auth.isAuthenticated || Date.now() - socket.verifiedAt < interval) {
+        if (!interval || !socket.auth.isAuthenticated || (!force && Date.now() - socket.verifiedAt < interval)) {
             return true;
         }
 
@@ -330,7 +342,7 @@ export class Listener {
         this.verifyTimer = setTimeout(async () => {
 
             for (const socket of [...this.sockets.values()]) {
-                if (!await this.verify(socket)) {
+                if (!await this.verify(socket, true)) {
                     socket.close(CloseCode.authExpired, 'Credential verification failed');
                 }
             }
@@ -439,6 +451,24 @@ export class Listener {
     }
 
     // ---- Outbound ----
+
+    // Sockets corked during this tick; uncorked together so each gets one write syscall per tick.
+    private corked: Socket[] = [];
+    private readonly uncorkAll = () => {
+
+        const corked = this.corked;
+        this.corked = [];
+        for (const socket of corked) {
+            socket.uncork();
+        }
+    };
+
+    uncorkLater(socket: Socket): void {
+
+        if (this.corked.push(socket) === 1) {
+            process.nextTick(this.uncorkAll);
+        }
+    }
 
     publish(path: string, message: unknown, options: { internal?: unknown; user?: string } = {}): Promise<void> {
 
@@ -553,16 +583,24 @@ export class Listener {
             throw Boom.notFound();
         }
 
-        const res = await this.server.inject({
-            method,
-            url: path,
-            payload: request.payload as any,
-            headers: request.headers,
-            auth: socket.auth.isAuthenticated ? { credentials: socket.auth.credentials as any, artifacts: socket.auth.artifacts as any, strategy: socket.auth.strategy! } : undefined,
-            validate: false,
-            plugins: { nes: { socket } },
-            remoteAddress: socket.info.remoteAddress
-        });
+        let res: Awaited<ReturnType<Server['inject']>>;
+        try {
+            res = await this.server.inject({
+                method,
+                url: path,
+                payload: request.payload as any,
+                headers: request.headers,
+                auth: socket.auth.isAuthenticated ? { credentials: socket.auth.credentials as any, artifacts: socket.auth.artifacts as any, strategy: socket.auth.strategy! } : undefined,
+                validate: false,
+                plugins: { nes: { socket } },
+                remoteAddress: socket.info.remoteAddress
+            });
+        }
+        catch {
+            // Handler failures come back as 500 responses; a rejection means the request itself could not be
+            // built (a payload nested too deeply to encode, an unusable url): the client's fault.
+            throw Boom.badRequest('Invalid request');
+        }
 
         return this.encodeResponse(request.id, res.statusCode, res.result, res.headers);
     }

@@ -1,10 +1,18 @@
 // A message encoded once and shared by every socket it goes to. The UTF-8 bytes (and the chunked form,
 // when sockets chunk) are made on first use, so a publish with a thousand recipients encodes once.
 
+import WebSocket from 'ws';
+
 import { chunk } from '../protocol';
+
+// ws builds frames with Sender.frame; its types do not declare it.
+const { Sender } = WebSocket as unknown as { Sender: { frame(data: Buffer, options: object): Buffer[] } };
+const textFrame = { fin: true, rsv1: false, opcode: 1, mask: false, readOnly: false };
 
 export class Prepared {
 
+    private plainFrame: Buffer | null = null;
+    private positionedFrame: Buffer | null = null;
     private plainBytes: Buffer | null = null;
     private positionedBytes: Buffer | null = null;
     private chunks: string[] | null = null;
@@ -21,6 +29,16 @@ export class Prepared {
         }
 
         return (this.plainBytes ??= Buffer.from(this.text));
+    }
+
+    // The whole WebSocket frame (header + payload), built once and written as is to every socket.
+    frame(withPosition: boolean): Buffer {
+
+        if (withPosition && this.positioned !== null) {
+            return (this.positionedFrame ??= Buffer.concat(Sender.frame(this.bytes(true), textFrame)));
+        }
+
+        return (this.plainFrame ??= Buffer.concat(Sender.frame(this.bytes(false), textFrame)));
     }
 
     // nes chunking: null when the message fits in one frame.

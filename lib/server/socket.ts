@@ -2,6 +2,7 @@
 // Sends go synchronously into ws; its buffer is the queue, bounded by the outbound high-water mark.
 
 import type { IncomingMessage } from 'node:http';
+import type { Duplex } from 'node:stream';
 
 import * as Boom from '@hapi/boom';
 import type { Server } from '@hapi/hapi';
@@ -32,6 +33,8 @@ const enum State { connected, helloing, ready, closed }
 const OPEN = 1;
 const maxTimer = 2 ** 31 - 1;                   // setTimeout's longest delay
 const defaultHelloTimeout = 5000;
+const textFrame = { binary: false };
+const batchBytes = 64 * 1024;                  // a corked socket is flushed early past this many bytes
 
 export class Socket {
 
@@ -57,6 +60,7 @@ export class Socket {
     private killTimer: NodeJS.Timeout | null = null;
     private removed: Promise<void>;
     private markRemoved!: () => void;
+    private corked = false;
     private held: Map<string, Prepared[]> | null = null;        // live pubs held while a path catches up
     private expiryTimer: NodeJS.Timeout | null = null;
     private rateWindow = 0;
@@ -178,7 +182,45 @@ export class Socket {
             return;
         }
 
-        this.write(prepared.bytes(this.recovery));
+        // Server frames are not masked and compression is off, so the same frame bytes suit every socket and
+        // can go straight to the TCP socket, behind anything ws wrote before.
+        const raw = this.rawSocket();
+        if (!raw) {
+            this.write(prepared.bytes(this.recovery));
+            return;
+        }
+
+        this.batch(raw);
+        raw.write(prepared.frame(this.recovery));
+        this.afterWrite(raw);
+    }
+
+    private rawSocket(): Duplex | undefined {
+
+        return (this.ws as unknown as { _socket?: Duplex })._socket;
+    }
+
+    // Writes of one tick go out together: the first write corks the TCP socket, the listener uncorks
+    // every corked socket once on the next tick (or early, once a socket has a batch worth sending).
+    private batch(raw: Duplex): void {
+
+        if (!this.corked) {
+            this.corked = true;
+            raw.cork();
+            this.listener.uncorkLater(this);
+        }
+    }
+
+    private afterWrite(raw: Duplex | undefined): void {
+
+        if (raw && raw.writableLength > batchBytes) {
+            this.uncork();
+        }
+
+        if (this.ws.bufferedAmount > this.listener.limits.maxBufferedBytes) {
+            this.server.log(['pulse', 'slow-consumer'], { socket: this.id, buffered: this.ws.bufferedAmount });
+            this.close(CloseCode.slowConsumer, 'Slow consumer');
+        }
     }
 
     private write(data: string | Buffer): void {
@@ -187,10 +229,20 @@ export class Socket {
             return;
         }
 
-        this.ws.send(data, { binary: false });
-        if (this.ws.bufferedAmount > this.listener.limits.maxBufferedBytes) {
-            this.server.log(['pulse', 'slow-consumer'], { socket: this.id, buffered: this.ws.bufferedAmount });
-            this.close(CloseCode.slowConsumer, 'Slow consumer');
+        const raw = this.rawSocket();
+        if (raw) {
+            this.batch(raw);
+        }
+
+        this.ws.send(data, textFrame);
+        this.afterWrite(raw);
+    }
+
+    uncork(): void {
+
+        if (this.corked) {
+            this.corked = false;
+            this.rawSocket()?.uncork();
         }
     }
 
@@ -357,6 +409,10 @@ export class Socket {
         catch (err) {
             const error = err as ProtocolError;
             this.sendError(Boom.badRequest(error.message), error.type, error.id);
+            if (error.type === 'hello' && this.state === State.connected) {
+                this.close(CloseCode.policyViolation, 'Hello failed');           // a failed hello ends the connection, however it failed
+            }
+
             return;
         }
 
