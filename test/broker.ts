@@ -696,6 +696,83 @@ describe('redis broker across nodes', { skip: !redisAvailable }, () => {
         await b!.srv.stop();
     });
 
+    it('heals the gap of a history path after its subscriber connection is killed in the middle of a publish stream', async () => {
+
+        const { list: [a, b] } = await nodes(2, {}, undefined, { timeout: 1000, client: { socket: { reconnectStrategy: () => 300 } } });
+        const logs: string[][] = [];
+        for (const { srv } of [a!, b!]) {
+            srv.subscription('/h', { history: { size: 1000, ttl: 60000 } });
+            srv.subscription('/plain');
+            srv.events.on('log', (event) => logs.push(event.tags));
+            await srv.start();
+        }
+
+        const client = await connect(b!.srv);
+        const got: number[] = [];
+        const plain: number[] = [];
+        await client.subscribe('/h', (message: number) => got.push(message));
+        await client.subscribe('/plain', (message: number) => plain.push(message));
+
+        // What B read from the stream after reconnecting: proof that there was a gap to heal
+        let healed = 0;
+        const caughtUp = (b!.broker as any).caughtUp.bind(b!.broker);
+        (b!.broker as any).caughtUp = (path: string, last: unknown, reply: unknown[]) => {
+
+            healed += reply.length - 2;
+            return caughtUp(path, last, reply);
+        };
+
+        let sent = 0;
+        const publish = () => {
+
+            ++sent;
+            return Promise.all([a!.srv.publish('/h', sent), a!.srv.publish('/plain', sent)]);
+        };
+
+        let stop = false;
+        const stream = (async () => {
+
+            while (!stop) {
+                await publish();
+                await wait(3);
+            }
+        })();
+
+        // node-redis reconnects at once: a burst sent with the kill lands in the gap (kill again if it did not)
+        const readies = () => logs.filter((tags) => tags.includes('sub') && tags.includes('ready')).length;
+        await until(() => got.length >= 10);
+        for (let attempt = 0; attempt < 5 && !healed; ++attempt) {
+            const before = readies();
+            const kill = killConnection(b!.broker, 'sub');
+            await Promise.all([kill, ...Array.from({ length: 50 }, publish)]);
+            const target = sent;
+            await until(() => readies() > before, 3000, 'resubscription');
+            await until(() => got.length >= target, 3000, 'catch-up');
+        }
+
+        expect(healed).to.be.above(0);
+        const resumedAt = sent;
+        await until(() => got.some((n) => n > resumedAt + 5) && plain.some((n) => n > resumedAt + 5), 3000, 'delivery after resubscription');
+
+        stop = true;
+        await stream;
+        await until(() => got.length === sent && plain.at(-1) === sent, 3000, 'the last publish');
+        await wait(50);
+
+        // History path: every publish once, in order, those made during the gap included
+        expect(got).to.equal(Array.from({ length: sent }, (_, i) => i + 1));
+        expect(logs.some((tags) => tags.includes('gap'))).to.be.false();
+
+        // No history: delivery resumed, in order and never twice; what was published in the gap is lost (documented)
+        for (let i = 1; i < plain.length; ++i) {
+            expect(plain[i]).to.be.above(plain[i - 1]!);
+        }
+
+        await client.disconnect();
+        await a!.srv.stop();
+        await b!.srv.stop();
+    });
+
     it('survives a Redis restart: refuses publishes while it is down and resumes after', { skip: !redisServerAvailable }, async () => {
 
         const redis = await PrivateRedis.start();
@@ -880,5 +957,193 @@ describe('redis broker across nodes', { skip: !redisAvailable }, () => {
         expect(Date.now() - started).to.be.within(300, 700);
 
         await broker.stop();
+    });
+
+    // A second broker on the same keys whose publishes reach no channel: written to the history, never
+    // seen live, like a publish missed while the subscription was down.
+    const unseen = async (prefix: string) => {
+
+        const ghost = new Pulse.RedisBroker({ url: redisUrl, prefix });
+        await ghost.start(recorder());
+        (ghost as any).channel = () => `${prefix}nowhere`;
+        return ghost;
+    };
+
+    it('heals offset jumps from the stream, drops duplicates and logs the gaps it cannot heal', async () => {
+
+        const prefix = uniquePrefix();
+        const history = { size: 100, ttl: 60000 };
+        const broker = new Pulse.RedisBroker({ url: redisUrl, prefix });
+        const sink = recorder();
+        await broker.start(sink);
+        await broker.subscribe('/h');
+        const ghost = await unseen(prefix);
+        const messages = () => sink.delivered.map((envelope) => envelope.message);
+        const gaps = () => sink.logs.filter((log) => log.tags.includes('gap')).map((log) => log.data as any);
+        const forget = () => admin.del([`${prefix}h:/h`, `${prefix}m:/h`]);
+
+        // A retried command: the same position twice is delivered once
+        await broker.publish({ path: '/h', message: 1 }, history);
+        await admin.publish(`${prefix}p:/h`, 'x:1\n' + JSON.stringify(sink.delivered[0]));
+
+        // Missed publishes are read from the stream when the next one shows the jump
+        await ghost.publish({ path: '/h', message: 2 }, history);
+        await ghost.publish({ path: '/h', message: 3 }, history);
+        await broker.publish({ path: '/h', message: 4 }, history);
+        expect(messages()).to.equal([1, 2, 3, 4]);
+        expect(sink.delivered.map((envelope) => envelope.position!.offset)).to.equal([1, 2, 3, 4]);
+        expect(gaps()).to.equal([]);
+
+        // Trimmed: what is left is delivered, the rest is logged as lost
+        for (const message of [5, 6, 7]) {
+            await ghost.publish({ path: '/h', message }, history);
+        }
+
+        await admin.sendCommand(['XTRIM', `${prefix}h:/h`, 'MAXLEN', '1']);
+        await broker.publish({ path: '/h', message: 8 }, history);
+        expect(messages()).to.equal([1, 2, 3, 4, 7, 8]);
+        const epoch = sink.delivered[0]!.position!.epoch;
+        expect(gaps()).to.equal([{ path: '/h', reason: 'trimmed', since: { epoch, offset: 4 }, missed: 2 }]);
+
+        // A new epoch that started while publishes were missed: the end of the old one is unknown, the new one is delivered
+        await forget();
+        await ghost.publish({ path: '/h', message: 9 }, history);
+        await ghost.publish({ path: '/h', message: 10 }, history);
+        await broker.publish({ path: '/h', message: 11 }, history);
+        expect(messages()).to.equal([1, 2, 3, 4, 7, 8, 9, 10, 11]);
+        const second = sink.delivered.at(-1)!.position!;
+        expect(second).to.equal({ epoch: second.epoch, offset: 3 });
+        expect(gaps()[1]).to.equal({ path: '/h', reason: 'epoch', since: { epoch, offset: 8 }, position: second });
+
+        // A history that expired and starts again at offset 1 is no gap
+        await forget();
+        await broker.publish({ path: '/h', message: 12 }, history);
+        expect(sink.delivered.at(-1)!.position!.offset).to.equal(1);
+
+        // History gone when the subscription comes back: logged; the next epoch is delivered from its start
+        await forget();
+        (broker as any).resubscribe();
+        await until(() => gaps().length === 3);
+        expect(gaps()[2]).to.include({ reason: 'epoch', position: { epoch: '', offset: 0 } });
+        await ghost.publish({ path: '/h', message: 13 }, history);
+        await broker.publish({ path: '/h', message: 14 }, history);
+        expect(messages()).to.equal([1, 2, 3, 4, 7, 8, 9, 10, 11, 12, 13, 14]);
+        (broker as any).resubscribe();                                       // nothing missed
+        await until(() => !(broker as any).healing.size);
+
+        // A publish beyond what the history holds (never happens unless forged) is delivered once, the hole logged
+        const last = sink.delivered.at(-1)!.position!;
+        await admin.publish(`${prefix}p:/h`, 'x:1\n' + JSON.stringify({ path: '/h', message: 'forged', position: { epoch: last.epoch, offset: 10 } }));
+        await until(() => gaps().length === 4);
+        expect(gaps()[3]).to.equal({ path: '/h', reason: 'missing', since: last, next: { epoch: last.epoch, offset: 10 } });
+        expect(messages().at(-1)).to.equal('forged');
+        expect(sink.delivered).to.have.length(13);
+
+        // A path this node left is delivered as it comes, not tracked
+        await broker.subscribe('/u');
+        (broker as any).channels.delete(`${prefix}p:/u`);
+        await broker.publish({ path: '/u', message: 'untracked' }, history);
+        await until(() => sink.delivered.length === 14);
+        expect((broker as any).positions.has('/u')).to.be.false();
+
+        await ghost.stop();
+        await broker.stop();
+    });
+
+    it('holds live publishes while it reads the stream, retries while Redis does not answer, and gives up after the timeout', async () => {
+
+        const prefix = uniquePrefix();
+        const history = { size: 100, ttl: 60000 };
+        const broker = new Pulse.RedisBroker({ url: redisUrl, prefix, timeout: 400 });
+        const sink = recorder();
+        await broker.start(sink);
+        const ghost = await unseen(prefix);
+        const messages = () => sink.delivered.map((envelope) => envelope.message);
+        const gaps = () => sink.logs.filter((log) => log.tags.includes('gap'));
+
+        // Reads of the stream (two arguments) wait for `gate`, or fail
+        let gate: Promise<void> = Promise.resolve();
+        let fail = false;
+        let reads = 0;
+        const script = (broker as any).script.bind(broker);
+        (broker as any).script = async (source: unknown, keys: string[], args: string[]) => {
+
+            if (args.length === 2) {
+                ++reads;
+                await gate;
+                if (fail) {
+                    throw new Error('unreachable');
+                }
+            }
+
+            return script(source, keys, args);
+        };
+
+        let open!: () => void;
+        const close = () => {
+
+            gate = new Promise((resolve) => {
+
+                open = resolve;
+            });
+        };
+
+        await broker.subscribe('/h');
+        await broker.publish({ path: '/h', message: 1 }, history);
+
+        // Live publishes arriving during the read are held, a reconnection during it reads again
+        close();
+        await ghost.publish({ path: '/h', message: 2 }, history);
+        const third = broker.publish({ path: '/h', message: 3 }, history);
+        await until(() => reads === 1);
+        const fourth = broker.publish({ path: '/h', message: 4 }, history);
+        await wait(20);
+        (broker as any).resubscribe();
+        await wait(20);
+        expect(messages()).to.equal([1]);
+        open();
+        await Promise.all([third, fourth]);
+        expect(messages()).to.equal([1, 2, 3, 4]);
+        expect(reads).to.equal(2);
+
+        // Redis does not answer the read: retried until `timeout`, then the gap is logged and the held publishes go out
+        fail = true;
+        await ghost.publish({ path: '/h', message: 5 }, history);
+        const readsBefore = reads;
+        const started = Date.now();
+        await broker.publish({ path: '/h', message: 6 }, history);
+        expect(Date.now() - started).to.be.within(350, 2000);
+        expect(reads - readsBefore).to.be.above(1);                      // retried
+        expect(messages()).to.equal([1, 2, 3, 4, 6]);
+        expect(gaps()).to.have.length(1);
+        expect(gaps()[0]!.tags).to.equal(['redis', 'gap', 'error']);
+        expect(gaps()[0]!.data).to.include({ path: '/h' });
+        fail = false;
+
+        // Left while the read is in flight: what was held goes out untracked
+        close();
+        await ghost.publish({ path: '/h', message: 7 }, history);
+        const eighth = broker.publish({ path: '/h', message: 8 }, history);
+        await until(() => (broker as any).healing.size === 1);
+        await broker.unsubscribe('/h');
+        open();
+        await eighth;
+        expect(messages()).to.equal([1, 2, 3, 4, 6, 8]);
+        expect((broker as any).positions.size).to.equal(0);
+
+        // Stopped while the read is in flight: the held publish is settled, nothing is delivered after
+        await broker.subscribe('/h');
+        await broker.publish({ path: '/h', message: 9 }, history);
+        close();
+        await ghost.publish({ path: '/h', message: 10 }, history);
+        const eleventh = broker.publish({ path: '/h', message: 11 }, history);
+        await until(() => (broker as any).healing.size === 1);
+        await broker.stop();
+        await eleventh;
+        open();
+        await wait(150);
+        expect(messages()).to.equal([1, 2, 3, 4, 6, 8, 9]);
+
+        await ghost.stop();
     });
 });

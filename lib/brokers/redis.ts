@@ -10,7 +10,11 @@
 // once with a 503 Boom error (nothing is buffered, nothing is delivered anywhere); a command Redis does
 // not answer within `timeout` ms rejects the same way. Both connections reconnect by themselves with
 // a capped backoff; the subscribing one subscribes again to every path this node needs. Publishes made
-// while a node's subscription is down are missed by that node's sockets (history is how they recover).
+// while a node's subscription is down are missed by that node's sockets on paths without history. On
+// paths with history the broker heals the gap itself: it remembers the position of the last publish it
+// delivered on each of them, and after resubscribing (or on seeing an offset jump) it reads what came
+// after it from the stream, holding live publishes meanwhile, so each is delivered once and in order.
+// A gap it cannot heal (new epoch, trimmed entries, Redis unreachable) is logged with tags ['redis', 'gap'].
 
 import { createHash, randomBytes } from 'node:crypto';
 
@@ -34,6 +38,18 @@ type Client = ReturnType<typeof createClient>;
 interface Waiter {
     resolve: () => void;
     at: number;
+}
+
+// A live publish held while its path heals, and how to settle what onMessage handed to echoed().
+interface Held {
+    envelope: PublishEnvelope;
+    channel: string;
+    settle: (delivered: void | Promise<void>) => void;
+}
+
+interface Healing {
+    held: Held[];
+    again: boolean;                      // asked again while a read was in flight: read once more
 }
 
 // KEYS: stream, meta. ARGV: channel, header, envelope JSON (no position), size, ttl, fresh epoch.
@@ -100,12 +116,41 @@ end
 return result
 `;
 
+// KEYS: stream, meta. ARGV: epoch, offset of the last publish this node delivered.
+// Returns { epoch ('' when the path has no history any more), offset, entry JSON... }: every entry still
+// kept after that position, or after offset 0 of the current epoch when it is another one.
+const catchUpScript = `
+local stream, meta = KEYS[1], KEYS[2]
+local current = redis.call('HMGET', meta, 'epoch', 'offset')
+local epoch, offset = current[1], tonumber(current[2]) or 0
+if not epoch then
+    return { '', 0 }
+end
+local since = 0
+if epoch == ARGV[1] then
+    since = tonumber(ARGV[2])
+end
+local result = { epoch, offset }
+if offset <= since then
+    return result
+end
+local range = redis.call('XRANGE', stream, '0-' .. string.format('%d', since + 1), '+', 'COUNT', offset - since)
+for i, item in ipairs(range) do
+    result[i + 2] = item[2][4]
+end
+return result
+`;
+
 const sha1 = (script: string): string => createHash('sha1').update(script).digest('hex');
 
 const scripts = {
     publish: { source: publishScript, sha: sha1(publishScript) },
-    recover: { source: recoverScript, sha: sha1(recoverScript) }
+    recover: { source: recoverScript, sha: sha1(recoverScript) },
+    catchUp: { source: catchUpScript, sha: sha1(catchUpScript) }
 };
+
+// Whether `position` comes after a publish not delivered since `last` (offsets of an epoch start at 1).
+const jumps = (last: Position, position: Position): boolean => position.epoch === last.epoch ? position.offset > last.offset + 1 : position.offset > 1;
 
 const freshEpoch = (): string => randomBytes(6).toString('base64url');
 
@@ -132,6 +177,11 @@ export class RedisBroker implements Broker {
     private seq = 0;
     private readonly waiters = new Map<number, Waiter>();
     private sweepTimer: NodeJS.Timeout | null = null;
+
+    // History paths this node is subscribed to: the position of the last publish delivered to the sink
+    // (updated in place), and the paths whose gap is being read from the stream.
+    private readonly positions = new Map<string, Position>();
+    private readonly healing = new Map<string, Healing>();
 
     constructor(options: RedisBrokerOptions = {}) {
 
@@ -187,6 +237,12 @@ export class RedisBroker implements Broker {
 
         this.sink = null;
         this.disconnected();
+        this.positions.clear();
+        for (const { held } of this.healing.values()) {
+            held.splice(0).forEach((item) => item.settle());
+        }
+
+        this.healing.clear();
 
         const clients = [this.pub, this.sub];
         this.pub = null;
@@ -261,6 +317,7 @@ export class RedisBroker implements Broker {
 
         const channel = this.channel(path);
         this.channels.delete(channel);
+        this.positions.delete(path);
         this.sub?.UNSUBSCRIBE(channel, this.onMessage).catch((err) => this.log(['redis', 'unsubscribe', 'error'], err));
         return Promise.resolve();
     }
@@ -285,11 +342,17 @@ export class RedisBroker implements Broker {
         }
     }
 
+    // After a reconnection: subscribes again, then reads what each history path missed meanwhile.
     private resubscribe(): void {
 
         this.log(['redis', 'sub', 'ready'], this.url);
+        const listening = new Map<string, Promise<void>>();
         for (const channel of this.channels.keys()) {
-            this.listen(channel);
+            listening.set(channel, this.listen(channel));
+        }
+
+        for (const path of this.positions.keys()) {
+            listening.get(this.channel(path))!.then(() => this.heal(path));
         }
     }
 
@@ -314,7 +377,7 @@ export class RedisBroker implements Broker {
                 this.sink?.broadcast(envelope);
             }
             else {
-                delivered = this.sink?.deliver(envelope);
+                delivered = this.accept(envelope, channel);
             }
         }
         catch (err) {
@@ -325,6 +388,127 @@ export class RedisBroker implements Broker {
             this.echoed(Number(header.slice(this.own.length)), delivered);
         }
     };
+
+    // ---- Delivery of history paths: once, in order, gaps healed from the stream ----
+
+    // Hot path: one comparison per publish. Offsets of a path are contiguous on its channel (one Lua
+    // script increments and publishes), so an offset already seen is a duplicate and a jump is a gap.
+    private accept(envelope: PublishEnvelope, channel: string): void | Promise<void> {
+
+        const position = envelope.position;
+        if (!position) {
+            return this.sink?.deliver(envelope);
+        }
+
+        const path = envelope.path;
+        const healing = this.healing.get(path);
+        const last = this.positions.get(path);
+        if (healing || last && jumps(last, position)) {
+            return new Promise((settle) => this.heal(path, { envelope, channel, settle }));
+        }
+
+        if (last) {
+            if (position.epoch === last.epoch && position.offset <= last.offset) {
+                return;                                                  // already delivered
+            }
+
+            last.epoch = position.epoch;
+            last.offset = position.offset;
+        }
+        else if (this.channels.has(channel)) {
+            this.positions.set(path, { epoch: position.epoch, offset: position.offset });
+        }
+
+        return this.sink?.deliver(envelope);
+    }
+
+    // Reads what `path` missed after the last delivered position; live publishes wait in `held`.
+    private heal(path: string, item?: Held): void {
+
+        const healing = this.healing.get(path);
+        if (healing) {
+            if (item) {
+                healing.held.push(item);                             // checked again when released
+            }
+            else {
+                healing.again = true;                                // reconnected: the read may predate it
+            }
+
+            return;
+        }
+
+        const fresh = { held: item ? [item] : [], again: true };
+        this.healing.set(path, fresh);
+        this.catchUp(path, fresh);
+    }
+
+    private async catchUp(path: string, healing: Healing): Promise<void> {
+
+        const deadline = Date.now() + this.timeout;
+        let failed = false;
+        for (let last = this.positions.get(path); healing.again && last && this.healing.get(path) === healing; last = this.positions.get(path)) {
+            healing.again = false;
+            try {
+                const reply = await this.script(scripts.catchUp, [this.streamKey(path), this.metaKey(path)], [last.epoch, `${last.offset}`]) as [string, number, ...string[]];
+                if (this.positions.get(path) === last) {                // not left meanwhile
+                    this.caughtUp(path, last, reply);
+                }
+            }
+            catch (err) {
+                if (Date.now() >= deadline) {
+                    this.log(['redis', 'gap', 'error'], { path, since: { ...last }, error: err });
+                    failed = true;
+                    break;
+                }
+
+                healing.again = true;                                    // Redis unreachable: retry until `timeout`
+                await new Promise((resolve) => setTimeout(resolve, 100));
+            }
+        }
+
+        if (this.healing.get(path) === healing) {
+            this.healing.delete(path);
+        }
+
+        // What is still missing before the first held publish cannot be read: it is lost.
+        const last = this.positions.get(path);
+        const first = healing.held[0]?.envelope.position;
+        if (last && first && jumps(last, first)) {
+            if (!failed) {
+                this.log(['redis', 'gap'], { path, reason: 'missing', since: { ...last }, next: first });
+            }
+
+            last.epoch = first.epoch;
+            last.offset = first.offset - 1;
+        }
+
+        // Through accept() again: drops what the read delivered, heals again on a jump after the first.
+        for (const { envelope, channel, settle } of healing.held) {
+            settle(this.accept(envelope, channel));
+        }
+    }
+
+    private caughtUp(path: string, last: Position, [epoch, offset, ...entries]: [string, number, ...string[]]): void {
+
+        const current = { epoch, offset: Number(offset) };
+        if (epoch !== last.epoch && last.epoch !== '') {
+            this.log(['redis', 'gap'], { path, reason: 'epoch', since: { ...last }, position: current });
+        }
+
+        const envelopes: PublishEnvelope[] = entries.map((entry) => JSON.parse(entry));
+        const expected = epoch === last.epoch ? last.offset + 1 : 1;
+        const first = envelopes[0]?.position!.offset ?? current.offset + 1;
+        if (first > expected) {
+            this.log(['redis', 'gap'], { path, reason: 'trimmed', since: { epoch, offset: expected - 1 }, missed: first - expected });
+        }
+
+        last.epoch = epoch;
+        last.offset = first - 1;
+        for (const envelope of envelopes) {
+            last.offset = envelope.position!.offset;
+            this.sink?.deliver(envelope);
+        }
+    }
 
     // ---- Waiting for our own publishes to come back (local delivery) ----
 
