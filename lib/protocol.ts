@@ -176,6 +176,7 @@ export class ProtocolError extends Error {
 }
 
 const methodToken = /^[A-Za-z][A-Za-z0-9!#$%&'*+.^_`|~-]*$/;
+const headerToken = /^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/;                     // RFC 9110 token
 
 const isObject = (value: unknown): value is Record<string, unknown> => {
 
@@ -346,7 +347,7 @@ const checkHeaders = (value: unknown, limits: Limits, type: string, id: MessageI
     const headers: Record<string, string> = {};
     for (const name of names) {
         const field = value[name];
-        if (typeof field !== 'string' || field.length > limits.maxHeaderLength || !methodToken.test(name)) {
+        if (typeof field !== 'string' || field.length > limits.maxHeaderLength || !headerToken.test(name) || name === '__proto__') {
             throw new ProtocolError(`Message headers.${name.slice(0, 64)} must be a string header`, 'headers', type, id);
         }
 

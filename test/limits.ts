@@ -379,7 +379,7 @@ describe('limits', () => {
             await slowConsumer(false);
         });
 
-        it('closes with 4003, and the client sees it once it reads again', async () => {
+        it('closes with 4003 a socket still behind when the next message comes, and the client sees it once it reads again', async () => {
 
             const srv = await server({ limits: { maxBufferedBytes: 1024 }, closeTimeout: 5000 });
             srv.route({ method: 'GET', path: '/big', handler: () => 'x'.repeat(8 * MiB) });
@@ -391,8 +391,30 @@ describe('limits', () => {
 
                 client.onDisconnect = (_willReconnect: boolean, log: { code: number }) => resolve(log);
             });
-            client.request('/big').catch(() => { });
+
+            // One message larger than the mark still goes to a client that reads it.
+            expect((await client.request('/big')).payload).to.have.length(8 * MiB);
+
+            // Then it stops reading: once the kernel buffers are full, the backlog passes the mark and the
+            // next message cuts it off.
+            const raw = client._ws._socket;
+            raw.pause();
+            let sent = 0;
+            await srv.eachSocket(async (socket) => {
+
+                while (socket.isOpen() && sent < 256) {
+                    await socket.send('y'.repeat(MiB));
+                    ++sent;
+                    await new Promise((resolve) => setImmediate(resolve));
+                }
+            });
+
+            expect(sent).to.be.below(256);
+            const updates: unknown[] = [];
+            client.onUpdate = (message: unknown) => updates.push(message);
+            raw.resume();
             expect((await closed).code).to.equal(4003);
+            expect(updates.length).to.be.below(sent);                    // what was over the mark never went out
             await srv.stop();
         });
     });

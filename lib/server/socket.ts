@@ -190,6 +190,10 @@ export class Socket {
             return;
         }
 
+        if (this.behind()) {
+            return;
+        }
+
         this.batch(raw);
         raw.write(prepared.frame(this.recovery));
         this.afterWrite(raw);
@@ -216,16 +220,25 @@ export class Socket {
         if (raw && raw.writableLength > batchBytes) {
             this.uncork();
         }
+    }
 
-        if (this.ws.bufferedAmount > this.listener.limits.maxBufferedBytes) {
-            this.server.log(['pulse', 'slow-consumer'], { socket: this.id, buffered: this.ws.bufferedAmount });
-            this.close(CloseCode.slowConsumer, 'Slow consumer');
+    // A socket that is still more than maxBufferedBytes behind when the next message comes has stopped
+    // reading (or cannot keep up): cut it off before its backlog grows further. Checked before writing, so
+    // one message larger than the limit still reaches a client that reads.
+    private behind(): boolean {
+
+        if (this.ws.bufferedAmount <= this.listener.limits.maxBufferedBytes) {
+            return false;
         }
+
+        this.server.log(['pulse', 'slow-consumer'], { socket: this.id, buffered: this.ws.bufferedAmount });
+        this.close(CloseCode.slowConsumer, 'Slow consumer');
+        return true;
     }
 
     private write(data: string | Buffer): void {
 
-        if (!this.isOpen()) {
+        if (!this.isOpen() || this.behind()) {
             return;
         }
 
@@ -482,15 +495,11 @@ export class Socket {
             await this.listener.authenticate(this, request.auth, false);
             this.clearHelloTimer();
 
-            if (this.listener.settings.onConnection) {
+            if (this.listener.settings.onConnection && this.isOpen()) {        // not for a socket gone mid-hello
                 await this.listener.settings.onConnection(this);
             }
 
-            for (const path of request.subs ?? []) {
-                if (this.subscriptions.size >= this.listener.limits.maxSubscriptions) {
-                    throw Object.assign(Boom.tooManyRequests('Too many subscriptions'), { path });
-                }
-
+            for (const path of request.subs ?? []) {                 // validation capped subs at maxSubscriptions
                 try {
                     const catchup = await this.listener.subscribeFor(this, path, request.pulse?.positions?.[path]);
                     if (catchup) {
