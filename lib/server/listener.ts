@@ -50,6 +50,12 @@ export interface Settings {
 const counter = { min: 10000, max: 99999 };
 const ping = new Prepared(JSON.stringify({ type: 'ping' }));
 
+const destroyOnError = function (this: Duplex): void {
+
+    this.destroy();
+};
+
+
 export class Listener {
 
     readonly sockets = new Map<string, Socket>();
@@ -145,7 +151,7 @@ export class Listener {
 
     private async upgrade(req: IncomingMessage, raw: Duplex, head: Buffer): Promise<void> {
 
-        raw.on('error', () => raw.destroy());
+        raw.on('error', destroyOnError);                       // shared: a closure here would keep req alive
         if (this.stopped) {
             return refuse(raw, 503);
         }
@@ -189,11 +195,9 @@ export class Listener {
 
         const socket = new Socket(ws, req, this, this.generateId());
         this.sockets.set(socket.id, socket);
-        ws.on('error', () => ws.terminate());
-        ws.once('close', () => this.remove(socket));
     }
 
-    private async remove(socket: Socket): Promise<void> {
+    async remove(socket: Socket): Promise<void> {
 
         this.sockets.delete(socket.id);
         this.unindex(socket);

@@ -30,6 +30,27 @@ export interface SocketInfo {
 
 const enum State { connected, helloing, ready, closed }
 
+// One shared listener for every socket instead of a closure each: idle sockets are most of the heap.
+export const kSocket = Symbol('pulse.socket');
+export type SocketWs = WebSocket & { [kSocket]: Socket };
+type Listener_ = (...args: any[]) => void;
+
+const onMessage = function (this: SocketWs, data: RawData, isBinary: boolean): void {
+
+    this[kSocket].onFrame(data, isBinary);
+};
+
+const onError = function (this: SocketWs): void {
+
+    this.terminate();
+};
+
+const onClose = function (this: SocketWs): void {
+
+    const socket = this[kSocket];
+    socket.listener.remove(socket);
+};
+
 const OPEN = 1;
 const maxTimer = 2 ** 31 - 1;                   // setTimeout's longest delay
 const defaultHelloTimeout = 5000;
@@ -39,7 +60,7 @@ const batchBytes = 64 * 1024;                  // a corked socket is flushed ear
 export class Socket {
 
     readonly id: string;
-    readonly app: Record<string, unknown> = {};
+    private appState: Record<string, unknown> | null = null;
     readonly auth: SocketAuth = { isAuthenticated: false, credentials: null, artifacts: null };
     readonly server: Server;
     readonly info: SocketInfo;
@@ -58,15 +79,16 @@ export class Socket {
     private state = State.connected;
     private helloTimer: NodeJS.Timeout | null = null;
     private killTimer: NodeJS.Timeout | null = null;
-    private removed: Promise<void>;
-    private markRemoved!: () => void;
+    private removed: Promise<void> | null = null;              // made on the first disconnect() only
+    private markRemoved: (() => void) | null = null;
+    private gone = false;
     private corked = false;
     private held: Map<string, Prepared[]> | null = null;        // live pubs held while a path catches up
     private expiryTimer: NodeJS.Timeout | null = null;
     private rateWindow = 0;
     private rateCount = 0;
 
-    constructor(private readonly ws: WebSocket, req: IncomingMessage, private readonly listener: Listener, id: string) {
+    constructor(private readonly ws: WebSocket, req: IncomingMessage, readonly listener: Listener, id: string) {
 
         this.id = id;
         this.server = listener.server;
@@ -77,21 +99,24 @@ export class Socket {
             'x-forwarded-for': req.headers['x-forwarded-for'] as string | undefined
         };
 
-        this.removed = new Promise((resolve) => {
-
-            this.markRemoved = resolve;
-        });
-
-        // Without auth there is no auth.timeout; a socket that never says hello is still not kept forever.
         const helloTimeout = listener.settings.auth ? listener.settings.auth.timeout : defaultHelloTimeout;
         if (helloTimeout) {
             this.helloTimer = setTimeout(() => this.close(CloseCode.helloTimeout, 'Hello timeout'), helloTimeout);
         }
 
-        ws.on('message', (data, isBinary) => this.onFrame(data, isBinary));
+        (ws as SocketWs)[kSocket] = this;
+        ws.on('message', onMessage as Listener_);
+        ws.on('error', onError as Listener_);
+        ws.once('close', onClose as Listener_);
     }
 
     // ---- Public API (as @hapi/nes) ----
+
+    // Application state, made on first use (most sockets never touch it).
+    get app(): Record<string, unknown> {
+
+        return (this.appState ??= {});
+    }
 
     isOpen(): boolean {
 
@@ -101,7 +126,14 @@ export class Socket {
     disconnect(): Promise<void> {
 
         this.close();
-        return this.removed;
+        if (this.gone) {
+            return Promise.resolve();
+        }
+
+        return (this.removed ??= new Promise((resolve) => {
+
+            this.markRemoved = resolve;
+        }));
     }
 
     send(message: unknown): Promise<void> {
@@ -350,7 +382,8 @@ export class Socket {
         clearTimeout(this.killTimer!);
         clearTimeout(this.expiryTimer!);
         this.held = null;
-        this.markRemoved();
+        this.gone = true;
+        this.markRemoved?.();
     }
 
     private clearHelloTimer(): void {
@@ -389,7 +422,7 @@ export class Socket {
 
     // ---- Incoming ----
 
-    private onFrame(data: RawData, isBinary: boolean): void {
+    onFrame(data: RawData, isBinary: boolean): void {
 
         if (this.state === State.closed) {
             return;
