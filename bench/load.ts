@@ -1,0 +1,464 @@
+// Load-generating child process: `node dist/bench/load.js`. Holds thousands of lightweight `ws` client sockets
+// and speaks one of two wire protocols:
+//   - 'nes': the nes protocol v2 subset (hello with subs, request, ping answers), for @hapi/nes, hapi-pulse and
+//            the raw ws baselines (which speak the same subset);
+//   - 'sio': engine.io v4 / socket.io v5 packets over a plain WebSocket (what socket.io-client sends with
+//            transports: ['websocket']), so that socket.io is not measured through a heavier client than the others.
+// Deliveries are counted without parsing (a prefix check), except socket 0 of a fan-out, which checks the order of
+// every message, and one message in 64 elsewhere, which is checked for being addressed to its socket.
+
+import { WebSocket } from 'ws';
+
+import { nowMs, serve } from './ipc';
+
+type Proto = 'nes' | 'sio';
+
+interface Conn {
+    readonly index: number;
+    readonly ws: WebSocket;
+    closedByUs: boolean;
+    lastSeq: number;
+}
+
+interface Pending {
+    resolve: (value: unknown) => void;
+    reject: (err: Error) => void;
+}
+
+const conns: Conn[] = [];
+const requests = new Map<number, (at: number, ok: boolean) => void>();
+let nextRequestId = 1;
+let dropped = 0;
+let proto: Proto = 'nes';
+let port = 0;
+
+// Delivery counting
+let mode: 'fan' | 'item' | 'off' = 'off';
+let delivered = 0;
+let bad = 0;
+let sampleCounter = 0;
+let firstAt = 0;
+let lastAt = 0;
+let cpuMark = process.cpuUsage();
+let waiter: { total: number; resolve: () => void } | null = null;
+
+const P = 0x70, U = 0x75, B = 0x62, QUOTE = 0x22;             // "pub"
+
+function isPub(data: Buffer): boolean {
+
+    if (proto === 'nes') {
+        // JSON.stringify({ type: 'pub', ... }) starts with {"type":"pub"
+        return data.length > 13 && data[9] === P && data[10] === U && data[11] === B && data[12] === QUOTE;
+    }
+
+    return data.length > 2 && data[0] === 0x34 && data[1] === 0x32;             // '42': socket.io EVENT without ack id
+}
+
+function pubBody(data: Buffer): { seq: number; to: string } {
+
+    if (proto === 'nes') {
+        return (JSON.parse(data.toString()) as { message: { seq: number; to: string } }).message;
+    }
+
+    return (JSON.parse(data.toString('utf8', 2)) as [string, { seq: number; to: string }])[1];
+}
+
+function onPub(conn: Conn, data: Buffer): void {
+
+    if (mode === 'off') {
+        return;
+    }
+
+    lastAt = nowMs();
+    if (delivered === 0) {
+        firstAt = lastAt;
+    }
+
+    ++delivered;
+    if (mode === 'fan') {
+        if (conn.index === 0) {
+            const body = pubBody(data);
+            if (conn.lastSeq >= 0 && body.seq !== conn.lastSeq + 1) {
+                ++bad;
+            }
+
+            conn.lastSeq = body.seq;
+        }
+    }
+    else if ((++sampleCounter & 63) === 0) {
+        if (pubBody(data).to !== `/item/${conn.index}`) {
+            ++bad;
+        }
+    }
+
+    if (waiter && delivered >= waiter.total) {
+        waiter.resolve();
+    }
+}
+
+function send(conn: Conn, text: string): void {
+
+    if (conn.ws.readyState === WebSocket.OPEN) {
+        conn.ws.send(text);
+    }
+}
+
+function onControl(conn: Conn, data: Buffer, hello: Pending | null): void {
+
+    const text = data.toString();
+    if (proto === 'nes') {
+        const msg = JSON.parse(text) as { type: string; id?: number; statusCode?: number; payload?: unknown };
+        if (msg.type === 'ping') {
+            return send(conn, `{"type":"ping","id":${nextRequestId++}}`);
+        }
+
+        if (msg.statusCode !== undefined && msg.statusCode >= 400) {
+            if (msg.type === 'hello') {
+                return hello?.reject(new Error(`hello failed: ${text}`));
+            }
+        }
+
+        if (msg.type === 'hello') {
+            return hello?.resolve(null);
+        }
+
+        if (msg.id !== undefined) {                                // request / sub / unsub responses
+            const done = requests.get(msg.id);
+            if (done) {
+                requests.delete(msg.id);
+                done(nowMs(), msg.statusCode === undefined || msg.statusCode < 400);
+            }
+        }
+
+        return;
+    }
+
+    // engine.io / socket.io
+    switch (text[0]) {
+        case '0':                                                   // engine.io OPEN
+            return;
+        case '2':                                                   // engine.io PING
+            return send(conn, '3');
+        case '4':
+            if (text[1] === '0') {                                 // socket.io CONNECT ack
+                return hello?.resolve(null);
+            }
+
+            if (text[1] === '4') {                                 // socket.io CONNECT_ERROR
+                return hello?.reject(new Error(`connect failed: ${text}`));
+            }
+
+            if (text[1] === '3') {                                 // socket.io ACK: 43<id>[...]
+                const id = parseInt(text.slice(2), 10);
+                const done = requests.get(id);
+                if (done) {
+                    requests.delete(id);
+                    done(nowMs(), true);
+                }
+            }
+
+            return;
+    }
+}
+
+function openOne(index: number, subs: string[], timeoutMs: number): Promise<Conn> {
+
+    const url = proto === 'nes' ? `ws://127.0.0.1:${port}/` : `ws://127.0.0.1:${port}/socket.io/?EIO=4&transport=websocket`;
+    const ws = new WebSocket(url, { perMessageDeflate: false, skipUTF8Validation: true, handshakeTimeout: timeoutMs });
+    const conn: Conn = { index, ws, closedByUs: false, lastSeq: -1 };
+
+    return new Promise<Conn>((resolve, reject) => {
+
+        let settled = false;
+        const hello: Pending = {
+            resolve: () => {
+
+                if (!settled) {
+                    settled = true;
+                    clearTimeout(timer);
+                    resolve(conn);
+                }
+            },
+            reject: (err) => {
+
+                if (!settled) {
+                    settled = true;
+                    clearTimeout(timer);
+                    conn.closedByUs = true;
+                    ws.terminate();
+                    reject(err);
+                }
+            }
+        };
+
+        const timer = setTimeout(() => hello.reject(new Error('connection setup timed out')), timeoutMs);
+
+        ws.on('open', () => {
+
+            if (proto === 'nes') {
+                ws.send(JSON.stringify({ type: 'hello', id: nextRequestId++, version: '2', subs: subs.length ? subs : undefined }));
+            }
+            else {
+                ws.send(subs.length ? `40${JSON.stringify({ subs })}` : '40');
+            }
+        });
+
+        ws.on('message', (data: Buffer) => {
+
+            if (isPub(data)) {
+                return onPub(conn, data);
+            }
+
+            onControl(conn, data, settled ? null : hello);
+        });
+
+        ws.on('error', (err) => hello.reject(err));
+        ws.on('close', () => {
+
+            if (!conn.closedByUs) {
+                ++dropped;
+            }
+
+            hello.reject(new Error('closed during setup'));
+        });
+    });
+}
+
+function percentile(sorted: Float64Array, p: number): number {
+
+    if (!sorted.length) {
+        return NaN;
+    }
+
+    return sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))]!;
+}
+
+serve({
+    // Opens `count` sockets, at most `inflight` setups at a time; each subscribes (in its hello) to nothing, to
+    // '/fan', or to '/item/<its index>'.
+    connect: async (args) => {
+
+        proto = args.proto as Proto;
+        port = Number(args.port);
+        const count = Number(args.count);
+        const inflight = Number(args.inflight);
+        const subs = String(args.subs);
+        const timeoutMs = Number(args.timeoutMs ?? 10_000);
+        const deadline = nowMs() + Number(args.totalTimeoutMs ?? 60_000);
+        const base = conns.length;
+        let started = 0;
+        let failed = 0;
+        let firstError = '';
+        const cpu = process.cpuUsage();
+        const t0 = nowMs();
+
+        const worker = async () => {
+
+            while (started < count && nowMs() < deadline) {
+                const index = base + started++;
+                const paths = subs === 'fan' ? ['/fan'] : (subs === 'item' ? [`/item/${index}`] : []);
+                try {
+                    conns.push(await openOne(index, paths, timeoutMs));
+                }
+                catch (err) {
+                    ++failed;
+                    firstError = firstError || (err as Error).message;
+                }
+            }
+        };
+
+        await Promise.all(Array.from({ length: Math.min(inflight, count) }, worker));
+        conns.sort((a, b) => a.index - b.index);
+        const usage = process.cpuUsage(cpu);
+        if (started < count) {
+            failed += count - started;
+            firstError = firstError || `setup deadline reached after ${started} connections`;
+        }
+
+        return { connected: count - failed, failed, ms: nowMs() - t0, clientCpuUs: usage.user + usage.system, firstError };
+    },
+
+    // Starts counting deliveries.
+    arm: (args) => {
+
+        mode = args.mode as 'fan' | 'item';
+        delivered = 0;
+        bad = 0;
+        firstAt = 0;
+        lastAt = 0;
+        for (const conn of conns) {
+            conn.lastSeq = -1;
+        }
+
+        cpuMark = process.cpuUsage();
+        return {};
+    },
+
+    // Resolves once `total` deliveries were counted since arm, or after `timeoutMs`.
+    wait: async (args) => {
+
+        const total = Number(args.total);
+        const timeoutMs = Number(args.timeoutMs);
+        if (delivered < total) {
+            await new Promise<void>((resolve) => {
+
+                const timer = setTimeout(() => {
+
+                    waiter = null;
+                    resolve();
+                }, timeoutMs);
+
+                waiter = {
+                    total,
+                    resolve: () => {
+
+                        clearTimeout(timer);
+                        waiter = null;
+                        resolve();
+                    }
+                };
+            });
+        }
+
+        const usage = process.cpuUsage(cpuMark);
+        mode = 'off';
+        return { delivered, bad, firstAt, lastAt, dropped, open: conns.length - dropped, clientCpuUs: usage.user + usage.system };
+    },
+
+    // Closed-loop request round trips on the first `concurrency` sockets for `durationMs`.
+    requests: async (args) => {
+
+        const concurrency = Math.min(Number(args.concurrency), conns.length);
+        const durationMs = Number(args.durationMs);
+        const maxCount = Number(args.maxCount);
+        const latencies = new Float64Array(maxCount);
+        let count = 0;
+        let errors = 0;
+        const cpu = process.cpuUsage();
+        const t0 = nowMs();
+        const stopAt = t0 + durationMs;
+
+        const one = (conn: Conn): Promise<boolean> => {
+
+            const id = nextRequestId++;
+            const start = nowMs();
+            return new Promise<boolean>((resolve) => {
+
+                const timer = setTimeout(() => {
+
+                    requests.delete(id);
+                    ++errors;
+                    resolve(false);
+                }, 5_000);
+
+                requests.set(id, (at, ok) => {
+
+                    clearTimeout(timer);
+                    if (!ok) {
+                        ++errors;
+                    }
+                    else if (count < maxCount) {
+                        latencies[count++] = at - start;
+                    }
+
+                    resolve(ok);
+                });
+
+                send(conn, proto === 'nes' ?
+                    `{"type":"request","id":${id},"method":"GET","path":"/echo"}` :
+                    `42${id}["req",{"method":"GET","path":"/echo"}]`);
+            });
+        };
+
+        const loop = async (conn: Conn) => {
+
+            while (nowMs() < stopAt && count < maxCount && conn.ws.readyState === WebSocket.OPEN) {
+                await one(conn);
+            }
+        };
+
+        await Promise.all(conns.slice(0, concurrency).map(loop));
+        const ms = nowMs() - t0;
+        const usage = process.cpuUsage(cpu);
+        const sorted = latencies.slice(0, count).sort();
+        return {
+            count,
+            errors,
+            ms,
+            p50Ms: percentile(sorted, 0.5),
+            p99Ms: percentile(sorted, 0.99),
+            clientCpuUs: usage.user + usage.system
+        };
+    },
+
+    // Subscribes every open socket to `path` (nes: a sub message; socket.io: a 'sub' emit with ack), `inflight` at a time.
+    subscribeAll: async (args) => {
+
+        const path = String(args.path);
+        const inflight = Number(args.inflight ?? 100);
+        const t0 = nowMs();
+        let next = 0;
+        let failed = 0;
+
+        const one = (conn: Conn) => new Promise<void>((resolve) => {
+
+            const id = nextRequestId++;
+            const timer = setTimeout(() => {
+
+                requests.delete(id);
+                ++failed;
+                resolve();
+            }, 15_000);
+
+            requests.set(id, (_at, ok) => {
+
+                clearTimeout(timer);
+                failed += ok ? 0 : 1;
+                resolve();
+            });
+
+            send(conn, proto === 'nes' ? JSON.stringify({ type: 'sub', id, path }) : `42${id}${JSON.stringify(['sub', path])}`);
+        });
+
+        const worker = async () => {
+
+            while (next < conns.length) {
+                await one(conns[next++]!);
+            }
+        };
+
+        await Promise.all(Array.from({ length: Math.min(inflight, conns.length) }, worker));
+        return { ms: nowMs() - t0, failed };
+    },
+
+    status: () => ({ open: conns.filter((c) => c.ws.readyState === WebSocket.OPEN).length, dropped }),
+
+    closeAll: async () => {
+
+        const closing = conns.splice(0).map((conn) => new Promise<void>((resolve) => {
+
+            conn.closedByUs = true;
+            if (conn.ws.readyState === WebSocket.CLOSED) {
+                return resolve();
+            }
+
+            conn.ws.once('close', () => resolve());
+            conn.ws.terminate();
+        }));
+
+        await Promise.race([Promise.all(closing), new Promise((resolve) => setTimeout(resolve, 3_000))]);
+        dropped = 0;
+        return {};
+    },
+
+    stop: () => {
+
+        for (const conn of conns) {
+            conn.closedByUs = true;
+            conn.ws.terminate();
+        }
+
+        setImmediate(() => process.exit(0));
+        return {};
+    }
+});
