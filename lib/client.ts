@@ -5,7 +5,9 @@
 import type { ClientOptions as WsOptions } from 'ws';
 
 import { ChunkAssembler, CloseCode, validateServerMessage, version } from './protocol';
-import type { ClientMessage, ErrorFields, HelloRequest, MessageId, ServerMessage } from './protocol';
+import type { ClientMessage, ErrorFields, HelloRequest, HelloResponse, MessageId, Position, ServerMessage, ServerResponse } from './protocol';
+
+export type { Position } from './protocol';
 
 
 // ---- Public types ----
@@ -13,6 +15,10 @@ import type { ClientMessage, ErrorFields, HelloRequest, MessageId, ServerMessage
 export type ErrorType = 'timeout' | 'disconnect' | 'server' | 'protocol' | 'ws' | 'user';
 
 export type ClientAuth = string | { headers?: Record<string, string>; payload?: unknown; [key: string]: unknown };
+
+// Fresh credentials on demand: called for every (re)connection's hello and, on hapi-pulse servers, shortly before
+// the credentials expire (see ConnectOptions.auth). null or undefined means no credentials.
+export type ClientAuthProvider = () => ClientAuth | null | undefined | Promise<ClientAuth | null | undefined>;
 
 export interface ClientOptions {
 
@@ -24,10 +30,22 @@ export interface ClientOptions {
 
     // Upper bound, in characters, of one server message after chunk reassembly. Defaults to 64 Mi.
     maxMessageChars?: number;
+
+    // Missed-message recovery (hapi-pulse extension, protocol.md §8.2). The client remembers the position of the
+    // last publication it received on each subscribed path that keeps history, and a reconnection asks the server
+    // for what was missed. When that is no longer possible, the path's handlers are called once with
+    // (undefined, { recovered: false }). Stock nes servers ignore the request. Default false.
+    recovery?: boolean;
 }
 
 export interface ConnectOptions {
-    auth?: ClientAuth;
+
+    // Credentials, or a function returning them (possibly asynchronously). A function is called for the hello of
+    // every connection and reconnection, and also opts in to the expiry extension (protocol.md §8.3): when the
+    // server warns that the credentials are about to expire, the function is called again and its result is
+    // sent with a reauth, keeping the socket and its subscriptions. A function that throws or rejects fails that
+    // connection attempt (retried as a network failure would be).
+    auth?: ClientAuth | ClientAuthProvider;
     reconnect?: boolean;                // default true
     delay?: number;                     // first reconnection delay in ms, doubled on each failed attempt (default 1000)
     maxDelay?: number;                  // cap on the reconnection delay (default 5000)
@@ -54,7 +72,14 @@ export interface MessageResponse<T = any> {
 }
 
 export interface SubscriptionFlags {
+
+    // The server revoked the subscription: this is the last call (message is the revocation message, if any).
     revoked?: boolean;
+
+    // Recovery only: the publications missed while disconnected could not be replayed (history trimmed or
+    // expired, or the broker restarted). The handler is called once with message undefined; the application
+    // should fetch the current state (with a request, for example). Later publications arrive as usual.
+    recovered?: false;
 }
 
 export type SubscriptionHandler<T = unknown> = (message: T, flags: SubscriptionFlags) => void;
@@ -139,7 +164,12 @@ interface Reconnection {
     retries: number;
     jitter: number;
     attempts: number;               // failed attempts since the last successful hello
-    settings: { auth?: ClientAuth; timeout?: number };
+    settings: ConnectionSettings;
+}
+
+interface ConnectionSettings {
+    auth?: ClientAuth | ClientAuthProvider;
+    timeout?: number;
 }
 
 type Done = (err?: PulseError) => void;
@@ -182,6 +212,12 @@ export class Client {
     onHeartbeatTimeout: (willReconnect: boolean) => void = ignore;
     onUpdate: (message: unknown) => void = ignore;
 
+    // The server warned that the connection's credentials expire at `expiresAt` (ms since epoch) and will close
+    // the socket then (4002) unless they are renewed. Assigning a handler (before connect()) opts in to the expiry
+    // extension. With a static auth the application renews them with reauthenticate(); with an auth function the
+    // client already does, and this is only a notification.
+    onExpiring: (expiresAt: number) => void = ignore;
+
     private readonly _url: string;
     private readonly _settings: ClientOptions;
     private readonly _assembler: ChunkAssembler;
@@ -199,6 +235,8 @@ export class Client {
     private _heartbeatTimer: ReturnType<typeof setTimeout> | null = null;
     private _disconnectListeners: (() => void)[] | null = null;
     private _disconnectRequested = false;
+    private _active: ConnectionSettings | null = null;          // settings of the current connection (its auth)
+    private _positions = new Map<string, Position>();           // recovery: last position seen per subscribed path
 
     constructor(url: string, options: ClientOptions = {}) {
 
@@ -243,7 +281,7 @@ export class Client {
         return new Promise((resolve) => this._disconnect(resolve, false));
     }
 
-    overrideReconnectionAuth(auth: ClientAuth): boolean {
+    overrideReconnectionAuth(auth: ClientAuth | ClientAuthProvider): boolean {
 
         if (!this._reconnection) {
             return false;
@@ -253,6 +291,7 @@ export class Client {
         return true;
     }
 
+    // As nes, this also replaces the reconnection auth (an auth function included).
     reauthenticate(auth: ClientAuth): Promise<true> {
 
         this.overrideReconnectionAuth(auth);
@@ -335,6 +374,7 @@ export class Client {
         }
 
         this._subscriptions.delete(path);
+        this._positions.delete(path);
         if (!this._isReady()) {
             return Promise.resolve();
         }
@@ -347,9 +387,10 @@ export class Client {
 
     // ---- Internals: connection lifecycle ----
 
-    private _connect(settings: Reconnection['settings'], initial: boolean, done: Done): void {
+    private _connect(settings: ConnectionSettings, initial: boolean, done: Done): void {
 
         this._clearReconnectionTimer();
+        this._active = settings;
 
         let ws: WebSocketLike;
         try {
@@ -363,6 +404,7 @@ export class Client {
         this._ws = ws;
 
         let opened = false;
+        let helloSent = false;
         let finished = false;
         const finish: Done = (err) => {                 // Called exactly once per attempt
 
@@ -388,7 +430,7 @@ export class Client {
             const wasRequested = this._disconnectRequested;
             this._cleanup(ws);
 
-            if (!opened) {
+            if (!helloSent) {
                 finish(new PulseError('Socket error', 'ws'));
             }
 
@@ -412,14 +454,14 @@ export class Client {
 
         // The hello is tracked with plain callbacks rather than a promise so that its reply is handled in the same
         // turn as the frame that carried it, while this socket is certainly still the current one.
-        ws.onopen = () => {
+        const hello = (auth: ClientAuth | null | undefined) => {
 
-            opened = true;
-            ws.onopen = null;
+            helloSent = true;
             const subs = this.subscriptions();
-            this._track(ws, this._hello(settings.auth, subs), () => {
+            this._track(ws, this._hello(auth, subs), (pulse: HelloResponse['pulse']) => {
 
                 this._helloed(subs);
+                this._resumed(pulse);
                 this._call(this.onConnect);
                 finish();
             }, (err) => {
@@ -434,11 +476,45 @@ export class Client {
 
                 if (err.path) {
                     this._subscriptions.delete(err.path);
+                    this._positions.delete(err.path);
                 }
 
                 // A failed hello stops reconnection: the same credentials would fail the same way
                 this._disconnect(() => setTimeout(() => finish(err), 0), true);
             });
+        };
+
+        ws.onopen = () => {
+
+            opened = true;
+            ws.onopen = null;
+            const auth = settings.auth;
+            if (typeof auth !== 'function') {
+                return hello(auth);
+            }
+
+            // Fresh credentials for every hello. Until it is sent, losing the socket or timing out finishes the
+            // attempt; a provider that fails counts as a failed attempt too (reconnection retries it).
+            const provided = (fresh: ClientAuth | null | undefined, err: PulseError | null) => {
+
+                if (finished) {
+                    return;
+                }
+
+                if (err) {
+                    finish(err);
+                    this._cleanup(ws);
+                    if (initial) {
+                        this._reconnect();
+                    }
+
+                    return;
+                }
+
+                hello(fresh);
+            };
+
+            Promise.resolve().then(auth).then((fresh) => provided(fresh, null), (err) => provided(undefined, toError(err, 'user')));
         };
 
         ws.onerror = () => closed({});
@@ -468,7 +544,7 @@ export class Client {
         return new WebSocket(this._url, { maxPayload: 16 * 1024 * 1024, ...this._settings.ws });
     }
 
-    private _hello(auth: ClientAuth | undefined, subs: string[]): ClientMessage {
+    private _hello(auth: ClientAuth | null | undefined, subs: string[]): ClientMessage {
 
         const request: Partial<HelloRequest> = { type: 'hello', version };
         if (auth) {
@@ -479,7 +555,7 @@ export class Client {
             request.subs = subs;
         }
 
-        const extensions = this._extensions();
+        const extensions = this._extensions(subs);
         if (extensions) {
             request.pulse = extensions;
         }
@@ -508,11 +584,82 @@ export class Client {
         }
     }
 
-    // Hook for negotiated extensions (hello.pulse). Nothing is sent by default so that a stock nes server sees
-    // exactly what the nes client would send.
-    protected _extensions(): HelloRequest['pulse'] | undefined {
+    // After a hello reply on a recovery connection: adopt the current position of every path that is not being
+    // replayed (replayed publications move it themselves, so a drop during the replay loses nothing), and tell
+    // the handlers of the paths that could not be recovered.
+    private _resumed(pulse: HelloResponse['pulse']): void {
 
-        return undefined;
+        const positions = pulse?.positions ?? {};
+        const recovered = pulse?.recovered ?? {};
+        for (const path of Object.keys(positions)) {
+            const handlers = this._subscriptions.get(path);
+            if (!handlers || recovered[path] === true) {
+                continue;
+            }
+
+            this._positions.set(path, positions[path]!);
+            if (recovered[path] === false) {
+                const flags: SubscriptionFlags = { recovered: false };
+                for (const handler of [...handlers]) {
+                    this._call(handler, undefined, flags);
+                }
+            }
+        }
+    }
+
+    // Hook for negotiated extensions (hello.pulse). Nothing is sent unless the application opted in (the recovery
+    // option, an auth function or an onExpiring handler) so that a stock nes server sees exactly what the nes
+    // client would send.
+    protected _extensions(subs: string[]): HelloRequest['pulse'] | undefined {
+
+        const pulse: NonNullable<HelloRequest['pulse']> = {};
+        if (this._settings.recovery) {
+            pulse.recovery = true;
+            const positions: Record<string, Position> = {};
+            for (const path of subs) {
+                const position = this._positions.get(path);
+                if (position) {
+                    positions[path] = position;
+                }
+            }
+
+            if (Object.keys(positions).length) {
+                pulse.positions = positions;
+            }
+        }
+
+        if (typeof this._active!.auth === 'function' || this.onExpiring !== ignore) {
+            pulse.expiry = true;
+        }
+
+        return pulse.recovery || pulse.expiry ? pulse : undefined;
+    }
+
+    // Recovery: the newest position seen on a subscribed path (another epoch replaces it).
+    private _advance(path: string, position: Position): void {
+
+        const current = this._positions.get(path);
+        if (current && current.epoch === position.epoch && current.offset >= position.offset) {
+            return;
+        }
+
+        this._positions.set(path, position);
+    }
+
+    // Expiry warning: renew the credentials with the auth function, if there is one.
+    private _expiring(expiresAt: number): void {
+
+        this._call(this.onExpiring, expiresAt);
+        const auth = this._active!.auth;
+        if (typeof auth !== 'function') {
+            return;                         // The application calls reauthenticate()
+        }
+
+        // Not through reauthenticate(): the function stays the reconnection auth. A failure leaves the server to
+        // close the socket (4002) at expiry; reconnecting then calls the function again.
+        Promise.resolve().then(auth)
+            .then((fresh) => this._send({ type: 'reauth', auth: fresh } as ClientMessage))
+            .catch((err) => this._emitError(err instanceof PulseError ? err : toError(err, 'user')));
     }
 
     private _disconnect(next: () => void, isInternal: boolean): void {
@@ -631,19 +778,27 @@ export class Client {
 
     private _sub(path: string): Promise<void> {
 
-        const promise = this._send<void>({ type: 'sub', path } as ClientMessage);
+        // The reply's position (recovery) is adopted as the reply is read, before any publication that follows it
+        const promise = this._send<void>({ type: 'sub', path } as ClientMessage, (pulse: ServerResponse['pulse']) => {
+
+            if (pulse?.position && this._subscriptions.has(path)) {
+                this._positions.set(path, pulse.position);
+            }
+        });
+
         promise.catch(() => this._subscriptions.delete(path));
         return promise;
     }
 
-    // Sends a request once the hello is answered, resolving with its response
-    private _send<T>(request: ClientMessage): Promise<T> {
+    // Sends a request once the hello is answered, resolving with its response (passed through `reply`, called as
+    // the response is read)
+    private _send<T>(request: ClientMessage, reply?: (value: any) => T): Promise<T> {
 
         if (!this._isReady()) {
             return Promise.reject(new PulseError('Failed to send message - server disconnected', 'disconnect'));
         }
 
-        return new Promise<T>((resolve, reject) => this._track(this._ws!, request, resolve, reject));
+        return new Promise<T>((resolve, reject) => this._track(this._ws!, request, reply ? (value) => resolve(reply(value)) : resolve, reject));
     }
 
     // Sends a request and records its callbacks until the response, a timeout or the end of the socket
@@ -775,7 +930,11 @@ export class Client {
                 const flags: SubscriptionFlags = {};
                 if (update.type === 'revoke') {
                     this._subscriptions.delete(update.path);
+                    this._positions.delete(update.path);
                     flags.revoked = true;
+                }
+                else if (handlers && update.position) {
+                    this._advance(update.path, update.position);
                 }
 
                 if (handlers && update.message !== undefined) {
@@ -788,7 +947,7 @@ export class Client {
             }
 
             case 'expiring':
-                return;                 // Extension, only sent when negotiated
+                return this._expiring(update.expiresAt);           // Extension, only sent when negotiated
         }
 
         const request = update.id === undefined ? undefined : this._requests.get(update.id);
@@ -817,14 +976,14 @@ export class Client {
                 this.id = update.socket ?? null;
                 this._heartbeatMs = update.heartbeat ? update.heartbeat.interval + update.heartbeat.timeout : false;
                 this._beat(ws);
-                return request.resolve(undefined);
+                return request.resolve(update.pulse);
 
             case 'reauth':
                 return request.resolve(true);
 
             case 'sub':
             case 'unsub':
-                return request.resolve(undefined);
+                return request.resolve(update.pulse);
         }
 
         request.reject(new PulseError('Received invalid response', 'protocol'));
