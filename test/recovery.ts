@@ -184,6 +184,54 @@ describe('recovery extension', () => {
         await srv.stop();
     });
 
+    it('does not deliver twice a pub that was replayed while its live copy waited on an async filter', async () => {
+
+        const srv = await server();
+        let slowSocket: unknown = null;
+        srv.subscription('/room', {
+            history: { size: 100, ttl: 60000 },
+            filter: async (_path, message, { socket }) => {
+
+                if (message === 'slow' && socket === slowSocket) {
+                    await wait(300);                                // holds the topic's filter queue
+                }
+
+                return true;
+            }
+        });
+        await srv.start();
+
+        const other = await Peer.open(url(srv));
+        await other.hello({ subs: ['/room'] });
+        await srv.eachSocket((socket) => {
+
+            slowSocket = socket;
+        });
+
+        const first = await Peer.open(url(srv));
+        const since = (await first.hello({ subs: ['/room'], pulse: { recovery: true } })).pulse.positions['/room'];
+        first.close();
+        await until(() => first.closed !== null);
+        await wait(20);
+
+        const published = [srv.publish('/room', 'slow'), srv.publish('/room', 'second')];
+        await wait(10);
+
+        const back = await Peer.open(url(srv));
+        const hello = await back.hello({ subs: ['/room'], pulse: { recovery: true, positions: { '/room': since } } });
+        expect(hello.pulse.recovered).to.equal({ '/room': true });
+
+        await Promise.all(published);
+        await srv.publish('/room', 'third');
+        await until(() => pubs(back).length >= 3);
+        await wait(50);
+        expect(pubs(back).map((pub) => [pub.message, pub.position.offset])).to.equal([['slow', 1], ['second', 2], ['third', 3]]);
+
+        other.close();
+        back.close();
+        await srv.stop();
+    });
+
     it('keeps the stock nes wire format for clients that did not ask', async () => {
 
         const srv = await server();

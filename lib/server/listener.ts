@@ -421,7 +421,7 @@ export class Listener {
                 await this.subscriptions.replay(socket, topic, recovery.entries);
             }
 
-            socket.release(path, recovery.position.offset);
+            socket.release(path, recovery.position);
         }
     }
 

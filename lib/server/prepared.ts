@@ -20,7 +20,7 @@ export class Prepared {
 
     // `positioned` is the same message with its history position, for sockets that negotiated recovery;
     // `path` and `offset` let a socket that is catching up on a path hold and de-duplicate live pubs.
-    constructor(readonly text: string, readonly positioned: string | null = null, readonly path: string | null = null, readonly offset = 0) { }
+    constructor(readonly text: string, readonly positioned: string | null = null, readonly path: string | null = null, readonly offset = 0, readonly epoch: string | null = null) { }
 
     bytes(withPosition: boolean): Buffer {
 

@@ -10,7 +10,7 @@ import type { RawData, WebSocket } from 'ws';
 
 import { CloseCode, chunk, parseClientMessage } from '../protocol';
 import type { ProtocolError } from '../protocol';
-import type { ClientMessage, HelloRequest, MessageId, ReauthRequest, SubRequest, TunnelRequest, UnsubRequest } from '../protocol';
+import type { ClientMessage, HelloRequest, MessageId, Position, ReauthRequest, SubRequest, TunnelRequest, UnsubRequest } from '../protocol';
 import type { Catchup, Listener } from './listener';
 import type { Prepared } from './prepared';
 import type { Topic } from './subscriptions';
@@ -83,7 +83,8 @@ export class Socket {
     private markRemoved: (() => void) | null = null;
     private gone = false;
     private corked = false;
-    private held: Map<string, Prepared[]> | null = null;        // live pubs held while a path catches up
+    private held: Map<string, Prepared[]> | null = null;
+    private floors: Map<string, Position> | null = null;       // per path: the last pub replayed or released        // live pubs held while a path catches up
     private expiryTimer: NodeJS.Timeout | null = null;
     private rateWindow = 0;
     private rateCount = 0;
@@ -196,10 +197,14 @@ export class Socket {
             return;
         }
 
-        if (!replayed && this.held !== null && prepared.path !== null) {
-            const held = this.held.get(prepared.path);
+        if (!replayed && prepared.path !== null) {
+            const held = this.held?.get(prepared.path);
             if (held) {
                 held.push(prepared);
+                return;
+            }
+
+            if (this.floors !== null && this.belowFloor(prepared)) {
                 return;
             }
         }
@@ -305,8 +310,10 @@ export class Socket {
         return held?.length ? held[0]!.offset : null;
     }
 
-    // Sends what was held with an offset after `offset` (older ones were replayed), then goes live.
-    release(path: string, offset: number | null): void {
+    // Sends what was held with an offset after `position` (older ones were replayed), then goes live.
+    // A live copy of a replayed pub can still come later (queued behind an async filter, or a broker
+    // message slower than the history read): the floor drops those until a newer pub goes by.
+    release(path: string, position: Position | null): void {
 
         const held = this.held?.get(path);
         if (!held) {
@@ -318,15 +325,39 @@ export class Socket {
             this.held = null;
         }
 
-        if (offset === null) {
+        if (position === null) {
             return;
         }
 
+        let floor = position.offset;
         for (const prepared of held) {
-            if (prepared.offset > offset) {
+            if (prepared.offset > floor) {
                 this.sendPrepared(prepared, true);
+                floor = prepared.offset;
             }
         }
+
+        this.floors ??= new Map();
+        this.floors.set(path, { epoch: position.epoch, offset: floor });
+    }
+
+    private belowFloor(prepared: Prepared): boolean {
+
+        const floor = this.floors!.get(prepared.path!);
+        if (!floor) {
+            return false;
+        }
+
+        if (prepared.epoch === floor.epoch && prepared.offset <= floor.offset) {
+            return true;
+        }
+
+        this.floors!.delete(prepared.path!);
+        if (!this.floors!.size) {
+            this.floors = null;
+        }
+
+        return false;
     }
 
     // Credentials expiry: sockets that negotiated the extension are warned `notice` ms ahead so they can
@@ -382,6 +413,7 @@ export class Socket {
         clearTimeout(this.killTimer!);
         clearTimeout(this.expiryTimer!);
         this.held = null;
+        this.floors = null;
         this.gone = true;
         this.markRemoved?.();
     }

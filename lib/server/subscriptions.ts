@@ -443,7 +443,7 @@ export class Subscriptions {
 const preparePub = (envelope: PublishEnvelope, message: unknown): Prepared => {
 
     const position = envelope.position;
-    return new Prepared(pubMessage(envelope.path, message, undefined), position ? pubMessage(envelope.path, message, position) : null, envelope.path, position?.offset ?? 0);
+    return new Prepared(pubMessage(envelope.path, message, undefined), position ? pubMessage(envelope.path, message, position) : null, envelope.path, position?.offset ?? 0, position?.epoch ?? null);
 };
 
 // The nes pub message, key order as nes sends it; `position` only for sockets that negotiated recovery.
