@@ -17,7 +17,7 @@ import { createClient } from '@redis/client';
 
 import * as Pulse from '../lib/index';
 import type { Broker, BrokerSink, PublishEnvelope } from '../lib/index';
-import { Nes, server, url, until, wait } from './helpers';
+import { Nes, redisAvailable, redisUrl, server, skipWithoutRedis, url, until, wait } from './helpers';
 import type { NesClient } from './helpers';
 
 const { expect } = Code;
@@ -25,26 +25,11 @@ const lab = Lab.script();
 export { lab };
 const { after, before, describe, it } = lab;
 
-const redisUrl = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 const runPrefix = `pulse-test:${process.pid}:${randomBytes(4).toString('hex')}:`;
 
-// Synchronous so that the suite knows at definition time whether to skip.
-const redisAvailable = ((): boolean => {
-
-    const probe = `
-        const u = new URL(process.argv[1]);
-        const s = require('net').connect(Number(u.port) || 6379, u.hostname);
-        s.setTimeout(1000, () => process.exit(1));
-        s.on('error', () => process.exit(1));
-        s.on('connect', () => s.write('PING\\r\\n'));
-        s.on('data', (d) => process.exit(/PONG|NOAUTH/.test(d.toString()) ? 0 : 1));`;
-    return spawnSync(process.execPath, ['-e', probe, redisUrl], { timeout: 3000 }).status === 0;
-})();
 
 const ci = process.env.CI === 'true';
-if (!redisAvailable && !ci) {
-    console.error(`\n${'#'.repeat(100)}\n#  SKIPPED: Redis broker tests. No Redis at ${redisUrl} (set REDIS_URL). Under CI=true this fails.\n${'#'.repeat(100)}\n`);
-}
+skipWithoutRedis('Redis broker tests');
 
 let prefixCounter = 0;
 const uniquePrefix = (): string => `${runPrefix}${++prefixCounter}:`;

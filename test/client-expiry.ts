@@ -2,51 +2,26 @@
 // renewal before expiry on the same socket, failures reported through onError, and onExpiring for applications
 // that renew themselves.
 
-import * as Basic from '@hapi/basic';
 import * as Code from '@hapi/code';
 import type * as Hapi from '@hapi/hapi';
 import * as Lab from '@hapi/lab';
 
 import { Client, PulseError } from '../lib/client';
 import type { ClientAuth, DisconnectLog } from '../lib/client';
-import { server, url, until, wait } from './helpers';
+import { expiringBasic, expiringHeader, server, teardown, until, url, wait } from './helpers';
 
 const { expect } = Code;
 const lab = Lab.script();
 export { lab };
-const { afterEach, describe, it } = lab;
+const { describe, it } = lab;
 
 
 // ---- Harness ----
 
-const teardowns: (() => unknown)[] = [];
-const defer = (fn: () => unknown) => teardowns.push(fn);
+const defer = teardown(lab);
 
-afterEach(async () => {
-
-    while (teardowns.length) {
-        await teardowns.pop()!();
-    }
-});
-
-// Credentials carry their own expiry (as in test/expiry.ts): the password `ttl` makes them expire ttl ms from now.
-const basic = async (srv: Hapi.Server): Promise<void> => {
-
-    await srv.register(Basic);
-    srv.auth.strategy('default', 'basic', {
-        validate: (_request: unknown, username: string, ttl: string) => {
-
-            if (username === 'bad') {
-                return { isValid: false, credentials: null };
-            }
-
-            return { isValid: true, credentials: { user: username, expiresAt: ttl === 'none' ? undefined : Date.now() + Number(ttl) } };
-        }
-    });
-    srv.auth.default('default');
-};
-
-const header = (username: string, ttl: number | 'none'): ClientAuth => ({ headers: { authorization: 'Basic ' + Buffer.from(`${username}:${ttl}`).toString('base64') } });
+const basic = expiringBasic;
+const header = expiringHeader;
 
 const start = async (auth: Record<string, unknown> = {}): Promise<Hapi.Server> => {
 

@@ -5,7 +5,6 @@
 // Redis comes from REDIS_URL (default redis://127.0.0.1:6379). Without it the cross-node test is skipped loudly
 // outside CI and fails under CI=true (as in test/broker.ts).
 
-import { spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import { randomBytes } from 'node:crypto';
 import * as Net from 'node:net';
@@ -19,25 +18,17 @@ import WebSocket, { WebSocketServer } from 'ws';
 import { Client } from '../lib/client';
 import type { ClientOptions, SubscriptionFlags } from '../lib/client';
 import * as Pulse from '../lib/index';
-import { Nes, server, url, until, wait } from './helpers';
+import { Nes, redisAvailable, redisUrl, server, skipWithoutRedis, teardown, until, url, wait } from './helpers';
 
 const { expect } = Code;
 const lab = Lab.script();
 export { lab };
-const { afterEach, describe, it } = lab;
+const { describe, it } = lab;
 
 
 // ---- Harness ----
 
-const teardowns: (() => unknown)[] = [];
-const defer = (fn: () => unknown) => teardowns.push(fn);
-
-afterEach(async () => {
-
-    while (teardowns.length) {
-        await teardowns.pop()!();
-    }
-});
+const defer = teardown(lab);
 
 // Frames our client sends and receives, through Client.WebSocket
 const recorded = { sent: [] as any[], received: [] as any[] };
@@ -138,25 +129,11 @@ const raw = async (onMessage: (ws: WebSocket, message: any, connection: number) 
 
 // ---- Redis availability (as test/broker.ts) ----
 
-const redisUrl = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 const runPrefix = `pulse-test:client:${process.pid}:${randomBytes(4).toString('hex')}:`;
 
-const redisAvailable = ((): boolean => {
-
-    const probe = `
-        const u = new URL(process.argv[1]);
-        const s = require('net').connect(Number(u.port) || 6379, u.hostname);
-        s.setTimeout(1000, () => process.exit(1));
-        s.on('error', () => process.exit(1));
-        s.on('connect', () => s.write('PING\\r\\n'));
-        s.on('data', (d) => process.exit(/PONG|NOAUTH/.test(d.toString()) ? 0 : 1));`;
-    return spawnSync(process.execPath, ['-e', probe, redisUrl], { timeout: 3000 }).status === 0;
-})();
 
 const ci = process.env.CI === 'true';
-if (!redisAvailable && !ci) {
-    console.error(`\n${'#'.repeat(100)}\n#  SKIPPED: client recovery across nodes (Redis). No Redis at ${redisUrl} (set REDIS_URL). Under CI=true this fails.\n${'#'.repeat(100)}\n`);
-}
+skipWithoutRedis('client recovery across nodes (Redis)');
 
 // A loopback TCP proxy with a switchable target: the client keeps one URL while the node behind it changes.
 // Without a target, connections are dropped as they arrive.

@@ -1,36 +1,18 @@
 // Credentials that expire: the server acts at expiry with no client traffic, warns clients that
 // negotiated the extension, and a reauth moves the expiry.
 
-import * as Basic from '@hapi/basic';
 import * as Code from '@hapi/code';
-import type * as Hapi from '@hapi/hapi';
 import * as Lab from '@hapi/lab';
 
-import { Nes, Peer, server, url, until, wait } from './helpers';
+import { Nes, Peer, expiringBasic, expiringHeader, server, until, url, wait } from './helpers';
 
 const { expect } = Code;
 const lab = Lab.script();
 export { lab };
 const { describe, it } = lab;
 
-// Credentials carry their own expiry: `user:ttl` as the password makes them expire ttl ms from now.
-const basic = async (srv: Hapi.Server): Promise<void> => {
-
-    await srv.register(Basic);
-    srv.auth.strategy('default', 'basic', {
-        validate: (_request: unknown, username: string, ttl: string) => {
-
-            if (username === 'bad') {
-                return { isValid: false, credentials: null };
-            }
-
-            return { isValid: true, credentials: { user: username, expiresAt: ttl === 'none' ? undefined : Date.now() + Number(ttl) } };
-        }
-    });
-    srv.auth.default('default');
-};
-
-const header = (username: string, ttl: number | 'none'): { headers: { authorization: string } } => ({ headers: { authorization: 'Basic ' + Buffer.from(`${username}:${ttl}`).toString('base64') } });
+const basic = expiringBasic;
+const header = expiringHeader;
 
 describe('credential expiry', () => {
 
