@@ -16,6 +16,8 @@ type Proto = 'nes' | 'sio';
 interface Conn {
     readonly index: number;
     readonly ws: WebSocket;
+    readonly group: number;                                    // Which connect() call (e.g. node A / node B)
+    readonly checker: boolean;                                 // Parses and checks the order of every fan-out message
     closedByUs: boolean;
     lastSeq: number;
 }
@@ -41,6 +43,12 @@ let firstAt = 0;
 let lastAt = 0;
 let cpuMark = process.cpuUsage();
 let waiter: { total: number; resolve: () => void } | null = null;
+let groupDelivered: number[] = [];
+// Publish-to-delivery latency: messages whose JSON starts with "t":<nowMs() at publish> (see server-main fanout stamp)
+let latencyOn = false;
+let latencies: number[] = [];
+const maxLatencies = 2_000_000;
+const T_KEY = Buffer.from('"t":');
 
 const P = 0x70, U = 0x75, B = 0x62, QUOTE = 0x22;             // "pub"
 
@@ -75,8 +83,18 @@ function onPub(conn: Conn, data: Buffer): void {
     }
 
     ++delivered;
+    groupDelivered[conn.group] = (groupDelivered[conn.group] ?? 0) + 1;
+    if (latencyOn && latencies.length < maxLatencies) {
+        const at = data.indexOf(T_KEY);
+        if (at >= 0) {
+            const start = at + T_KEY.length;
+            const end = data.indexOf(0x2c, start);              // ','
+            latencies.push(lastAt - Number(data.toString('latin1', start, end)));
+        }
+    }
+
     if (mode === 'fan') {
-        if (conn.index === 0) {
+        if (conn.checker) {
             const body = pubBody(data);
             if (conn.lastSeq >= 0 && body.seq !== conn.lastSeq + 1) {
                 ++bad;
@@ -161,11 +179,11 @@ function onControl(conn: Conn, data: Buffer, hello: Pending | null): void {
     }
 }
 
-function openOne(index: number, subs: string[], timeoutMs: number): Promise<Conn> {
+function openOne(index: number, subs: string[], timeoutMs: number, group = 0, checker = index === 0): Promise<Conn> {
 
     const url = proto === 'nes' ? `ws://127.0.0.1:${port}/` : `ws://127.0.0.1:${port}/socket.io/?EIO=4&transport=websocket`;
     const ws = new WebSocket(url, { perMessageDeflate: false, skipUTF8Validation: true, handshakeTimeout: timeoutMs });
-    const conn: Conn = { index, ws, closedByUs: false, lastSeq: -1 };
+    const conn: Conn = { index, ws, group, checker, closedByUs: false, lastSeq: -1 };
 
     return new Promise<Conn>((resolve, reject) => {
 
@@ -224,6 +242,313 @@ function openOne(index: number, subs: string[], timeoutMs: number): Promise<Conn
     });
 }
 
+// ---- Recovery clients (the recovery scenario) ----
+// Each keeps its own socket on one history path with recovery negotiated, tracks its position from the hello reply
+// (`pulse.positions`) and from every pub (`position`), and checks the publisher's `seq` (0, 1, 2... on that path):
+// a jump forward counts as lost, a repeat or step back as duplicated. recDrop closes every socket from the client
+// side; recResume reconnects them all at once, each sending its last position in hello.pulse.positions, and
+// measures the replay: the hello reply's position P is where the replay ends (protocol.md §8.2).
+
+interface Position { epoch: string; offset: number }
+
+interface RecClient {
+    readonly index: number;
+    ws: WebSocket | null;
+    position: Position | null;
+    expectedNext: number;                                      // Next seq this client must see
+    lost: number;
+    dup: number;
+    received: number;
+    closedByUs: boolean;
+    // Current resume
+    sentOffset: number;
+    replayUntil: number;                                       // Offset of the hello reply position; -1: not replaying
+    replayStart: number;
+    replayEnd: number;
+    replayed: number;
+}
+
+interface RecFrame {
+    type: string;
+    id?: number;
+    statusCode?: number;
+    message?: { seq?: number };
+    position?: Position;
+    pulse?: { positions?: Record<string, Position>; recovered?: Record<string, boolean> };
+}
+
+let recPath = '';
+let recClients: RecClient[] = [];
+let recNotRecovered = 0;
+let recUnexpectedClose = 0;
+let recProgress: (() => void) | null = null;                  // Called on hello replies and when a replay ends
+
+function recOnPub(client: RecClient, msg: RecFrame): void {
+
+    const at = nowMs();
+    ++client.received;
+    const seq = msg.message?.seq ?? -1;
+    if (seq > client.expectedNext) {
+        client.lost += seq - client.expectedNext;
+    }
+    else if (seq < client.expectedNext) {
+        ++client.dup;
+    }
+
+    client.expectedNext = Math.max(client.expectedNext, seq + 1);
+    if (msg.position) {
+        client.position = msg.position;
+        if (client.replayUntil >= 0 && !client.replayEnd) {
+            if (msg.position.offset <= client.replayUntil) {
+                ++client.replayed;
+            }
+
+            if (msg.position.offset >= client.replayUntil) {
+                client.replayEnd = at;
+                recProgress?.();                                   // Otherwise recUntil polls every 50 ms
+            }
+        }
+    }
+}
+
+function recOpen(client: RecClient, timeoutMs: number): Promise<void> {
+
+    const ws = new WebSocket(`ws://127.0.0.1:${port}/`, { perMessageDeflate: false, skipUTF8Validation: true, handshakeTimeout: timeoutMs });
+    client.ws = ws;
+    client.closedByUs = false;
+    const resuming = client.position !== null;
+
+    return new Promise<void>((resolve, reject) => {
+
+        let settled = false;
+        const done = (err?: Error) => {
+
+            if (!settled) {
+                settled = true;
+                clearTimeout(timer);
+                if (err) {
+                    client.closedByUs = true;
+                    ws.terminate();
+                    return reject(err);
+                }
+
+                resolve();
+            }
+        };
+
+        const timer = setTimeout(() => done(new Error('recovery hello timed out')), timeoutMs);
+
+        ws.on('open', () => {
+
+            const pulse = resuming ? { recovery: true, positions: { [recPath]: client.position } } : { recovery: true };
+            if (resuming) {
+                client.sentOffset = client.position!.offset;
+                client.replayStart = nowMs();
+                client.replayEnd = 0;
+                client.replayed = 0;
+                client.replayUntil = -1;
+            }
+
+            ws.send(JSON.stringify({ type: 'hello', id: nextRequestId++, version: '2', subs: [recPath], pulse }));
+        });
+
+        ws.on('message', (data: Buffer) => {
+
+            const msg = JSON.parse(data.toString()) as RecFrame;
+            if (msg.type === 'pub') {
+                return recOnPub(client, msg);
+            }
+
+            if (msg.type === 'ping') {
+                return ws.send(`{"type":"ping","id":${nextRequestId++}}`);
+            }
+
+            if (msg.type === 'hello') {
+                if (msg.statusCode !== undefined && msg.statusCode >= 400) {
+                    return done(new Error(`hello failed: ${data.toString()}`));
+                }
+
+                const position = msg.pulse?.positions?.[recPath];
+                if (!position) {
+                    return done(new Error(`hello reply without pulse.positions for ${recPath}: ${data.toString()}`));
+                }
+
+                if (resuming) {
+                    if (msg.pulse?.recovered?.[recPath] !== true) {
+                        ++recNotRecovered;
+                    }
+
+                    client.replayUntil = position.offset;
+                    if (position.offset <= client.sentOffset) {
+                        client.replayEnd = nowMs();                 // Nothing missed
+                    }
+                }
+
+                client.position = position;
+                done();
+                recProgress?.();
+            }
+        });
+
+        ws.on('error', (err) => done(err));
+        ws.on('close', () => {
+
+            if (!client.closedByUs) {
+                ++recUnexpectedClose;
+            }
+
+            done(new Error('closed during recovery hello'));
+        });
+    });
+}
+
+async function recAll(inflight: number, timeoutMs: number, deadlineMs: number): Promise<{ ok: number; failed: number; firstError: string }> {
+
+    const deadline = nowMs() + deadlineMs;
+    let next = 0;
+    let ok = 0;
+    let failed = 0;
+    let firstError = '';
+    const worker = async () => {
+
+        while (next < recClients.length && nowMs() < deadline) {
+            const client = recClients[next++]!;
+            try {
+                await recOpen(client, timeoutMs);
+                ++ok;
+            }
+            catch (err) {
+                ++failed;
+                firstError = firstError || (err as Error).message;
+            }
+        }
+    };
+
+    await Promise.all(Array.from({ length: Math.min(inflight, recClients.length) }, worker));
+    failed += recClients.length - ok - failed;
+    return { ok, failed, firstError };
+}
+
+// Resolves when `ready()` holds or after `timeoutMs`, re-checking on every recovery event (and every 50 ms).
+function recUntil(ready: () => boolean, timeoutMs: number): Promise<boolean> {
+
+    return new Promise<boolean>((resolve) => {
+
+        const finish = () => {
+
+            recProgress = null;
+            clearTimeout(timer);
+            clearInterval(poll);
+            resolve(ready());
+        };
+
+        const timer = setTimeout(finish, timeoutMs);
+        const poll = setInterval(() => ready() && finish(), 50);
+        recProgress = () => ready() && finish();
+        if (ready()) {
+            finish();
+        }
+    });
+}
+
+const recovery = {
+    // Opens `count` recovery clients on `path` (all expecting seq 0 first: connect them before publishing starts).
+    recConnect: async (args: Record<string, unknown>) => {
+
+        port = Number(args.port);
+        recPath = String(args.path);
+        recNotRecovered = 0;
+        recUnexpectedClose = 0;
+        recClients = Array.from({ length: Number(args.count) }, (_, index): RecClient => ({
+            index, ws: null, position: null, expectedNext: 0, lost: 0, dup: 0, received: 0, closedByUs: false,
+            sentOffset: -1, replayUntil: -1, replayStart: 0, replayEnd: 0, replayed: 0
+        }));
+
+        const t0 = nowMs();
+        const result = await recAll(Number(args.inflight ?? 50), Number(args.timeoutMs ?? 10_000), Number(args.totalTimeoutMs ?? 60_000));
+        return { connected: result.ok, failed: result.failed, firstError: result.firstError, ms: nowMs() - t0 };
+    },
+
+    // Client-side close of every recovery socket; resolves once all are closed (at most 3 s).
+    recDrop: async () => {
+
+        const closing = recClients.map((client) => new Promise<void>((resolve) => {
+
+            const ws = client.ws;
+            client.closedByUs = true;
+            if (!ws || ws.readyState === WebSocket.CLOSED) {
+                return resolve();
+            }
+
+            ws.once('close', () => resolve());
+            ws.terminate();
+        }));
+
+        await Promise.race([Promise.all(closing), new Promise((resolve) => setTimeout(resolve, 3_000))]);
+        return {};
+    },
+
+    // Reconnects every client with its last position, `inflight` at a time, then waits (at most `timeoutMs`) for
+    // every replay to end. Window = last replay end − first hello sent.
+    recResume: async (args: Record<string, unknown>) => {
+
+        const timeoutMs = Number(args.timeoutMs ?? 15_000);
+        const notRecoveredBefore = recNotRecovered;
+        const t0 = nowMs();
+        const result = await recAll(Number(args.inflight ?? recClients.length), 10_000, timeoutMs);
+        const helloMs = nowMs() - t0;
+        const complete = await recUntil(() => recClients.every((c) => c.replayEnd > 0 || c.ws?.readyState !== WebSocket.OPEN), Math.max(0, timeoutMs - helloMs));
+        const started = recClients.filter((c) => c.replayStart > 0);
+        const first = Math.min(...started.map((c) => c.replayStart));
+        const last = Math.max(...started.map((c) => c.replayEnd));
+        const perClient = Float64Array.from(started.filter((c) => c.replayEnd > 0).map((c) => c.replayEnd - c.replayStart)).sort();
+        return {
+            resumed: result.ok,
+            failed: result.failed,
+            firstError: result.firstError,
+            complete,
+            helloMs,
+            replayed: recClients.reduce((sum, c) => sum + c.replayed, 0),
+            missedAtResume: recClients.reduce((sum, c) => sum + Math.max(0, c.replayUntil - c.sentOffset), 0),
+            windowMs: last - first,
+            p50Ms: percentile(perClient, 0.5),
+            p99Ms: percentile(perClient, 0.99),
+            maxMs: perClient.length ? perClient[perClient.length - 1]! : NaN,
+            notRecovered: recNotRecovered - notRecoveredBefore
+        };
+    },
+
+    // Waits (at most `timeoutMs`) until every client has seen seq `last`, then reports lost / duplicated per client
+    // (a client that never saw the tail counts the missing tail as lost).
+    recCheck: async (args: Record<string, unknown>) => {
+
+        const last = Number(args.last);
+        await recUntil(() => recClients.every((c) => c.expectedNext > last), Number(args.timeoutMs ?? 10_000));
+        const lostBy = recClients.map((c) => c.lost + Math.max(0, last + 1 - c.expectedNext));
+        return {
+            clients: recClients.length,
+            received: recClients.reduce((sum, c) => sum + c.received, 0),
+            lost: lostBy.reduce((a, b) => a + b, 0),
+            dup: recClients.reduce((sum, c) => sum + c.dup, 0),
+            clientsLost: lostBy.filter((n) => n > 0).length,
+            clientsDup: recClients.filter((c) => c.dup > 0).length,
+            unexpectedClose: recUnexpectedClose,
+            notRecovered: recNotRecovered
+        };
+    },
+
+    recClose: async () => {
+
+        for (const client of recClients) {
+            client.closedByUs = true;
+            client.ws?.terminate();
+        }
+
+        recClients = [];
+        return {};
+    }
+};
+
 function percentile(sorted: Float64Array, p: number): number {
 
     if (!sorted.length) {
@@ -235,7 +560,8 @@ function percentile(sorted: Float64Array, p: number): number {
 
 serve({
     // Opens `count` sockets, at most `inflight` setups at a time; each subscribes (in its hello) to nothing, to
-    // '/fan', or to '/item/<its index>'.
+    // '/fan', or to '/item/<its index>'. Successive calls may target different ports (servers); `group` tags the
+    // sockets of one call for per-group delivery counts, and the first socket of a call checks fan-out order.
     connect: async (args) => {
 
         proto = args.proto as Proto;
@@ -243,6 +569,7 @@ serve({
         const count = Number(args.count);
         const inflight = Number(args.inflight);
         const subs = String(args.subs);
+        const group = Number(args.group ?? 0);
         const timeoutMs = Number(args.timeoutMs ?? 10_000);
         const deadline = nowMs() + Number(args.totalTimeoutMs ?? 60_000);
         const base = conns.length;
@@ -258,7 +585,7 @@ serve({
                 const index = base + started++;
                 const paths = subs === 'fan' ? ['/fan'] : (subs === 'item' ? [`/item/${index}`] : []);
                 try {
-                    conns.push(await openOne(index, paths, timeoutMs));
+                    conns.push(await openOne(index, paths, timeoutMs, group, index === base));
                 }
                 catch (err) {
                     ++failed;
@@ -278,10 +605,16 @@ serve({
         return { connected: count - failed, failed, ms: nowMs() - t0, clientCpuUs: usage.user + usage.system, firstError };
     },
 
-    // Starts counting deliveries.
+    // Starts counting deliveries. latency: 'reset' starts a new latency sample, 'keep' adds to it, absent turns it off.
     arm: (args) => {
 
         mode = args.mode as 'fan' | 'item';
+        latencyOn = args.latency === 'reset' || args.latency === 'keep';
+        if (args.latency !== 'keep') {
+            latencies = [];
+        }
+
+        groupDelivered = [];
         delivered = 0;
         bad = 0;
         firstAt = 0;
@@ -322,8 +655,17 @@ serve({
 
         const usage = process.cpuUsage(cpuMark);
         mode = 'off';
-        return { delivered, bad, firstAt, lastAt, dropped, open: conns.length - dropped, clientCpuUs: usage.user + usage.system };
+        return { delivered, bad, firstAt, lastAt, dropped, open: conns.length - dropped, clientCpuUs: usage.user + usage.system, groups: groupDelivered };
     },
+
+    // Percentiles of the latency sample taken since arm({ latency: 'reset' }).
+    latency: () => {
+
+        const sorted = Float64Array.from(latencies).sort();
+        return { count: sorted.length, p50Ms: percentile(sorted, 0.5), p99Ms: percentile(sorted, 0.99), maxMs: sorted.length ? sorted[sorted.length - 1]! : NaN };
+    },
+
+    ...recovery,
 
     // Closed-loop request round trips on the first `concurrency` sockets for `durationMs`.
     requests: async (args) => {
@@ -452,6 +794,11 @@ serve({
     },
 
     stop: () => {
+
+        for (const client of recClients) {
+            client.closedByUs = true;
+            client.ws?.terminate();
+        }
 
         for (const conn of conns) {
             conn.closedByUs = true;

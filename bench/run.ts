@@ -134,21 +134,34 @@ interface Open {
     stderr(): string;
 }
 
+// One load child and one server child per entry of kind.nodes() (default: one, default options), e.g. two
+// hapi-pulse nodes sharing a Redis broker plus a memory-broker node. kind.teardown() runs after the children stop.
+
 async function openSession(kind: SessionKind, target: Target): Promise<Open> {
 
-    const server = spawn(`server(${target.name})`, 'server-main.js', [target.name], ['--expose-gc', ...serverArgs]);
+    const state: Record<string, unknown> = {};
+    const nodeOptions = kind.nodes?.(ctx, state) ?? [{}];
+    const servers = nodeOptions.map((_, i) => spawn(`server(${target.name}${nodeOptions.length > 1 ? ` #${i}` : ''})`, 'server-main.js', [target.name], ['--expose-gc', ...serverArgs]));
     const client = spawn('load', 'load.js', [], clientArgs);
-    const close = () => Promise.all([client.peer.stop(), server.peer.stop()]).then(() => undefined);
+    let session: Session | null = null;
+    const stderr = () => servers.map((s) => s.stderr()).filter(Boolean).join('\n');
+    const close = async () => {
+
+        await Promise.all([client.peer.stop(), ...servers.map((s) => s.peer.stop())]);
+        await kind.teardown?.(ctx, session ?? { target, server: servers[0]!.peer, servers: servers.map((s) => s.peer), client: client.peer, port: 0, ports: [], state })
+            .catch((err: Error) => console.log(`    teardown (${kind.id}) failed: ${err.message}`));
+    };
+
     try {
-        await Promise.all([server.peer.waitEvent('ready', 15_000), client.peer.waitEvent('ready', 15_000)]);
-        const { port } = await server.peer.call<{ port: number }>('listen', {}, 15_000);
-        const session: Session = { target, server: server.peer, client: client.peer, port, state: {} };
+        await Promise.all([...servers.map((s) => s.peer.waitEvent('ready', 15_000)), client.peer.waitEvent('ready', 15_000)]);
+        const ports = await Promise.all(servers.map((s, i) => s.peer.call<{ port: number }>('listen', { ...nodeOptions[i] }, 15_000).then((r) => r.port)));
+        session = { target, server: servers[0]!.peer, servers: servers.map((s) => s.peer), client: client.peer, port: ports[0]!, ports, state };
         await kind.setup(ctx, session);
-        return { session, close, stderr: server.stderr };
+        return { session, close, stderr };
     }
     catch (err) {
         await close();
-        throw withOutput(err, server.stderr());
+        throw withOutput(err, stderr());
     }
 }
 
@@ -205,8 +218,16 @@ function activeTargets(scenario: Scenario): Target[] {
 
 interface Goal {
     readonly text: string;
-    check(): { value: string; pass: boolean } | null;            // null: not measured in this run
+    check(): { value: string; pass: boolean; failWord?: string } | null;     // null: not measured in this run
 }
+
+// Correctness checks look at every run, not the median: one bad run is a FAIL.
+function allRuns(scenario: string, key: string): number[] {
+
+    return results.get(scenario)?.get('pulse')?.runs.map((r) => r[key] ?? NaN) ?? [];
+}
+
+const sum = (values: number[]) => values.reduce((a, b) => a + b, 0);
 
 const pulseMed = (scenario: string, key: string) => med(scenario, 'pulse', key);
 
@@ -268,7 +289,30 @@ const goals: Goal[] = [
             return Number.isFinite(ours) && Number.isFinite(ws) ? { value: `${(ours / 1024).toFixed(1)} KB = ${ratio(ours, ws)} ws`, pass: ours <= 1.3 * ws } : null;
         }
     },
-    atLeast('connection setups/s ≥ nes', 'connect', 'rate', [['nes', 1]])
+    atLeast('connection setups/s ≥ nes', 'connect', 'rate', [['nes', 1]]),
+    {
+        text: 'two nodes (Redis broker): every publish delivered to every socket on both nodes, every run',
+        check: () => {
+
+            const lost = allRuns('two-node', 'lost');
+            return lost.length ? { value: `${sum(lost)} lost over ${lost.length} run(s)`, pass: lost.every((v) => v === 0), failWord: 'FAIL' } : null;
+        }
+    },
+    {
+        text: 'recovery: every client resumes with zero lost, zero duplicated, no `recovered: false`, every run',
+        check: () => {
+
+            const lost = allRuns('recovery', 'lost');
+            const dup = allRuns('recovery', 'dup');
+            const notRecovered = allRuns('recovery', 'notRecovered');
+            const replayed = allRuns('recovery', 'replayed');
+            return lost.length ? {
+                value: `${sum(lost)} lost, ${sum(dup)} duplicated, ${sum(notRecovered)} not recovered (${sum(replayed)} replayed over ${lost.length} run(s))`,
+                pass: [...lost, ...dup, ...notRecovered].every((v) => v === 0),
+                failWord: 'FAIL'
+            } : null;
+        }
+    }
 ];
 
 // Report
@@ -361,7 +405,7 @@ function report(): string {
     lines.push(table(['target', 'measured', 'result'], evaluated.map(({ goal, result }) => [
         goal.text,
         result ? result.value : 'not measured',
-        result ? (result.pass ? 'PASS' : 'MISS') : (targetByName('pulse').unavailable() ? 'n/a (hapi-pulse not available)' : 'n/a')
+        result ? (result.pass ? 'PASS' : result.failWord ?? 'MISS') : (targetByName('pulse').unavailable() ? 'n/a (hapi-pulse not available)' : 'n/a')
     ])), '');
 
     for (const scenario of selected) {
@@ -392,8 +436,12 @@ async function main(): Promise<void> {
                     continue;
                 }
 
-                const missing = target.unavailable();
+                const missing = target.unavailable() ?? await kind.unavailable?.() ?? null;
                 if (missing) {
+                    if (!target.unavailable()) {
+                        console.log(`[${todo.map((s) => s.id).join(', ')} ${rep}] ${target.label}: ${missing}`);
+                    }
+
                     todo.forEach((s) => (cell(s.id, target.name).unavailable = missing));
                     continue;
                 }

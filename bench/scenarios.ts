@@ -5,14 +5,18 @@
 // (several server children sharing a broker) without touching the report code.
 
 import { nowMs, type Peer } from './ipc';
+import { redisCleanup, redisProblem, redisUrl, uniquePrefix } from './redis';
+import type { ServerOptions } from './servers/types';
 import { human } from './stats';
 import type { Target } from './targets';
 
 export interface Session {
     readonly target: Target;
-    readonly server: Peer;
+    readonly server: Peer;                                      // servers[0]
+    readonly servers: readonly Peer[];                          // One per kind.nodes() entry
     readonly client: Peer;
-    readonly port: number;
+    readonly port: number;                                      // ports[0]
+    readonly ports: readonly number[];
     readonly state: Record<string, unknown>;                   // Shared by the scenarios of one session
 }
 
@@ -22,7 +26,14 @@ export interface Session {
 // the next one of the same kind gets a fresh session.
 export interface SessionKind {
     readonly id: string;
+    // Server children of the session: the `listen` options of each (default one, with default options). May keep
+    // what teardown needs in `state`.
+    nodes?(ctx: Ctx, state: Record<string, unknown>): ServerOptions[];
+    // Why this kind cannot run now (e.g. 'skipped: no Redis'), checked before each session; null when it can.
+    unavailable?(): Promise<string | null>;
     setup(ctx: Ctx, session: Session): Promise<void>;
+    // After every child of the session has stopped (also after a failed setup).
+    teardown?(ctx: Ctx, session: Session): Promise<void>;
 }
 
 export interface Ctx {
@@ -62,6 +73,8 @@ export interface Sizes {
     storm: { publishes: number; capMs: number };
     request: { durationMs: number; warmupMs: number; sessionWarmup: { count: number; maxMs: number } };
     connect: { count: number; inflight: number };
+    twoNode: { sockets: number; bursts: number; perBurst: number; warmup: number };
+    recovery: { clients: number; rate: number; cycles: number; leadMs: number; pauseMs: number; liveMs: number; history: { size: number; ttl: number } };
 }
 
 export function sizes(quick: boolean): Sizes {
@@ -74,7 +87,9 @@ export function sizes(quick: boolean): Sizes {
         targeted: { windowMs: 500, batch: 50, maxCount: 100_000, warmup: 100 },
         storm: { publishes: 2000, capMs: 5000 },
         request: { durationMs: 500, warmupMs: 200, sessionWarmup: { count: 500, maxMs: 1000 } },
-        connect: { count: 300, inflight: 50 }
+        connect: { count: 300, inflight: 50 },
+        twoNode: { sockets: 400, bursts: 2, perBurst: 10, warmup: 5 },
+        recovery: { clients: 100, rate: 200, cycles: 1, leadMs: 400, pauseMs: 300, liveMs: 300, history: { size: 1000, ttl: 60_000 } }
     } : {
         small: 1000,
         large: 5000,
@@ -83,7 +98,9 @@ export function sizes(quick: boolean): Sizes {
         targeted: { windowMs: 1500, batch: 50, maxCount: 200_000, warmup: 100 },
         storm: { publishes: 10_000, capMs: 20_000 },
         request: { durationMs: 1500, warmupMs: 300, sessionWarmup: { count: 4000, maxMs: 3000 } },
-        connect: { count: 1000, inflight: 50 }
+        connect: { count: 1000, inflight: 50 },
+        twoNode: { sockets: 1000, bursts: 4, perBurst: 25, warmup: 10 },
+        recovery: { clients: 200, rate: 200, cycles: 2, leadMs: 700, pauseMs: 500, liveMs: 500, history: { size: 1000, ttl: 60_000 } }
     };
 }
 
@@ -91,14 +108,17 @@ export function sizes(quick: boolean): Sizes {
 
 interface Connected { connected: number; failed: number; ms: number; clientCpuUs: number; firstError: string }
 interface Published { t0: number; t1: number; published: number }
-interface Delivered { delivered: number; bad: number; firstAt: number; lastAt: number; dropped: number; open: number; clientCpuUs: number }
+interface Delivered { delivered: number; bad: number; firstAt: number; lastAt: number; dropped: number; open: number; clientCpuUs: number; groups: Array<number | null> }
+interface Latency { count: number; p50Ms: number; p99Ms: number; maxMs: number }
+interface Resumed { resumed: number; failed: number; firstError: string; complete: boolean; helloMs: number; replayed: number; missedAtResume: number; windowMs: number; p50Ms: number; p99Ms: number; maxMs: number; notRecovered: number }
+interface Checked { clients: number; received: number; lost: number; dup: number; clientsLost: number; clientsDup: number; unexpectedClose: number; notRecovered: number }
 interface Cpu { cpuUs: number; wallMs: number }
 interface Mem { heapUsed: number; rss: number; external: number; arrayBuffers: number }
 interface Requests { count: number; errors: number; ms: number; p50Ms: number; p99Ms: number; clientCpuUs: number }
 
-async function connect(s: Session, count: number, subs: 'fan' | 'item' | 'none', inflight = 100): Promise<Connected> {
+async function connect(s: Session, count: number, subs: 'fan' | 'item' | 'none', inflight = 100, node = 0): Promise<Connected> {
 
-    const result = await s.client.call<Connected>('connect', { proto: s.target.proto, port: s.port, count, inflight, subs, timeoutMs: 15_000, totalTimeoutMs: 90_000 }, 120_000);
+    const result = await s.client.call<Connected>('connect', { proto: s.target.proto, port: s.ports[node], group: node, count, inflight, subs, timeoutMs: 15_000, totalTimeoutMs: 90_000 }, 120_000);
     if (result.failed) {
         throw new Error(`${result.failed} of ${count} connections failed (${result.firstError})`);
     }
@@ -146,16 +166,62 @@ export const sessions: readonly SessionKind[] = [
             const w = sizes(ctx.quick).request.sessionWarmup;
             await s.client.call('requests', { concurrency: 32, durationMs: w.maxMs, maxCount: w.count }, w.maxMs + 20_000);
         }
+    },
+    {
+        // Node A and node B: hapi-pulse with a RedisBroker on one Redis (a fresh key prefix per session, its keys
+        // deleted afterwards); node S: hapi-pulse with the default memory broker, the single-node reference.
+        // Sockets on '/fan': half of N on A (group 0), half on B (group 1), and N on S (group 2).
+        id: 'nodes',
+        nodes: (ctx, state) => {
+
+            const prefix = uniquePrefix();
+            state.prefix = prefix;
+            return [{ broker: 'redis', url: redisUrl, prefix }, { broker: 'redis', url: redisUrl, prefix }, {}];
+        },
+        unavailable: async () => {
+
+            const problem = await redisProblem();
+            return problem ? `skipped: no Redis at ${redisUrl} (${problem})` : null;
+        },
+        setup: async (ctx, s) => {
+
+            const n = sizes(ctx.quick).twoNode.sockets;
+            await connect(s, n / 2, 'fan', 100, 0);
+            await connect(s, n / 2, 'fan', 100, 1);
+            await connect(s, n, 'fan', 100, 2);
+        },
+        teardown: async (_ctx, s) => {
+
+            if (typeof s.state.prefix === 'string') {
+                s.state.redisKeysDeleted = await redisCleanup(s.state.prefix);
+            }
+        }
+    },
+    {
+        // One hapi-pulse node (memory broker) where '/rec/{id}' keeps history; K recovery clients on '/rec/shared'.
+        id: 'recovery',
+        nodes: (ctx) => [{ history: sizes(ctx.quick).recovery.history }],
+        setup: async (ctx, s) => {
+
+            const k = sizes(ctx.quick).recovery.clients;
+            const result = await s.client.call<Connected>('recConnect', { port: s.port, path: recoveryPath, count: k, inflight: 50, timeoutMs: 10_000, totalTimeoutMs: 60_000 }, 70_000);
+            if (result.failed) {
+                throw new Error(`${result.failed} of ${k} recovery clients failed to connect (${result.firstError})`);
+            }
+        }
     }
 ];
 
-const [small, large, plain] = sessions as [SessionKind, SessionKind, SessionKind];
+const [small, large, plain, nodes, recoverySession] = sessions as [SessionKind, SessionKind, SessionKind, SessionKind, SessionKind];
+const recoveryPath = '/rec/shared';
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 const rate = (v: number) => `${human(v)}/s`;
 const ms = (v: number) => `${human(v)} ms`;
 const us = (v: number) => `${human(v)} µs`;
 const kb = (v: number) => `${(v / 1024).toFixed(1)} KB`;
 const count = (v: number) => human(v);
+const times = (v: number) => (Number.isFinite(v) ? `${v.toFixed(2)}×` : '–');
 
 const all = ['pulse', 'nes', 'socketio', 'ws-string', 'ws-preframed'];
 const noPreframed = ['pulse', 'nes', 'socketio', 'ws-string'];              // Pre-framing only changes publish
@@ -267,6 +333,210 @@ function targeted(kind: 'small' | 'large', label: string): Scenario {
         }
     };
 }
+
+
+// Two-node fan-out: publish bursts on one node, count deliveries on every group of sockets, take the latency from
+// the `t` stamp in each message (server nowMs() just before publish(), client nowMs() on receipt: one machine-wide
+// monotonic clock, ns resolution; what limits it is event-loop batching, i.e. tens of µs).
+
+interface FanMeasure { rate: number; p50: number; p99: number; cpuUs: number[]; delivered: number; expected: number }
+
+async function fanBursts(ctx: Ctx, s: Session, publisher: Peer, measured: Array<{ node: Peer; group: number }>, perMessage: number, seqBase: number): Promise<FanMeasure> {
+
+    const z = sizes(ctx.quick).twoNode;
+    const size = sizes(ctx.quick).messageBytes;
+    for (let round = 0; ; ++round) {                                                  // Warm-up, at most 3 rounds
+        await s.client.call('arm', { mode: 'fan' });
+        await publisher.call('fanout', { path: '/fan', count: z.warmup, size, seqBase, stamp: true });
+        const got = await s.client.call<Delivered>('wait', { total: perMessage * z.warmup, timeoutMs: 10_000 }, 15_000);
+        if (got.delivered >= perMessage * z.warmup) {
+            break;
+        }
+
+        if (round === 2) {
+            throw new Error(`warm-up: ${got.delivered} of ${perMessage * z.warmup} deliveries after 3 rounds`);
+        }
+
+        await sleep(200);
+    }
+
+    await Promise.all(measured.map((m) => m.node.call('cpuMark')));
+    let delivered = 0;
+    let activeMs = 0;
+    const byGroup = measured.map(() => 0);
+    for (let burst = 0; burst < z.bursts; ++burst) {
+        await s.client.call('arm', { mode: 'fan', latency: burst ? 'keep' : 'reset' });
+        const pub = await publisher.call<Published>('fanout', { path: '/fan', count: z.perBurst, size, seqBase: seqBase + 1000 * (burst + 1), stamp: true }, 60_000);
+        const got = await s.client.call<Delivered>('wait', { total: perMessage * z.perBurst, timeoutMs: 30_000 }, 35_000);
+        if (got.bad) {
+            throw new Error(`${got.bad} fan-out messages out of order`);
+        }
+
+        delivered += got.delivered;
+        activeMs += got.lastAt - pub.t0;
+        measured.forEach((m, i) => (byGroup[i] = byGroup[i]! + (got.groups[m.group] ?? 0)));
+    }
+
+    const cpu = await Promise.all(measured.map((m) => m.node.call<Cpu>('cpuRead')));
+    const lat = await s.client.call<Latency>('latency');
+    return {
+        rate: delivered / (activeMs / 1000),
+        p50: lat.p50Ms,
+        p99: lat.p99Ms,
+        cpuUs: cpu.map((c, i) => c.cpuUs / byGroup[i]!),
+        delivered,
+        expected: perMessage * z.perBurst * z.bursts
+    };
+}
+
+const twoNode: Scenario = {
+    id: 'two-node',
+    title: 'Two nodes behind a Redis broker, fan-out on one path',
+    describe: (quick) => {
+
+        const z = sizes(quick).twoNode;
+        return `Two hapi-pulse server processes (A and B) with \`RedisBroker\` on one Redis (${redisUrl}, a fresh key prefix per session, ` +
+            `its keys deleted afterwards); ${z.sockets} sockets on \`/fan\`, ${z.sockets / 2} on A and ${z.sockets / 2} on B. Node A publishes ` +
+            `${z.bursts} bursts of ${z.perBurst} messages of ${sizes(quick).messageBytes} B (one synchronous loop each, waiting for every delivery between bursts, ` +
+            `after a ${z.warmup}-message warm-up). Single node: a third process with the default memory broker and its own ${z.sockets} sockets, ` +
+            'same bursts, same session. delivered/s = deliveries / Σ (last delivery − first publish) over the bursts; p50/p99 = publish-to-delivery ' +
+            'latency of every delivery (the publisher stamps `nowMs()`, the machine-wide monotonic clock, just before each publish; the client reads ' +
+            'it on receipt), so within a burst it includes queueing behind the earlier messages. CPU/delivery per node = that process\'s CPU over the ' +
+            'bursts / deliveries to its own sockets (A\'s includes publishing into Redis; Redis\'s own CPU is not counted). Skipped with a ' +
+            '"skipped: no Redis" line when Redis does not answer PING.';
+    },
+    targets: ['pulse'],
+    baselines: [],
+    headline: { key: 'rate', label: '2 nodes delivered/s', better: 'higher', format: rate },
+    metrics: [
+        { key: 'p50', label: 'p50', better: 'lower', format: ms },
+        { key: 'p99', label: 'p99', better: 'lower', format: ms },
+        { key: 'cpuA', label: 'CPU/delivery A', better: 'lower', format: us },
+        { key: 'cpuB', label: 'CPU/delivery B', better: 'lower', format: us },
+        { key: 'singleRate', label: '1 node delivered/s', better: 'higher', format: rate },
+        { key: 'singleP50', label: '1 node p50', better: 'lower', format: ms },
+        { key: 'singleP99', label: '1 node p99', better: 'lower', format: ms },
+        { key: 'singleCpu', label: '1 node CPU/delivery', better: 'lower', format: us },
+        { key: 'vsSingle', label: '2 nodes / 1 node', better: 'higher', format: times },
+        { key: 'lost', label: 'lost', better: 'lower', format: count }
+    ],
+    session: nodes,
+    order: 1,
+    run: async (ctx, s) => {
+
+        const n = sizes(ctx.quick).twoNode.sockets;
+        const [a, b, single] = s.servers as [Peer, Peer, Peer];
+        const one = await fanBursts(ctx, s, single, [{ node: single, group: 2 }], n, 0);
+        const two = await fanBursts(ctx, s, a, [{ node: a, group: 0 }, { node: b, group: 1 }], n, 0);
+        const { errors } = await a.call<{ errors: number }>('publishErrors');
+        if (errors) {
+            ctx.log(`    two-node: ${errors} publishes rejected by the Redis broker`);
+        }
+
+        return {
+            rate: two.rate,
+            p50: two.p50,
+            p99: two.p99,
+            cpuA: two.cpuUs[0]!,
+            cpuB: two.cpuUs[1]!,
+            singleRate: one.rate,
+            singleP50: one.p50,
+            singleP99: one.p99,
+            singleCpu: one.cpuUs[0]!,
+            vsSingle: two.rate / one.rate,
+            lost: two.expected - two.delivered + (one.expected - one.delivered)
+        };
+    }
+};
+
+// Recovery: K clients on one history path while the node publishes at a steady rate; every cycle drops all of
+// them (client-side close), waits, and reconnects them all at once with their last positions.
+
+const recovery: Scenario = {
+    id: 'recovery',
+    title: 'Recovery: clients drop and resume with their positions',
+    describe: (quick) => {
+
+        const r = sizes(quick).recovery;
+        return `One hapi-pulse node (memory broker), \`server.subscription('/rec/{id}', { history: { size: ${r.history.size}, ttl: ${r.history.ttl} } })\`; ` +
+            `${r.clients} clients negotiate recovery (\`hello.pulse.recovery\`) and subscribe to one shared path, \`${recoveryPath}\`, while the node publishes ` +
+            `${r.rate} messages/s to it (paced every 5 ms, seq 0, 1, 2...). After ${r.leadMs} ms, ${r.cycles} cycle(s) of: every client closes its socket ` +
+            `(client side), ${r.pauseMs} ms pause, all reconnect at once sending \`hello.pulse.positions\` with the last position seen (tracked from the ` +
+            `hello reply's \`pulse.positions\` and every pub's \`position\`), ${r.liveMs} ms live. recovered/s = replayed messages (pubs at or below the ` +
+            'hello reply position) / (last replay end − first hello sent), per cycle, summed. Each client checks seq: a gap counts as lost, a repeat as ' +
+            'duplicated; at the end each must have seen the last publish. Any lost, duplicated or `recovered: false` is a FAIL.';
+    },
+    targets: ['pulse'],
+    baselines: [],
+    headline: { key: 'rate', label: 'recovered/s', better: 'higher', format: rate },
+    metrics: [
+        { key: 'replayed', label: 'replayed', better: 'higher', format: count },
+        { key: 'windowMs', label: 'replay window', better: 'lower', format: ms },
+        { key: 'p99', label: 'p99 per-client resume', better: 'lower', format: ms },
+        { key: 'published', label: 'published', better: 'higher', format: count },
+        { key: 'lost', label: 'lost', better: 'lower', format: count },
+        { key: 'dup', label: 'duplicated', better: 'lower', format: count },
+        { key: 'notRecovered', label: 'recovered: false', better: 'lower', format: count }
+    ],
+    session: recoverySession,
+    order: 1,
+    run: async (ctx, s) => {
+
+        const r = sizes(ctx.quick).recovery;
+        const maxMs = 30_000;
+        const steady = s.server.call<Published>('steady', { path: recoveryPath, rate: r.rate, size: sizes(ctx.quick).messageBytes, maxCount: r.rate * maxMs / 1000, durationMs: maxMs }, maxMs + 10_000);
+        let replayed = 0;
+        let windowMs = 0;
+        let p99 = 0;
+        let pub: Published;
+        try {
+            await sleep(r.leadMs);
+            for (let cycle = 0; cycle < r.cycles; ++cycle) {
+                await s.client.call('recDrop', {}, 10_000);
+                await sleep(r.pauseMs);
+                const res = await s.client.call<Resumed>('recResume', { timeoutMs: 15_000 }, 20_000);
+                if (res.failed) {
+                    throw new Error(`${res.failed} of ${r.clients} clients failed to resume (${res.firstError})`);
+                }
+
+                if (!res.complete) {
+                    ctx.log(`    recovery: cycle ${cycle + 1}: replay not complete within 15 s (${res.replayed} of ${res.missedAtResume} replayed)`);
+                }
+
+                if (process.env.BENCH_VERBOSE) {
+                    ctx.log(`    recovery cycle ${cycle + 1}: ${res.resumed} hellos in ${res.helloMs.toFixed(0)} ms, ${res.replayed} of ${res.missedAtResume} missed replayed, ` +
+                        `window ${res.windowMs.toFixed(0)} ms; per client (hello sent → last replayed) p50 ${res.p50Ms.toFixed(0)} / p99 ${res.p99Ms.toFixed(0)} / max ${res.maxMs.toFixed(0)} ms`);
+                }
+
+                replayed += res.replayed;
+                windowMs += res.windowMs;
+                p99 = Math.max(p99, res.p99Ms);
+                await sleep(r.liveMs);
+            }
+        }
+        finally {
+            await s.server.call('steadyStop').catch(() => undefined);
+            pub = await steady;
+        }
+
+        const check = await s.client.call<Checked>('recCheck', { last: pub.published - 1, timeoutMs: 10_000 }, 15_000);
+        if (check.lost || check.dup || check.notRecovered || check.unexpectedClose) {
+            ctx.log(`    FAIL recovery: ${check.lost} lost (${check.clientsLost} clients), ${check.dup} duplicated (${check.clientsDup} clients), ` +
+                `${check.notRecovered} recovered: false, ${check.unexpectedClose} unexpected closes`);
+        }
+
+        return {
+            rate: replayed / (windowMs / 1000),
+            replayed,
+            windowMs,
+            p99,
+            published: pub.published,
+            lost: check.lost,
+            dup: check.dup,
+            notRecovered: check.notRecovered
+        };
+    }
+};
 
 export const scenarios: readonly Scenario[] = [
     fanout('small', '1k'),
@@ -411,5 +681,7 @@ export const scenarios: readonly Scenario[] = [
                 serverCpuUs: cpu.cpuUs / result.connected
             };
         }
-    }
+    },
+    twoNode,
+    recovery
 ];

@@ -3,13 +3,14 @@
 // and in time.
 
 import { serve, nowMs } from './ipc';
-import type { BenchServer, ServerFactory } from './servers/types';
+import type { BenchServer, ServerFactory, ServerOptions } from './servers/types';
 
 const target = process.argv[2] ?? '';
 
 let server: BenchServer | null = null;
 let cpuMark = process.cpuUsage();
 let wallMark = nowMs();
+let steadyStop: (() => void) | null = null;
 
 function message(seq: number, to: string, size: number): object {
 
@@ -37,10 +38,10 @@ function need(): BenchServer {
 }
 
 serve({
-    listen: async () => {
+    listen: async (args) => {
 
         const factory = (require(`./servers/${target}`) as { create: ServerFactory }).create;
-        server = await factory();
+        server = await factory(args as ServerOptions);
         const port = await server.listen();
         return { port };
     },
@@ -70,7 +71,8 @@ serve({
 
     connections: () => need().connections(),
 
-    // Burst: `count` publishes to one path in one synchronous loop.
+    // Burst: `count` publishes to one path in one synchronous loop. With `stamp`, each message starts with
+    // `t`: nowMs() (the machine-wide monotonic clock) taken just before its publish() call, for latency.
     fanout: (args) => {
 
         const srv = need();
@@ -78,6 +80,16 @@ serve({
         const count = Number(args.count);
         const size = Number(args.size);
         const seqBase = Number(args.seqBase ?? 0);
+        if (args.stamp) {
+            const pad = (message(seqBase, path, size - 24) as { pad: string }).pad;       // "t":123456789.123456, ≈ 24 B
+            const t0 = nowMs();
+            for (let i = 0; i < count; ++i) {
+                srv.publish(path, { t: nowMs(), seq: seqBase + i, to: path, pad });
+            }
+
+            return { t0, t1: nowMs(), published: count };
+        }
+
         const messages = Array.from({ length: count }, (_, i) => message(seqBase + i, path, size));
         const t0 = nowMs();
         for (const msg of messages) {
@@ -86,6 +98,55 @@ serve({
 
         return { t0, t1: nowMs(), published: count };
     },
+
+    // Steady publishing to one path: `rate` per second, paced every 5 ms, seq 0, 1, 2... until steadyStop,
+    // `durationMs` or `maxCount`. Resolves with the count once it stops.
+    steady: async (args) => {
+
+        const srv = need();
+        const path = String(args.path);
+        const rate = Number(args.rate);
+        const size = Number(args.size);
+        const maxCount = Number(args.maxCount);
+        const durationMs = Number(args.durationMs);
+        const pad = (message(0, path, size) as { pad: string }).pad;
+        const t0 = nowMs();
+        let published = 0;
+
+        await new Promise<void>((resolve) => {
+
+            const timer = setInterval(() => {
+
+                const due = Math.min(maxCount, Math.floor(((nowMs() - t0) * rate) / 1000));
+                for (; published < due; ++published) {
+                    srv.publish(path, { seq: published, to: path, pad });
+                }
+
+                if (published >= maxCount || nowMs() - t0 >= durationMs) {
+                    stop();
+                }
+            }, 5);
+
+            const stop = () => {
+
+                clearInterval(timer);
+                steadyStop = null;
+                resolve();
+            };
+
+            steadyStop = stop;
+        });
+
+        return { t0, t1: nowMs(), published };
+    },
+
+    steadyStop: () => {
+
+        steadyStop?.();
+        return {};
+    },
+
+    publishErrors: () => ({ errors: server?.publishErrors?.() ?? 0 }),
 
     // Publishes to '/item/{random id < ids}', `batch` per macrotask, until `durationMs` or `maxCount` is reached
     // (batch = maxCount and durationMs = Infinity gives one tight synchronous loop: the storm).
@@ -129,6 +190,7 @@ serve({
 
     stop: async () => {
 
+        steadyStop?.();
         if (server) {
             await Promise.race([server.stop(), new Promise((resolve) => setTimeout(resolve, 1000))]);
         }

@@ -675,10 +675,11 @@ export class Client {
         }
 
         const ws = this._ws;
-        if (!ws || (ws.readyState !== OPEN && ws.readyState !== CONNECTING)) {
+        if (!ws) {
             return next();
         }
 
+        // A socket already closing still reports its close, which runs the listeners (close() is then a no-op).
         this._disconnectRequested = requested;
         this._disconnectListeners = [next];
         ws.close();

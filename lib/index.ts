@@ -208,7 +208,7 @@ export const plugin: Plugin<PluginOptions> = {
     requirements: { hapi: '>=21.0.0' },
     register(server: Server, options: PluginOptions) {
 
-        const settings = settle(options ?? {});
+        const settings = settle(options);                 // hapi passes {} when registered without options
         if (settings.auth) {
             Auth.registerEndpoint(server, settings.auth);
         }

@@ -13,7 +13,16 @@ interface NesDecorated {
 // `pluginModule` is what require() returned, registered the way an application registers @hapi/nes:
 // `await server.register({ plugin: require('@hapi/nes'), options })`.
 
-export async function createHapiTarget(pluginModule: unknown, options: object = {}): Promise<BenchServer> {
+// `extra` adds subscriptions (e.g. '/rec/{id}' with history) and, with `catchPublish`, counts rejected publishes
+// instead of leaving them unhandled (a Redis broker rejects when Redis is unreachable); the default targets leave
+// publish() exactly as an application would call it.
+
+export interface HapiExtras {
+    subscriptions?: Array<[string, object]>;
+    catchPublish?: boolean;
+}
+
+export async function createHapiTarget(pluginModule: unknown, options: object = {}, extra: HapiExtras = {}): Promise<BenchServer> {
 
     const Hapi = await import('@hapi/hapi');
     const server: Server = Hapi.server({ port: 0, host: '127.0.0.1', debug: false });
@@ -24,8 +33,12 @@ export async function createHapiTarget(pluginModule: unknown, options: object = 
     const nes = server as unknown as NesDecorated;
     nes.subscription('/fan');
     nes.subscription('/item/{id}');
+    for (const [path, config] of extra.subscriptions ?? []) {
+        nes.subscription(path, config);
+    }
 
     let sockets = 0;
+    let publishErrors = 0;
     server.listener.on('upgrade', (_req, socket) => {
 
         ++sockets;
@@ -38,7 +51,16 @@ export async function createHapiTarget(pluginModule: unknown, options: object = 
             await server.start();
             return server.info.port as number;
         },
-        publish: (path, message) => nes.publish(path, message),
+        publish: extra.catchPublish ?
+            (path, message) => {
+
+                const result = nes.publish(path, message) as unknown;
+                if (result instanceof Promise) {
+                    result.catch(() => ++publishErrors);
+                }
+            } :
+            (path, message) => nes.publish(path, message),
+        publishErrors: () => publishErrors,
         connections: () => sockets,
         stop: () => server.stop({ timeout: 500 })
     };

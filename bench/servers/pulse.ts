@@ -1,4 +1,5 @@
-// hapi-pulse, registered exactly like @hapi/nes, default options.
+// hapi-pulse, registered exactly like @hapi/nes, default options. The two-node and recovery scenarios pass
+// ServerOptions: a RedisBroker shared by several server processes, and/or a '/rec/{id}' subscription with history.
 
 import Path from 'node:path';
 
@@ -8,7 +9,14 @@ import type { ServerFactory } from './types';
 // dist/bench/servers/pulse.js -> dist/lib/index.js
 export const pulsePath = Path.join(__dirname, '..', '..', 'lib', 'index.js');
 
-export const create: ServerFactory = async () => {
+export const create: ServerFactory = async (options = {}) => {
 
-    return createHapiTarget(require(pulsePath));
+    const Pulse = require(pulsePath) as { RedisBroker: new (options: object) => unknown };
+    if (!options.broker && !options.history) {
+        return createHapiTarget(Pulse);
+    }
+
+    const pluginOptions = options.broker === 'redis' ? { broker: new Pulse.RedisBroker({ url: options.url, prefix: options.prefix }) } : {};
+    const subscriptions: Array<[string, object]> = options.history ? [['/rec/{id}', { history: options.history }]] : [];
+    return createHapiTarget(Pulse, pluginOptions, { subscriptions, catchPublish: true });
 };

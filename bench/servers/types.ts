@@ -10,8 +10,18 @@ export interface BenchServer {
     publish(path: string, message: object): void;
     connections(): number;                              // Open client connections, as the server sees them
     stop(): Promise<void>;
+    publishErrors?(): number;                           // Rejected publishes (brokers that can refuse, e.g. Redis)
 }
 
-export type ServerFactory = () => Promise<BenchServer>;
+// Options from the orchestrator's `listen` call. Only hapi-pulse reads them (the two-node and recovery scenarios):
+//   broker: 'redis' with url and prefix → a RedisBroker; history → '/rec/{id}' keeps history { size, ttl }.
+export interface ServerOptions {
+    broker?: 'memory' | 'redis';
+    url?: string;
+    prefix?: string;
+    history?: { size: number; ttl: number };
+}
+
+export type ServerFactory = (options?: ServerOptions) => Promise<BenchServer>;
 
 export const ECHO_PAYLOAD = { hello: 'world' };

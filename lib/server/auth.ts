@@ -72,7 +72,7 @@ export const registerEndpoint = (server: Server, config: AuthSettings): void => 
                 const authenticated: Authenticated = {
                     credentials: request.auth.credentials as Record<string, any>,
                     artifacts: request.auth.artifacts,
-                    strategy: request.auth.strategy ?? undefined
+                    strategy: request.auth.strategy
                 };
 
                 if (config.type === 'direct') {
@@ -96,14 +96,10 @@ export const registerEndpoint = (server: Server, config: AuthSettings): void => 
 };
 
 // Whether a connection must authenticate: the auth endpoint's own route auth decides (as in nes).
-export const isRequired = (server: Server, config: AuthSettings | false): boolean => {
+export const isRequired = (server: Server, config: AuthSettings): boolean => {
 
-    if (!config) {
-        return false;
-    }
-
-    const route = server.lookup(config.id);
-    const auth = route && (server.auth as unknown as { lookup(route: unknown): { mode: string } | null }).lookup(route);
+    const route = server.lookup(config.id)!;                // registered by registerEndpoint()
+    const auth = (server.auth as unknown as { lookup(route: unknown): { mode: string } | null }).lookup(route);
     return auth?.mode === 'required';
 };
 
@@ -178,10 +174,11 @@ export const fromCookie = async (server: Server, config: AuthSettings, cookies: 
     return state && typeof state === 'object' && state.credentials ? unexpired(state, 'Invalid nes authentication cookie') : null;
 };
 
+// Never null: the protocol parser drops a null hello auth and refuses a reauth without auth.
 const readHeaders = (auth: unknown): Record<string, string> => {
 
     const headers: Record<string, string> = {};
-    if (auth === null || typeof auth !== 'object' || Array.isArray(auth)) {
+    if (typeof auth !== 'object' || Array.isArray(auth)) {
         throw Boom.unauthorized('Direct authentication must be an object with headers');
     }
 

@@ -68,10 +68,10 @@ export class Listener {
     readonly closeTimeout: number;
 
     private readonly wss: WebSocketServer;
-    private readonly authRequired: () => boolean;
+    private readonly authRequired: (config: Auth.AuthSettings) => boolean;
     private stopped = true;
     private pendingUpgrades = 0;
-    private socketCounter = counter.min;
+    private socketCounter = 0;                             // ids cycle through counter.min..counter.max
     private beatTimer: NodeJS.Timeout | null = null;
     private checkTimer: NodeJS.Timeout | null = null;
     private verifyTimer: NodeJS.Timeout | null = null;
@@ -95,7 +95,7 @@ export class Listener {
         });
 
         let required: boolean | null = null;
-        this.authRequired = () => (required ??= Auth.isRequired(server, settings.auth));
+        this.authRequired = (config) => (required ??= Auth.isRequired(server, config));
         server.listener.on('upgrade', this.onUpgradeEvent);
     }
 
@@ -215,11 +215,8 @@ export class Listener {
 
     private generateId(): string {
 
-        const id = `${Date.now()}:${this.server.info.id}:${this.socketCounter++}`;
-        if (this.socketCounter > counter.max) {
-            this.socketCounter = counter.min;
-        }
-
+        const id = `${Date.now()}:${this.server.info.id}:${counter.min + this.socketCounter}`;
+        this.socketCounter = (this.socketCounter + 1) % (counter.max - counter.min + 1);
         return id;
     }
 
@@ -229,7 +226,7 @@ export class Listener {
 
         const config = this.settings.auth;
         if (!config) {
-            if (auth !== undefined && auth !== null) {
+            if (auth !== undefined) {                          // the parser turns a null hello auth into none
                 throw Boom.badRequest('Authentication is not enabled');
             }
 
@@ -246,11 +243,11 @@ export class Listener {
         }
 
         if (!authenticated) {
-            if (isReauth && auth !== undefined) {
+            if (isReauth) {                                    // a reauth always carries auth (the parser checks)
                 throw Boom.unauthorized('Reauthentication yielded no credentials');
             }
 
-            if (!socket.auth.isAuthenticated && this.authRequired()) {
+            if (this.authRequired(config)) {                   // a hello: the socket has no credentials yet
                 throw Boom.unauthorized('Connection requires authentication');
             }
 
@@ -612,10 +609,9 @@ export class Listener {
     private encodeResponse(id: MessageId, statusCode: number, result: unknown, headers: Record<string, unknown>): string {
 
         const filtered = this.filterHeaders(headers);
-        const contentType = headers['content-type'];
-
         // A handler that already returned JSON text is sent as is, not encoded twice (as nes does).
-        if (typeof result === 'string' && typeof contentType === 'string' && contentType.startsWith('application/json')) {
+        // hapi always sets a string content-type on a string result.
+        if (typeof result === 'string' && String(headers['content-type']).startsWith('application/json')) {
             const head = JSON.stringify({ type: 'request', id, statusCode });
             return head.slice(0, -1) + ',"payload":' + result + (filtered ? ',"headers":' + JSON.stringify(filtered) : '') + '}';
         }

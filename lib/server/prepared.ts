@@ -8,13 +8,12 @@ import { chunk } from '../protocol';
 // ws builds frames with Sender.frame; its types do not declare it.
 const { Sender } = WebSocket as unknown as { Sender: { frame(data: Buffer, options: object): Buffer[] } };
 const textFrame = { fin: true, rsv1: false, opcode: 1, mask: false, readOnly: false };
+const encode = (text: string): Buffer => Buffer.concat(Sender.frame(Buffer.from(text), textFrame));
 
 export class Prepared {
 
     private plainFrame: Buffer | null = null;
     private positionedFrame: Buffer | null = null;
-    private plainBytes: Buffer | null = null;
-    private positionedBytes: Buffer | null = null;
     private chunks: string[] | null = null;
     private positionedChunks: string[] | null = null;
 
@@ -22,23 +21,14 @@ export class Prepared {
     // `path` and `offset` let a socket that is catching up on a path hold and de-duplicate live pubs.
     constructor(readonly text: string, readonly positioned: string | null = null, readonly path: string | null = null, readonly offset = 0, readonly epoch: string | null = null) { }
 
-    bytes(withPosition: boolean): Buffer {
-
-        if (withPosition && this.positioned !== null) {
-            return (this.positionedBytes ??= Buffer.from(this.positioned));
-        }
-
-        return (this.plainBytes ??= Buffer.from(this.text));
-    }
-
     // The whole WebSocket frame (header + payload), built once and written as is to every socket.
     frame(withPosition: boolean): Buffer {
 
         if (withPosition && this.positioned !== null) {
-            return (this.positionedFrame ??= Buffer.concat(Sender.frame(this.bytes(true), textFrame)));
+            return (this.positionedFrame ??= encode(this.positioned));
         }
 
-        return (this.plainFrame ??= Buffer.concat(Sender.frame(this.bytes(false), textFrame)));
+        return (this.plainFrame ??= encode(this.text));
     }
 
     // nes chunking: null when the message fits in one frame.

@@ -222,11 +222,6 @@ export class Socket {
         // Server frames are not masked and compression is off, so the same frame bytes suit every socket and
         // can go straight to the TCP socket, behind anything ws wrote before.
         const raw = this.rawSocket();
-        if (!raw) {
-            this.write(prepared.bytes(this.recovery));
-            return;
-        }
-
         if (this.behind()) {
             return;
         }
@@ -236,9 +231,10 @@ export class Socket {
         this.afterWrite(raw);
     }
 
-    private rawSocket(): Duplex | undefined {
+    // ws sets it before 'connection' (so before this Socket exists) and never clears it.
+    private rawSocket(): Duplex {
 
-        return (this.ws as unknown as { _socket?: Duplex })._socket;
+        return (this.ws as unknown as { _socket: Duplex })._socket;
     }
 
     // Writes of one tick go out together: the first write corks the TCP socket, the listener uncorks
@@ -252,9 +248,9 @@ export class Socket {
         }
     }
 
-    private afterWrite(raw: Duplex | undefined): void {
+    private afterWrite(raw: Duplex): void {
 
-        if (raw && raw.writableLength > batchBytes) {
+        if (raw.writableLength > batchBytes) {
             this.uncork();
         }
     }
@@ -280,10 +276,7 @@ export class Socket {
         }
 
         const raw = this.rawSocket();
-        if (raw) {
-            this.batch(raw);
-        }
-
+        this.batch(raw);
         this.ws.send(data, textFrame);
         this.afterWrite(raw);
     }
@@ -292,7 +285,7 @@ export class Socket {
 
         if (this.corked) {
             this.corked = false;
-            this.rawSocket()?.uncork();
+            this.rawSocket().uncork();
         }
     }
 
@@ -426,7 +419,7 @@ export class Socket {
         }
     }
 
-    sendError(err: unknown, type?: string, id?: MessageId, path?: string): void {
+    sendError(err: unknown, type?: string, id?: MessageId): void {
 
         const boom = Boom.boomify(err instanceof Error ? err : new Error(String(err)));
         const { statusCode: _, ...payload } = boom.output.payload;
@@ -444,7 +437,7 @@ export class Socket {
             message.id = id;
         }
 
-        const errorPath = path ?? (boom as Boom.Boom & { path?: string }).path;
+        const errorPath = (boom as Boom.Boom & { path?: string }).path;          // the failing hello subscription
         if (errorPath !== undefined) {
             message.path = errorPath;
         }

@@ -82,12 +82,10 @@ export class Topic {
         this.sockets.delete(socket);
         const user = socket.user;
         if (this.byUser && user !== null) {
-            const set = this.byUser.get(user);
-            if (set) {
-                set.delete(socket);
-                if (!set.size) {
-                    this.byUser.delete(user);
-                }
+            const set = this.byUser.get(user)!;                  // add() put it there; user changes go through reindex()
+            set.delete(socket);
+            if (!set.size) {
+                this.byUser.delete(user);
             }
         }
     }
@@ -139,6 +137,7 @@ export class Subscriptions {
             history: null
         };
 
+        Hoek.assert(options.auth === undefined || options.auth === false || (typeof options.auth === 'object' && options.auth !== null && !Array.isArray(options.auth)), `Invalid subscription options: ${pattern} (auth must be an object or false)`);
         if (options.auth) {
             const { mode = 'required', scope, entity = 'any', index = false } = options.auth;
             Hoek.assert(['required', 'optional'].includes(mode), `Invalid subscription options: ${pattern} (auth.mode must be required or optional)`);
@@ -152,9 +151,6 @@ export class Subscriptions {
                 entity,
                 index: !!index
             };
-        }
-        else {
-            Hoek.assert(options.auth === undefined || options.auth === false, `Invalid subscription options: ${pattern} (auth must be an object or false)`);
         }
 
         if (options.history) {
@@ -200,7 +196,7 @@ export class Subscriptions {
             await route.onSubscribe(socket, path, params);
         }
 
-        if (!socket.isOpen() || socket.subscriptions.has(path)) {          // closed or subscribed while onSubscribe ran
+        if (!socket.isOpen()) {                                            // closed while onSubscribe ran
             return;
         }
 
@@ -419,7 +415,7 @@ export class Subscriptions {
 
         socket.subscriptions.delete(topic.path);
         topic.delete(socket);
-        if (!topic.sockets.size && this.topics.get(topic.path) === topic) {
+        if (!topic.sockets.size) {                   // an empty topic is always the registered one: nothing joins it after
             this.topics.delete(topic.path);
             this.hooks.lastSubscriberGone(topic.path);
         }

@@ -1,0 +1,530 @@
+// The listener through the public API: registration options, server.publish / broadcast / eachSocket,
+// upgrades while stopping, tunnelled response encoding, heartbeat and recovery edge cases.
+
+import * as Net from 'node:net';
+
+import * as Boom from '@hapi/boom';
+import * as Code from '@hapi/code';
+import type * as Hapi from '@hapi/hapi';
+import * as Lab from '@hapi/lab';
+
+import { CloseCode, MemoryBroker } from '../lib';
+import type { BrokerSink, HistoryOptions, PublishEnvelope, Recovery } from '../lib';
+import type { Position } from '../lib/protocol';
+import { Peer, server, url, until, wait } from './helpers';
+
+const { expect } = Code;
+const lab = Lab.script();
+export { lab };
+const { describe, it } = lab;
+
+const pubs = (peer: Peer): any[] => peer.frames.map((frame) => JSON.parse(frame)).filter((message) => message.type === 'pub');
+
+const basic = (srv: Hapi.Server): void => {
+
+    srv.auth.scheme('user', () => ({
+        authenticate: (request: Hapi.Request, h: Hapi.ResponseToolkit) => {
+
+            const user = request.headers.authorization as string | undefined;
+            if (!user) {
+                throw Boom.unauthorized(null, 'User');
+            }
+
+            return h.authenticated({ credentials: { user } });
+        }
+    }) as any);
+    srv.auth.strategy('user', 'user');
+    srv.route({ method: 'GET', path: '/me', handler: (request) => request.auth.credentials });
+};
+
+// A memory broker whose history read waits for the test, and that lets the test deliver envelopes
+// as another node would.
+class ControlledBroker extends MemoryBroker {
+
+    target: BrokerSink | null = null;
+    gate: Promise<void> | null = null;
+    reading = 0;
+    readFirst = false;                              // read the history, then wait (a pub can land after the read)
+
+    override start(sink: BrokerSink): Promise<void> {
+
+        this.target = sink;
+        return super.start(sink);
+    }
+
+    override async recover(path: string, since: Position | null, history: HistoryOptions): Promise<Recovery> {
+
+        ++this.reading;
+        if (this.readFirst) {
+            const recovery = await super.recover(path, since, history);
+            await this.gate;
+            return recovery;
+        }
+
+        await this.gate;
+        return super.recover(path, since, history);
+    }
+
+    deliver(envelope: PublishEnvelope): void {
+
+        this.target!.deliver(envelope);
+    }
+}
+
+describe('listener', () => {
+
+    describe('registration', () => {
+
+        it('accepts origin as a single string', async () => {
+
+            const srv = await server({ origin: 'https://app.example' });
+            await srv.start();
+
+            const good = await Peer.open(url(srv), { headers: { origin: 'https://app.example' } });
+            expect((await good.hello()).type).to.equal('hello');
+            await expect(Peer.open(url(srv), { headers: { origin: 'https://evil.example' } })).to.reject(/403/);
+            good.close();
+            await srv.stop();
+        });
+
+        for (const type of ['token', 'cookie'] as const) {
+            it(`seals ${type}s with a generated password when none is given`, async () => {
+
+                const srv = await server({ auth: { type, route: 'user', isSecure: false } }, 'pulse', basic);
+                await srv.start();
+
+                const res = await srv.inject({ url: '/nes/auth', headers: { authorization: 'john' } });
+                expect(res.statusCode).to.equal(200);
+                const peer = type === 'token' ? await Peer.open(url(srv)) : await Peer.open(url(srv), { headers: { cookie: (res.headers['set-cookie'] as string[])[0]!.split(';')[0]! } });
+                await peer.hello(type === 'token' ? { auth: (res.result as { token: string }).token } : {});
+                expect((await peer.request({ type: 'request', id: 2, method: 'GET', path: '/me' })).payload).to.equal({ user: 'john' });
+                peer.close();
+                await srv.stop();
+            });
+        }
+    });
+
+    describe('server API', () => {
+
+        it('asserts the publish path', async () => {
+
+            const srv = await server();
+            expect(() => srv.publish(5 as any, 'x')).to.throw('Missing or invalid subscription path: 5');
+            expect(() => srv.publish('', 'x')).to.throw('Missing or invalid subscription path: empty');
+            expect(() => srv.publish('relative', 'x')).to.throw('Missing or invalid subscription path: relative');
+        });
+
+        it('validates broadcast and eachSocket user filters', async () => {
+
+            const bare = await server({ auth: false });
+            expect(() => bare.broadcast('x', { user: 'john' })).to.throw('Socket auth indexing is disabled');
+
+            const srv = await server({ auth: { type: 'direct', route: 'user' } }, 'pulse', basic);
+            srv.subscription('/plain');
+            srv.subscription('/indexed', { auth: { index: true } });
+            await srv.start();
+
+            expect(() => srv.broadcast('x', { user: 'john' })).to.throw('Socket auth indexing is disabled');
+            await expect(srv.eachSocket(() => { }, { user: 'john' })).to.reject('Cannot specify user filter without a subscription path');
+
+            const john = await Peer.open(url(srv));
+            await john.hello({ auth: { headers: { authorization: 'john' } }, subs: ['/plain', '/indexed'] });
+            const jane = await Peer.open(url(srv));
+            await jane.hello({ auth: { headers: { authorization: 'jane' } }, subs: ['/plain', '/indexed'] });
+
+            const seen = (options: { subscription?: string; user?: string }) => async () => {
+
+                const users: string[] = [];
+                await srv.eachSocket((socket) => users.push(socket.auth.credentials!.user), options);
+                return users.sort();
+            };
+
+            expect(await seen({ subscription: '/nowhere' })()).to.equal([]);
+            expect(await seen({ subscription: '/plain' })()).to.equal(['jane', 'john']);
+            await expect(seen({ subscription: '/plain', user: 'john' })()).to.reject('Subscription auth indexing is disabled');
+            expect(await seen({ subscription: '/indexed', user: 'john' })()).to.equal(['john']);
+            expect(await seen({ subscription: '/indexed', user: 'nobody' })()).to.equal([]);
+
+            john.close();
+            jane.close();
+            await srv.stop();
+        });
+
+        it('publishes, broadcasts and visits sockets no more once stopping, and refuses new upgrades with 503', async () => {
+
+            let release!: () => void;
+            const released = new Promise<void>((resolve) => {
+
+                release = resolve;
+            });
+
+            let entered = false;
+            const srv = await server();
+            srv.subscription('/news');
+            srv.route({ method: 'GET', path: '/slow', handler: async () => {
+
+                entered = true;
+                await released;
+                return 'done';
+            } });
+            await srv.start();
+
+            const peer = await Peer.open(url(srv));
+            await peer.hello({ subs: ['/news'] });
+            peer.send({ type: 'request', id: 2, method: 'GET', path: '/slow' });
+            await until(() => entered);
+
+            const stopping = srv.stop();                                        // waits for /slow
+            await wait(20);
+            const visited: string[] = [];
+            await srv.publish('/news', 'late');
+            await srv.broadcast('late');
+            await srv.eachSocket((socket) => visited.push(socket.id));
+            await expect(Peer.open(url(srv))).to.reject(/503/);
+
+            release();
+            expect(await peer.next()).to.include({ type: 'request', id: 2, statusCode: 200, payload: 'done' });
+            await stopping;
+            expect((await peer.closedWith()).code).to.equal(CloseCode.goingAway);
+            expect(visited).to.equal([]);
+            expect(peer.frames.filter((frame) => frame.includes('late'))).to.equal([]);
+        });
+
+        it('logs a broker that fails to unsubscribe', async () => {
+
+            class FailingBroker extends MemoryBroker {
+
+                override unsubscribe(): Promise<void> {
+
+                    return Promise.reject(new Error('broker down'));
+                }
+            }
+
+            const srv = await server({ broker: new FailingBroker() });
+            const logs: { tags: string[]; error?: Error }[] = [];
+            srv.events.on('log', (event) => logs.push({ tags: event.tags, error: event.error as Error }));
+            srv.subscription('/news');
+            await srv.start();
+
+            const peer = await Peer.open(url(srv));
+            await peer.hello({ subs: ['/news'] });
+            expect(await peer.request({ type: 'unsub', id: 2, path: '/news' })).to.equal({ type: 'unsub', id: 2 });
+            await until(() => logs.length > 0);
+            expect(logs[0]!.tags).to.equal(['pulse', 'broker', 'error']);
+            expect(logs[0]!.error!.message).to.equal('broker down');
+            peer.close();
+            await srv.stop();
+        });
+    });
+
+    describe('upgrades', () => {
+
+        it('drops an upgrade whose client left while onUpgrade ran', async () => {
+
+            let calls = 0;
+            let connections = 0;
+            const srv = await server({
+                onUpgrade: async () => {
+
+                    ++calls;
+                    await wait(200);
+                    return true;
+                },
+                onConnection: () => {
+
+                    ++connections;
+                }
+            });
+            await srv.start();
+
+            const raw = Net.connect(srv.info.port as number, '127.0.0.1');
+            raw.on('error', () => { });
+            raw.write(`GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ${'a'.repeat(22)}==\r\n\r\n`);
+            await until(() => calls === 1);
+            expect(srv.pulseStats().pendingUpgrades).to.equal(1);
+            raw.resetAndDestroy();                                              // gives up mid-upgrade
+
+            await until(() => srv.pulseStats().pendingUpgrades === 0);
+            await wait(50);
+            expect(srv.pulseStats().sockets).to.equal(0);
+            expect(connections).to.equal(0);
+
+            const peer = await Peer.open(url(srv));                             // the next one is served
+            expect((await peer.hello()).type).to.equal('hello');
+            expect(connections).to.equal(1);
+            peer.close();
+            await srv.stop();
+        });
+    });
+
+    describe('tunnelled responses', () => {
+
+        it('passes JSON text through as the payload, with or without a headers filter', async () => {
+
+            for (const headers of [null, ['content-type']]) {
+                const srv = await server({ headers });
+                srv.route({ method: 'GET', path: '/json', handler: (_request, h) => h.response('{"a":[1,2]}').type('application/json') });
+                await srv.start();
+
+                const peer = await Peer.open(url(srv));
+                await peer.hello();
+                await peer.request({ type: 'request', id: 2, method: 'GET', path: '/json' });
+                expect(peer.frames[1]).to.equal(headers ?
+                    '{"type":"request","id":2,"statusCode":200,"payload":{"a":[1,2]},"headers":{"content-type":"application/json; charset=utf-8"}}' :
+                    '{"type":"request","id":2,"statusCode":200,"payload":{"a":[1,2]}}');
+                peer.close();
+                await srv.stop();
+            }
+        });
+
+        it('answers 500 when a result cannot be serialized', async () => {
+
+            const srv = await server();
+            const logs: string[][] = [];
+            srv.events.on('log', (event) => logs.push(event.tags));
+            srv.route({
+                method: 'GET',
+                path: '/big',
+                options: {
+                    json: { replacer: (_key: string, value: unknown) => (typeof value === 'bigint' ? value.toString() : value) },
+                    handler: () => ({ n: 10n })
+                }
+            });
+            await srv.start();
+
+            expect((await srv.inject('/big')).payload).to.equal('{"n":"10"}');      // hapi itself can
+            const peer = await Peer.open(url(srv));
+            await peer.hello();
+            const reply = await peer.request({ type: 'request', id: 2, method: 'GET', path: '/big' });
+            expect(reply).to.include({ type: 'request', id: 2, statusCode: 500 });
+            expect(logs).to.equal([['pulse', 'serialization', 'error']]);
+            expect((await peer.request({ type: 'request', id: 3, method: 'GET', path: '/nothing' })).statusCode).to.equal(404);     // still serving
+            peer.close();
+            await srv.stop();
+        });
+    });
+
+    describe('heartbeat', () => {
+
+        it('does not time out a socket whose request is still in flight', async () => {
+
+            const srv = await server({ heartbeat: { interval: 40, timeout: 20 } });
+            srv.route({ method: 'GET', path: '/slow', handler: async () => {
+
+                await wait(300);
+                return 'done';
+            } });
+            await srv.start();
+
+            const peer = await Peer.open(url(srv));                             // never answers a ping
+            await peer.hello();
+            const reply = await peer.reply({ type: 'request', id: 2, method: 'GET', path: '/slow' });
+            expect(reply).to.include({ statusCode: 200, payload: 'done' });      // several sweeps went by meanwhile
+            expect((await peer.closedWith()).code).to.equal(CloseCode.heartbeatTimeout);
+            await srv.stop();
+        });
+    });
+
+    describe('recovery', () => {
+
+        it('chunks positioned pubs for recovery sockets', async () => {
+
+            const srv = await server({ payload: { maxChunkChars: 300 } });
+            srv.subscription('/feed', { history: { size: 10, ttl: 60000 } });
+            srv.subscription('/plain');
+            await srv.start();
+
+            const recovering = await Peer.open(url(srv));
+            await recovering.hello({ pulse: { recovery: true } });
+            const { epoch } = (await recovering.request({ type: 'sub', id: 2, path: '/feed' })).pulse.position;
+            const plain = await Peer.open(url(srv));
+            await plain.hello();
+            await plain.request({ type: 'sub', id: 2, path: '/feed' });
+
+            const long = 'x'.repeat(400);
+            await srv.publish('/feed', 'a');
+            await srv.publish('/feed', long);
+            await recovering.count(5);
+            await plain.count(5);
+
+            const positioned = JSON.stringify({ type: 'pub', path: '/feed', message: long, position: { epoch, offset: 2 } });
+            expect(JSON.parse(recovering.frames[2]!)).to.equal({ type: 'pub', path: '/feed', message: 'a', position: { epoch, offset: 1 } });
+            expect(recovering.frames.slice(3)).to.equal(['+' + positioned.slice(0, 300), '!' + positioned.slice(300)]);
+            const bare = JSON.stringify({ type: 'pub', path: '/feed', message: long });
+            expect(JSON.parse(plain.frames[2]!)).to.equal({ type: 'pub', path: '/feed', message: 'a' });
+            expect(plain.frames.slice(3)).to.equal(['+' + bare.slice(0, 300), '!' + bare.slice(300)]);
+
+            await recovering.reply({ type: 'sub', id: 3, path: '/plain' });          // no history: no position to send
+            await srv.publish('/plain', long);
+            await recovering.count(8);
+            const unpositioned = JSON.stringify({ type: 'pub', path: '/plain', message: long });
+            expect(recovering.frames.slice(6)).to.equal(['+' + unpositioned.slice(0, 300), '!' + unpositioned.slice(300)]);
+
+            recovering.close();
+            plain.close();
+            await srv.stop();
+        });
+
+        it('delivers a live pub that arrived while the history was read, once', async () => {
+
+            const broker = new ControlledBroker();
+            const srv = await server({ broker });
+            srv.subscription('/feed', { history: { size: 10, ttl: 60000 } });
+            await srv.start();
+
+            let open!: () => void;
+            broker.gate = new Promise((resolve) => {
+
+                open = resolve;
+            });
+
+            // A fresh subscription: the live pub held meanwhile is its first message.
+            const fresh = await Peer.open(url(srv));
+            await fresh.hello({ pulse: { recovery: true } });
+            fresh.send({ type: 'sub', id: 2, path: '/feed' });
+            await until(() => broker.reading === 1);
+            await srv.publish('/feed', 'during');
+            open();
+            const sub = await fresh.next();
+            expect(sub.pulse.position.offset).to.equal(0);                      // just before the held pub
+            await until(() => pubs(fresh).length === 1);
+            expect(pubs(fresh)[0]).to.include({ message: 'during', position: { epoch: broker.epoch, offset: 1 } });
+
+            // A resubscription from offset 1: the pub read from history and held live goes out once.
+            broker.gate = new Promise((resolve) => {
+
+                open = resolve;
+            });
+
+            await srv.publish('/feed', 'missed');
+            const back = await Peer.open(url(srv));
+            back.send({ type: 'hello', id: 1, version: '2', subs: ['/feed'], pulse: { recovery: true, positions: { '/feed': { epoch: broker.epoch, offset: 1 } } } });
+            await until(() => broker.reading === 2);
+            await srv.publish('/feed', 'both');
+            open();
+            const hello = await back.next();
+            expect(hello.pulse.recovered).to.equal({ '/feed': true });
+            await srv.publish('/feed', 'after');
+            await until(() => pubs(back).length === 3);
+            await wait(20);
+            expect(pubs(back).map((pub) => pub.message)).to.equal(['missed', 'both', 'after']);
+
+            // A pub that lands after the history was read is simply the next one.
+            broker.readFirst = true;
+            broker.gate = new Promise((resolve) => {
+
+                open = resolve;
+            });
+
+            const late = await Peer.open(url(srv));
+            await late.hello({ pulse: { recovery: true } });
+            late.send({ type: 'sub', id: 2, path: '/feed' });
+            await until(() => broker.reading === 3);
+            await srv.publish('/feed', 'landed');
+            open();
+            expect((await late.next()).pulse.position.offset).to.equal(4);
+            await until(() => pubs(late).length === 1);
+            await wait(20);
+            expect(pubs(late)).to.equal([{ type: 'pub', path: '/feed', message: 'landed', position: { epoch: broker.epoch, offset: 5 } }]);
+
+            fresh.close();
+            back.close();
+            late.close();
+            await srv.stop();
+        });
+
+        it('cleans up when a socket leaves while its history is read', async () => {
+
+            const broker = new ControlledBroker();
+            const srv = await server({ broker });
+            srv.subscription('/feed', { history: { size: 10, ttl: 60000 } });
+            await srv.start();
+
+            let open!: () => void;
+            broker.gate = new Promise((resolve) => {
+
+                open = resolve;
+            });
+
+            const peer = await Peer.open(url(srv));
+            await peer.hello({ pulse: { recovery: true } });
+            peer.send({ type: 'sub', id: 2, path: '/feed' });
+            await until(() => broker.reading === 1);
+            peer.ws.terminate();
+            await until(() => srv.pulseStats().sockets === 0);
+            open();
+            await wait(20);
+            expect(srv.pulseStats()).to.include({ topics: 0, subscriptions: 0 });
+
+            broker.gate = null;                                                  // the path still works
+            const next = await Peer.open(url(srv));
+            await next.hello({ subs: ['/feed'], pulse: { recovery: true } });
+            await srv.publish('/feed', 'x');
+            await until(() => pubs(next).length === 1);
+            next.close();
+            await srv.stop();
+        });
+
+        it('releases held paths when a history subscription fails', async () => {
+
+            const srv = await server();
+            srv.subscription('/feed', { history: { size: 10, ttl: 60000 } });
+            srv.subscription('/closed', {
+                history: { size: 10, ttl: 60000 }, onSubscribe: () => {
+
+                    throw Boom.forbidden('Closed');
+                }
+            });
+            await srv.start();
+
+            // In hello: the error names the failing path and the connection ends.
+            const peer = await Peer.open(url(srv));
+            const reply = await peer.hello({ subs: ['/feed', '/closed'], pulse: { recovery: true } });
+            expect(reply).to.include({ type: 'hello', statusCode: 403, path: '/closed' });
+            expect((await peer.closedWith()).code).to.equal(CloseCode.policyViolation);
+
+            // In a sub: the socket keeps its other paths, live.
+            const other = await Peer.open(url(srv));
+            await other.hello({ subs: ['/feed'], pulse: { recovery: true } });
+            expect(await other.request({ type: 'sub', id: 2, path: '/closed' })).to.include({ type: 'sub', id: 2, statusCode: 403 });
+            await srv.publish('/closed', 'no');
+            await srv.publish('/feed', 'yes');
+            await until(() => pubs(other).length === 1);
+            expect(pubs(other)[0].message).to.equal('yes');
+
+            other.close();
+            await srv.stop();
+        });
+
+        it('drops stale copies per path until a newer pub or another epoch goes by', async () => {
+
+            const broker = new ControlledBroker();
+            const srv = await server({ broker });
+            srv.subscription('/a', { history: { size: 10, ttl: 60000 } });
+            srv.subscription('/b', { history: { size: 10, ttl: 60000 } });
+            srv.subscription('/plain');
+            await srv.start();
+
+            await srv.publish('/a', 'a1');
+            await srv.publish('/b', 'b1');
+            const peer = await Peer.open(url(srv));
+            const epoch = broker.epoch;
+            await peer.hello({ subs: ['/a', '/b', '/plain'], pulse: { recovery: true, positions: { '/a': { epoch, offset: 0 }, '/b': { epoch, offset: 0 } } } });
+            await until(() => pubs(peer).length === 2);                         // a1 and b1 replayed: floors at offset 1 on both
+
+            const stale = (path: string, message: string, position: Position) => broker.deliver({ path, message, position });
+            stale('/a', 'a1 again', { epoch, offset: 1 });                       // dropped
+            await srv.publish('/plain', 'p');                                    // no floor on /plain
+            await srv.publish('/a', 'a2');                                       // newer: /a's floor goes, /b's stays
+            stale('/b', 'b1 again', { epoch, offset: 1 });                       // dropped
+            stale('/b', 'b from elsewhere', { epoch: 'another', offset: 1 });    // another epoch: delivered, floor gone
+            stale('/b', 'b1 once more', { epoch, offset: 1 });                   // no floor any more: delivered
+            await until(() => pubs(peer).length === 6);
+            await wait(20);
+            expect(pubs(peer).map((pub) => pub.message)).to.equal(['a1', 'b1', 'p', 'a2', 'b from elsewhere', 'b1 once more']);
+
+            peer.close();
+            await srv.stop();
+        });
+    });
+});
