@@ -275,10 +275,10 @@ export class Socket {
             return;
         }
 
-        const raw = this.rawSocket();
-        this.batch(raw);
+        // Replies go out at once (a reply per tick gains nothing from batching); if pubs of this tick are
+        // corked on the socket, the reply queues behind them, so order holds either way.
         this.ws.send(data, textFrame);
-        this.afterWrite(raw);
+        this.afterWrite(this.rawSocket());
     }
 
     uncork(): void {
