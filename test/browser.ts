@@ -18,7 +18,7 @@ const driverUrl = process.env.HAPI_PULSE_BROWSER_URL;
 
 const { expect } = Code;
 export const lab = Lab.script({ schedule: !driverUrl });
-const { describe, it } = lab;
+const { before, describe, it } = lab;
 
 const Basic = require('@hapi/basic');
 
@@ -27,8 +27,9 @@ const bundlePath = Path.join(__dirname, '..', 'browser', 'hapi-pulse.min.js');
 const available = Fs.existsSync(chromiumPath);
 const ci = process.env.CI === 'true';
 
-// Same swap as test/client.ts: PULSE_SERVER=pulse runs against this package's plugin
-const plugin = () => (process.env.PULSE_SERVER === 'pulse' ? require('../lib') : require('@hapi/nes'));
+// As in test/client.ts: the suite runs against @hapi/nes and against this package's plugin
+let flavour: 'nes' | 'pulse' = 'nes';
+const plugin = () => (flavour === 'pulse' ? require('../lib') : require('@hapi/nes'));
 
 // The page runs the whole scenario; /control/* routes make the server publish or drop the socket on cue.
 const page = `<!doctype html>
@@ -111,76 +112,85 @@ if (!driverUrl && !available && !ci) {
     console.error('\n' + '='.repeat(78) + `\n  SKIPPED: Chromium not installed (${chromiumPath}): the browser client test did not run\n` + '='.repeat(78) + '\n');
 }
 
-describe('Browser bundle', () => {
+// The same suite against a stock @hapi/nes 14 server and against this package's plugin.
+for (const kind of ['nes', 'pulse'] as const) {
+    describe(`Browser bundle against ${kind === 'nes' ? '@hapi/nes' : 'hapi-pulse'}`, () => {
 
-    it('connects with a token, requests, subscribes and survives a server-side close', { skip: !available && !ci, timeout: 30000 }, async () => {
+        before(() => {
 
-        if (!available) {
-            throw new Error(`Chromium not installed at ${chromiumPath} (required when CI=true)`);
-        }
-
-        expect(Fs.existsSync(bundlePath), `${bundlePath} missing: run npm run build`).to.be.true();
-
-        const server = Hapi.server({ host: '127.0.0.1', port: 0 });
-        await server.register(Basic);
-        server.auth.strategy('basic', 'basic', {
-            validate: (_request: unknown, username: string, password: string) => ({ isValid: password === 'secret', credentials: { user: username } })
+            flavour = kind;
         });
 
-        await server.register({ plugin: plugin(), options: { auth: { type: 'token', route: 'basic' }, heartbeat: false } });
-        const nes = server as any;
-        nes.subscription('/news');
 
-        let drops = 0;
-        server.route([
-            { method: 'GET', path: '/', options: { auth: false, handler: (_request, h) => h.response(page).type('text/html') } },
-            { method: 'GET', path: '/hapi-pulse.min.js', options: { auth: false, handler: (_request, h) => h.response(Fs.readFileSync(bundlePath)).type('application/javascript') } },
-            { method: 'GET', path: '/whoami', options: { auth: 'basic', handler: (request) => request.auth.credentials } },
-            { method: 'GET', path: '/control/publish', options: { auth: false, handler: (request) => (nes.publish('/news', { n: Number(request.query.n) }), null) } },
-            {
-                method: 'GET', path: '/control/drop', options: {
-                    auth: false, handler: async () => {
+        it('connects with a token, requests, subscribes and survives a server-side close', { skip: !available && !ci, timeout: 30000 }, async () => {
 
-                        const sockets: any[] = [];
-                        nes.eachSocket((socket: any) => sockets.push(socket));
-                        drops += sockets.length;
-                        await Promise.all(sockets.map((socket) => socket.disconnect()));
-                        return null;
-                    }
-                }
+            if (!available) {
+                throw new Error(`Chromium not installed at ${chromiumPath} (required when CI=true)`);
             }
-        ]);
 
-        await server.start();
+            expect(Fs.existsSync(bundlePath), `${bundlePath} missing: run npm run build`).to.be.true();
 
-        try {
-            const output = await new Promise<string>((resolve, reject) => {
-
-                ChildProcess.execFile(process.execPath, [__filename], {
-                    env: { ...process.env, HAPI_PULSE_BROWSER_URL: `http://127.0.0.1:${server.info.port}/` },
-                    timeout: 25000
-                }, (err, stdout, stderr) => (err ? reject(new Error(`Browser driver failed: ${err.message}\n${stderr}`)) : resolve(stdout)));
+            const server = Hapi.server({ host: '127.0.0.1', port: 0 });
+            await server.register(Basic);
+            server.auth.strategy('basic', 'basic', {
+                validate: (_request: unknown, username: string, password: string) => ({ isValid: password === 'secret', credentials: { user: username } })
             });
 
-            const results = JSON.parse(output);
-            expect(results.failed).to.not.exist();
-            expect(results.pageErrors).to.equal([]);
-            expect(results.whoami).to.equal({ user: 'alice' });
-            expect(results.isPulse).to.be.true();
-            expect(drops).to.equal(1);
-            expect(results.connects).to.equal(2);
-            expect(results.subscriptions).to.equal(['/news']);
-            expect(results.messages).to.equal([[{ n: 1 }, {}], [{ n: 2 }, {}]]);
-            expect(results.disconnects).to.have.length(2);
-            expect(results.disconnects[0]).to.include({ willReconnect: true, wasRequested: false });
-            expect(results.disconnects[1]).to.include({ willReconnect: false, wasRequested: true });
-            expect(results.ids[0]).to.be.a.string();
-            expect(results.ids[1]).to.be.a.string();
-            expect(results.ids[1]).to.not.equal(results.ids[0]);
-            expect(results.errors).to.equal([]);
-        }
-        finally {
-            await server.stop({ timeout: 100 });
-        }
+            await server.register({ plugin: plugin(), options: { auth: { type: 'token', route: 'basic' }, heartbeat: false } });
+            const nes = server as any;
+            nes.subscription('/news');
+
+            let drops = 0;
+            server.route([
+                { method: 'GET', path: '/', options: { auth: false, handler: (_request, h) => h.response(page).type('text/html') } },
+                { method: 'GET', path: '/hapi-pulse.min.js', options: { auth: false, handler: (_request, h) => h.response(Fs.readFileSync(bundlePath)).type('application/javascript') } },
+                { method: 'GET', path: '/whoami', options: { auth: 'basic', handler: (request) => request.auth.credentials } },
+                { method: 'GET', path: '/control/publish', options: { auth: false, handler: (request) => (nes.publish('/news', { n: Number(request.query.n) }), null) } },
+                {
+                    method: 'GET', path: '/control/drop', options: {
+                        auth: false, handler: async () => {
+
+                            const sockets: any[] = [];
+                            nes.eachSocket((socket: any) => sockets.push(socket));
+                            drops += sockets.length;
+                            await Promise.all(sockets.map((socket) => socket.disconnect()));
+                            return null;
+                        }
+                    }
+                }
+            ]);
+
+            await server.start();
+
+            try {
+                const output = await new Promise<string>((resolve, reject) => {
+
+                    ChildProcess.execFile(process.execPath, [__filename], {
+                        env: { ...process.env, HAPI_PULSE_BROWSER_URL: `http://127.0.0.1:${server.info.port}/` },
+                        timeout: 25000
+                    }, (err, stdout, stderr) => (err ? reject(new Error(`Browser driver failed: ${err.message}\n${stderr}`)) : resolve(stdout)));
+                });
+
+                const results = JSON.parse(output);
+                expect(results.failed).to.not.exist();
+                expect(results.pageErrors).to.equal([]);
+                expect(results.whoami).to.equal({ user: 'alice' });
+                expect(results.isPulse).to.be.true();
+                expect(drops).to.equal(1);
+                expect(results.connects).to.equal(2);
+                expect(results.subscriptions).to.equal(['/news']);
+                expect(results.messages).to.equal([[{ n: 1 }, {}], [{ n: 2 }, {}]]);
+                expect(results.disconnects).to.have.length(2);
+                expect(results.disconnects[0]).to.include({ willReconnect: true, wasRequested: false });
+                expect(results.disconnects[1]).to.include({ willReconnect: false, wasRequested: true });
+                expect(results.ids[0]).to.be.a.string();
+                expect(results.ids[1]).to.be.a.string();
+                expect(results.ids[1]).to.not.equal(results.ids[0]);
+                expect(results.errors).to.equal([]);
+            }
+            finally {
+                await server.stop({ timeout: 100 });
+            }
+        });
     });
-});
+}
