@@ -32,6 +32,7 @@ export interface BrokerSink {
     deliver(envelope: PublishEnvelope): void | Promise<void>;
     broadcast(envelope: BroadcastEnvelope): void;
     log?(tags: string[], data: unknown): void;       // broker events (connection errors, reconnects) for server.log
+    lost?(path: string): void;                       // publishes of this history path were missed and cannot be replayed
 }
 
 export interface Broker {

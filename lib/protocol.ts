@@ -15,7 +15,8 @@ export const CloseCode = {
     heartbeatTimeout: 4001,
     authExpired: 4002,                   // credentials expired or no longer verify
     slowConsumer: 4003,                  // outbound buffer over the high-water mark
-    rateLimited: 4004
+    rateLimited: 4004,
+    resync: 4005                         // the server missed publishes it cannot replay: reconnect to recover
 } as const;
 
 export type CloseCode = typeof CloseCode[keyof typeof CloseCode];

@@ -67,9 +67,10 @@ const connect = async (srv: Hapi.Server, user?: string): Promise<NesClient> => {
 };
 
 // A sink that records what a broker delivers, for broker-level tests.
-const recorder = (): BrokerSink & { delivered: PublishEnvelope[]; broadcasts: unknown[]; logs: { tags: string[]; data: unknown }[] } => {
+const recorder = (): BrokerSink & { delivered: PublishEnvelope[]; broadcasts: unknown[]; logs: { tags: string[]; data: unknown }[]; lostPaths: string[] } => {
 
     const sink = {
+        lostPaths: [] as string[],
         delivered: [] as PublishEnvelope[],
         broadcasts: [] as unknown[],
         logs: [] as { tags: string[]; data: unknown }[],
@@ -80,6 +81,10 @@ const recorder = (): BrokerSink & { delivered: PublishEnvelope[]; broadcasts: un
         broadcast: (envelope: { message: unknown }) => {
 
             sink.broadcasts.push(envelope.message);
+        },
+        lost: (path: string) => {
+
+            sink.lostPaths.push(path);
         },
         log: (tags: string[], data: unknown) => {
 
@@ -1021,6 +1026,7 @@ describe('redis broker across nodes', { skip: !redisAvailable }, () => {
         await admin.publish(`${prefix}p:/h`, 'x:1\n' + JSON.stringify({ path: '/h', message: 'forged', position: { epoch: last.epoch, offset: 10 } }));
         await until(() => gaps().length === 4);
         expect(gaps()[3]).to.equal({ path: '/h', reason: 'missing', since: last, next: { epoch: last.epoch, offset: 10 } });
+        expect(sink.lostPaths).to.equal(['/h', '/h', '/h', '/h']);                // every gap it could not heal is reported
         expect(messages().at(-1)).to.equal('forged');
         expect(sink.delivered).to.have.length(13);
 
@@ -1103,6 +1109,7 @@ describe('redis broker across nodes', { skip: !redisAvailable }, () => {
         expect(gaps()).to.have.length(1);
         expect(gaps()[0]!.tags).to.equal(['redis', 'gap', 'error']);
         expect(gaps()[0]!.data).to.include({ path: '/h' });
+        expect(sink.lostPaths).to.equal(['/h']);
         fail = false;
 
         // Left while the read is in flight: what was held goes out untracked

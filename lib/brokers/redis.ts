@@ -457,6 +457,7 @@ export class RedisBroker implements Broker {
             catch (err) {
                 if (Date.now() >= deadline) {
                     this.log(['redis', 'gap', 'error'], { path, since: { ...last }, error: err });
+                    this.sink?.lost?.(path);
                     failed = true;
                     break;
                 }
@@ -475,7 +476,7 @@ export class RedisBroker implements Broker {
         const first = healing.held[0]?.envelope.position;
         if (last && first && jumps(last, first)) {
             if (!failed) {
-                this.log(['redis', 'gap'], { path, reason: 'missing', since: { ...last }, next: first });
+                this.gap({ path, reason: 'missing', since: { ...last }, next: first });
             }
 
             last.epoch = first.epoch;
@@ -492,14 +493,14 @@ export class RedisBroker implements Broker {
 
         const current = { epoch, offset: Number(offset) };
         if (epoch !== last.epoch && last.epoch !== '') {
-            this.log(['redis', 'gap'], { path, reason: 'epoch', since: { ...last }, position: current });
+            this.gap({ path, reason: 'epoch', since: { ...last }, position: current });
         }
 
         const envelopes: PublishEnvelope[] = entries.map((entry) => JSON.parse(entry));
         const expected = epoch === last.epoch ? last.offset + 1 : 1;
         const first = envelopes[0]?.position!.offset ?? current.offset + 1;
         if (first > expected) {
-            this.log(['redis', 'gap'], { path, reason: 'trimmed', since: { epoch, offset: expected - 1 }, missed: first - expected });
+            this.gap({ path, reason: 'trimmed', since: { epoch, offset: expected - 1 }, missed: first - expected });
         }
 
         last.epoch = epoch;
@@ -633,6 +634,13 @@ export class RedisBroker implements Broker {
         });
 
         return Promise.race([promise, expired]).finally(() => clearTimeout(timer));
+    }
+
+    // A gap this node cannot heal: logged, and the server tells the sockets that track positions.
+    private gap(data: { path: string; reason: string; [key: string]: unknown }): void {
+
+        this.log(['redis', 'gap'], data);
+        this.sink?.lost?.(data.path);
     }
 
     private log(tags: string[], data: unknown): void {

@@ -106,7 +106,8 @@ export class Listener {
         await this.broker.start({
             deliver: (envelope) => this.subscriptions.deliver(envelope),
             broadcast: (envelope) => this.deliverBroadcast(envelope),
-            log: (tags, data) => this.server.log(['pulse', 'broker', ...tags], data as any)
+            log: (tags, data) => this.server.log(['pulse', 'broker', ...tags], data as any),
+            lost: (path) => this.resync(path)
         });
 
         this.stopped = false;
@@ -134,6 +135,18 @@ export class Listener {
         }));
 
         await this.broker.stop();
+    }
+
+    // This node missed publishes of `path` that the broker cannot replay. Sockets that track positions are
+    // sent to reconnect: their resume then says what can still be recovered, or that the app must refetch.
+    // The others had no delivery guarantee to keep.
+    private resync(path: string): void {
+
+        for (const socket of this.subscriptions.topics.get(path)?.sockets ?? []) {
+            if (socket.recovery) {
+                socket.close(CloseCode.resync, 'Missed publishes: reconnect to recover');
+            }
+        }
     }
 
     // Registry sizes, read-only: for tests and ops dashboards (server.pulseStats()).
