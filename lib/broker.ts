@@ -49,8 +49,9 @@ export interface Broker {
 
     broadcast(envelope: BroadcastEnvelope): Promise<void>;
 
-    // This node gained its first local subscriber of `path` / lost its last one.
-    subscribe(path: string): Promise<void>;
+    // This node gained its first local subscriber of `path` (with the path's history settings, if it keeps
+    // one) / lost its last one.
+    subscribe(path: string, history?: HistoryOptions): Promise<void>;
     unsubscribe(path: string): Promise<void>;
 
     // Current position of a path that keeps history, and what came after `since`.

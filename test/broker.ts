@@ -769,12 +769,14 @@ describe('redis broker across nodes', { skip: !redisAvailable }, () => {
         try {
             const { list: [a, b] } = await nodes(2, {}, undefined, { url: redis.url, timeout: 1000, client: { socket: { reconnectStrategy: () => 100 } } });
             let errors = 0;
+            const logged: string[][] = [];
             for (const { srv } of [a!, b!]) {
                 srv.subscription('/stream');
                 srv.subscription('/h', { history: { size: 10, ttl: 60000 } });
                 srv.events.on('log', (event) => {
 
                     errors += event.tags.includes('error') ? 1 : 0;
+                    logged.push(event.tags);
                 });
                 await srv.start();
             }
@@ -810,6 +812,11 @@ describe('redis broker across nodes', { skip: !redisAvailable }, () => {
             a!.srv.subscription('/late');
             await late.subscribe('/late', (message: unknown) => lateGot.push(message));
             await client.unsubscribe('/h');
+            b!.srv.subscription('/late-h', { history: { size: 10, ttl: 60000 } });
+            a!.srv.subscription('/late-h', { history: { size: 10, ttl: 60000 } });
+            const baselineErrors = () => logged.filter((tags) => tags.includes('baseline') && tags.includes('error')).length;
+            await late.subscribe('/late-h', (message: unknown) => lateGot.push(message));
+            await until(() => baselineErrors() === 1);                       // where /late-h stood could not be read
 
             await redis.restart();
             const ready = (broker: Pulse.RedisBroker, path: string) => (broker as any).pub.isReady && (broker as any).channels.get(`${(broker as any).prefix}p:${path}`) === true;
@@ -818,10 +825,12 @@ describe('redis broker across nodes', { skip: !redisAvailable }, () => {
             await a!.srv.publish('/stream', 'after');
             await a!.srv.publish('/h', 'h after');
             await a!.srv.publish('/late', 'late');
-            await until(() => got.length === 3 && lateGot.length === 1);
+            await until(() => ready(b!.broker, '/late-h'), 5000, 'late history path');
+            await a!.srv.publish('/late-h', 'late h');
+            await until(() => got.length === 3 && lateGot.length === 2);
             await wait(50);
             expect(got).to.equal(['before', 'h before', 'after']);
-            expect(lateGot).to.equal(['late']);
+            expect(lateGot).to.equal(['late', 'late h']);
 
             // The history did not survive the restart: a new epoch, the old position cannot be recovered
             const recovery = await a!.broker.recover('/h', position, { size: 10, ttl: 60000 });
@@ -958,6 +967,44 @@ describe('redis broker across nodes', { skip: !redisAvailable }, () => {
         (ghost as any).channel = () => `${prefix}nowhere`;
         return ghost;
     };
+
+    it('heals a history path that had delivered nothing yet when its subscription dropped', async () => {
+
+        const prefix = uniquePrefix();
+        const history = { size: 100, ttl: 60000 };
+        const broker = new Pulse.RedisBroker({ url: redisUrl, prefix });
+        const sink = recorder();
+        await broker.start(sink);
+        const ghost = await unseen(prefix);                                 // publishes that never reach the channel
+
+        await ghost.publish({ path: '/b', message: 'before' }, history);      // before this node subscribed: not its own
+        await broker.subscribe('/b', history);
+        await broker.subscribe('/fresh', history);                           // no publish ever: healed from offset 1
+        await ghost.publish({ path: '/b', message: 'missed-1' }, history);
+        await ghost.publish({ path: '/b', message: 'missed-2' }, history);
+        await ghost.publish({ path: '/fresh', message: 'missed-3' }, history);
+
+        (broker as any).resubscribe();                                       // what the reconnection does
+        await until(() => sink.delivered.length === 3);
+        await broker.publish({ path: '/b', message: 'live' }, history);
+        await until(() => sink.delivered.length === 4);
+        expect(sink.delivered.filter((envelope) => envelope.path === '/b').map((envelope) => envelope.message)).to.equal(['missed-1', 'missed-2', 'live']);
+        expect(sink.delivered.filter((envelope) => envelope.path === '/fresh').map((envelope) => envelope.message)).to.equal(['missed-3']);
+        expect(sink.lostPaths).to.equal([]);
+
+        // A path left before its baseline was read is not healed after a reconnection
+        const leaving = broker.subscribe('/gone', history);
+        await broker.unsubscribe('/gone');
+        await leaving;
+        await ghost.publish({ path: '/gone', message: 'not for us' }, history);
+        (broker as any).resubscribe();
+        await broker.publish({ path: '/b', message: 'after' }, history);
+        await until(() => sink.delivered.length === 5);
+        expect(sink.delivered.map((envelope) => envelope.message)).to.not.include('not for us');
+
+        await ghost.stop();
+        await broker.stop();
+    });
 
     it('heals offset jumps from the stream, drops duplicates and logs the gaps it cannot heal', async () => {
 

@@ -181,6 +181,7 @@ export class RedisBroker implements Broker {
     // History paths this node is subscribed to: the position of the last publish delivered to the sink
     // (updated in place), and the paths whose gap is being read from the stream.
     private readonly positions = new Map<string, Position>();
+    private readonly baselines = new Map<string, Position>();
     private readonly healing = new Map<string, Healing>();
 
     constructor(options: RedisBrokerOptions = {}) {
@@ -238,6 +239,7 @@ export class RedisBroker implements Broker {
         this.sink = null;
         this.disconnected();
         this.positions.clear();
+        this.baselines.clear();
         for (const { held } of this.healing.values()) {
             held.splice(0).forEach((item) => item.settle());
         }
@@ -304,11 +306,29 @@ export class RedisBroker implements Broker {
 
     // ---- Subscriptions: only the paths this node's sockets hold ----
 
-    async subscribe(path: string): Promise<void> {
+    async subscribe(path: string, history?: HistoryOptions): Promise<void> {
 
         const channel = this.channel(path);
         this.channels.set(channel, false);
         await this.listen(channel);
+        if (history) {
+            await this.markBaseline(path, channel);
+        }
+    }
+
+    // Where a history path stood when this node subscribed, so that a subscription dropped before any
+    // publish was delivered can still be healed. Only used if no publish arrives before the drop.
+    private async markBaseline(path: string, channel: string): Promise<void> {
+
+        try {
+            const [epoch, offset] = await this.command(['HMGET', this.metaKey(path), 'epoch', 'offset']) as [string | null, string | null];
+            if (this.channels.has(channel)) {                        // not left meanwhile
+                this.baselines.set(path, { epoch: epoch ?? '', offset: Number(offset ?? 0) });
+            }
+        }
+        catch (err) {
+            this.log(['redis', 'baseline', 'error'], { path, error: err });
+        }
     }
 
     // Not awaited: nothing waits on it, and while disconnected it is queued to run right after the
@@ -318,6 +338,7 @@ export class RedisBroker implements Broker {
         const channel = this.channel(path);
         this.channels.delete(channel);
         this.positions.delete(path);
+        this.baselines.delete(path);
         this.sub?.UNSUBSCRIBE(channel, this.onMessage).catch((err) => this.log(['redis', 'unsubscribe', 'error'], err));
         return Promise.resolve();
     }
@@ -351,6 +372,13 @@ export class RedisBroker implements Broker {
             listening.set(channel, this.listen(channel));
         }
 
+        for (const [path, baseline] of this.baselines) {
+            if (!this.positions.has(path)) {
+                this.positions.set(path, { ...baseline });           // nothing delivered before the drop
+            }
+        }
+
+        this.baselines.clear();
         for (const path of this.positions.keys()) {
             listening.get(this.channel(path))!.then(() => this.heal(path));
         }

@@ -103,7 +103,7 @@ export class Topic {
 const subscriptionSchemaKeys = ['filter', 'onSubscribe', 'onUnsubscribe', 'auth', 'history'];
 
 export interface SubscriptionsHooks {
-    firstSubscriber(path: string): Promise<void>;
+    firstSubscriber(path: string, history: HistoryOptions | null): Promise<void>;
     lastSubscriberGone(path: string): void;
 }
 
@@ -206,7 +206,7 @@ export class Subscriptions {
             this.topics.set(path, topic);
             topic.add(socket);
             socket.subscriptions.set(path, topic);
-            await this.hooks.firstSubscriber(path);
+            await this.hooks.firstSubscriber(path, route.history);
             return;
         }
 
