@@ -183,3 +183,73 @@ describe('socket send path', () => {
         await srv.stop();
     });
 });
+
+describe('review fixes', () => {
+
+    it('logs an async onDisconnection that rejects instead of leaving the rejection unhandled', async () => {
+
+        const srv = await server({ onDisconnection: () => Promise.reject(new Error('handler failed')) });
+        const logged: unknown[] = [];
+        srv.events.on('log', (event) => {
+
+            if (event.tags.includes('onDisconnection')) {
+                logged.push(event.error ?? event.data);
+            }
+        });
+        await srv.start();
+
+        const peer = await Peer.open(url(srv));
+        await peer.hello();
+        peer.close();
+        await until(() => logged.length === 1);
+        expect((logged[0] as Error).message).to.equal('handler failed');
+        await srv.stop();
+    });
+
+    it('sends broadcasts only to sockets that completed hello', async () => {
+
+        const srv = await server();
+        await srv.start();
+
+        const early = await Peer.open(url(srv));
+        await srv.broadcast('too early');
+        const ready = await Peer.open(url(srv));
+        await ready.hello();
+        await srv.broadcast('for ready sockets');
+        await until(() => ready.frames.length === 2);
+        expect(early.frames).to.equal([]);
+        expect(JSON.parse(ready.frames[1]!)).to.equal({ type: 'update', message: 'for ready sockets' });
+
+        early.close();
+        ready.close();
+        await srv.stop();
+    });
+
+    it('keeps no expiry timer for a socket that left while its hello was authenticating', async () => {
+
+        const timers = () => process.getActiveResourcesInfo().filter((kind) => kind === 'Timeout').length;
+        const srv = await server({ auth: { type: 'direct' }, heartbeat: false }, 'pulse', (hapi) => {
+
+            hapi.auth.scheme('slow', () => ({
+                authenticate: async (_request, h) => {
+
+                    await wait(100);
+                    return h.authenticated({ credentials: { user: 'late', expiresAt: Date.now() + 3600 * 1000 } });
+                }
+            }));
+            hapi.auth.strategy('slow', 'slow');
+            hapi.auth.default('slow');
+        });
+        await srv.start();
+        const before = timers();
+
+        const peer = await Peer.open(url(srv));
+        peer.send({ type: 'hello', id: 1, version: '2', auth: { headers: {} } });
+        await wait(20);
+        peer.ws.terminate();
+        await until(() => srv.pulseStats().sockets === 0);
+        await wait(150);                                                // authentication finishes after the socket left
+        expect(timers()).to.be.at.most(before);
+        await srv.stop();
+    });
+});

@@ -335,3 +335,25 @@ describe('subscriptions', () => {
         });
     });
 });
+
+describe('filters returning thenables', () => {
+
+    it('waits for any thenable, not only native promises', async () => {
+
+        const srv = await server();
+        srv.subscription('/t', {
+            filter: (_path, message: string) => ({ then: (resolve: (value: boolean) => void) => resolve(message !== 'hidden') }) as unknown as Promise<boolean>
+        });
+        await srv.start();
+
+        const peer = await Peer.open(url(srv));
+        await peer.hello({ subs: ['/t'] });
+        await srv.publish('/t', 'hidden');
+        await srv.publish('/t', 'shown');
+        await until(() => peer.frames.length === 2);
+        await wait(20);
+        expect(peer.frames.slice(1).map((frame) => JSON.parse(frame).message)).to.equal(['shown']);
+        peer.close();
+        await srv.stop();
+    });
+});

@@ -34,7 +34,7 @@ export interface Limits {
 
 export interface Settings {
     onConnection?: (socket: Socket) => void | Promise<void>;
-    onDisconnection?: (socket: Socket) => void;
+    onDisconnection?: (socket: Socket) => void | Promise<void>;
     onMessage?: (socket: Socket, message: any) => unknown;
     onUpgrade?: (request: IncomingMessage) => boolean | Promise<boolean>;
     auth: Auth.AuthSettings | false;
@@ -216,13 +216,10 @@ export class Listener {
         this.unindex(socket);
         socket.onClosed();
         await this.subscriptions.removeSocket(socket);
-        if (this.settings.onDisconnection) {
-            try {
-                this.settings.onDisconnection(socket);
-            }
-            catch (err) {
-                this.server.log(['pulse', 'onDisconnection', 'error'], err as Error);
-            }
+        const onDisconnection = this.settings.onDisconnection;
+        if (onDisconnection) {
+            // The handler may be async: a rejection is logged, never left unhandled.
+            await Promise.resolve().then(() => onDisconnection(socket)).catch((err) => this.server.log(['pulse', 'onDisconnection', 'error'], err));
         }
     }
 
@@ -496,7 +493,7 @@ export class Listener {
         }
 
         if (options.user !== undefined && !match.route.auth?.index) {
-            throw new Error('Subscription auth indexing is disabled');
+            return Promise.reject(new Error('Subscription auth indexing is disabled'));
         }
 
         const envelope: PublishEnvelope = { path, message };
@@ -534,7 +531,9 @@ export class Listener {
         const update = new Prepared(JSON.stringify({ type: 'update', message: envelope.message }));
         const sockets = envelope.user === undefined ? this.sockets.values() : this.byUser.get(envelope.user)?.values() ?? [];
         for (const socket of sockets) {
-            socket.sendPrepared(update);
+            if (socket.ready) {                                  // not to sockets still in (or failing) hello
+                socket.sendPrepared(update);
+            }
         }
     }
 

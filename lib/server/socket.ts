@@ -48,7 +48,7 @@ const onError = function (this: SocketWs): void {
 const onClose = function (this: SocketWs): void {
 
     const socket = this[kSocket];
-    socket.listener.remove(socket);
+    socket.listener.remove(socket).catch((err) => socket.server.log(['pulse', 'disconnect', 'error'], err));
 };
 
 const OPEN = 1;
@@ -117,6 +117,12 @@ export class Socket {
     get app(): Record<string, unknown> {
 
         return (this.appState ??= {});
+    }
+
+    // Completed hello: may receive broadcasts.
+    get ready(): boolean {
+
+        return this.state === State.ready;
     }
 
     isOpen(): boolean {
@@ -360,7 +366,7 @@ export class Socket {
         clearTimeout(this.expiryTimer!);
         this.expiryTimer = null;
         this.expiresAt = expiresAt;
-        if (expiresAt === null) {
+        if (expiresAt === null || this.gone) {                          // a socket gone mid-hello keeps no timer
             return;
         }
 

@@ -309,9 +309,9 @@ export class Subscriptions {
 
             try {
                 const result = filter(envelope.path, envelope.message, { socket, credentials: socket.auth.credentials, params: topic.params, internal: envelope.internal });
-                if (result instanceof Promise) {
+                if (typeof (result as PromiseLike<FilterResult> | undefined)?.then === 'function') {          // any thenable
                     async = true;
-                    return result.catch((err) => this.filterFailed(err));
+                    return Promise.resolve(result).catch((err) => this.filterFailed(err));
                 }
 
                 return result;
