@@ -67,8 +67,11 @@ describe('recovery extension', () => {
             await srv.publish('/feed', i);
         }
 
-        const trimmed = await peer.reply({ type: 'sub', id: 2, path: '/feed', position: { epoch, offset: 1 } });
+        const late = await Peer.open(url(srv));
+        await late.hello({ pulse: { recovery: true } });
+        const trimmed = await late.reply({ type: 'sub', id: 2, path: '/feed', position: { epoch, offset: 1 } });
         expect(trimmed).to.equal({ type: 'sub', id: 2, path: '/feed', pulse: { position: { epoch, offset: 6 }, recovered: false } });
+        late.close();
 
         const other = await Peer.open(url(srv));
         const reply = await other.hello({ subs: ['/feed'], pulse: { recovery: true, positions: { '/feed': { epoch: 'elsewhere', offset: 5 } } } });
@@ -245,6 +248,66 @@ describe('recovery extension', () => {
         expect(peer.frames[1]).to.equal('{"type":"pub","path":"/item/1","message":"x"}');
         expect(await peer.reply({ type: 'sub', id: 2, path: '/item/2', position: { epoch: 'e', offset: 1 } })).to.equal({ type: 'sub', id: 2, path: '/item/2' });
         peer.close();
+        await srv.stop();
+    });
+});
+
+describe('recovery edge cases', () => {
+
+    it('replays nothing for a repeated sub, and nothing after an unsub sent during the replay', async () => {
+
+        const srv = await server();
+        let slow = false;
+        srv.subscription('/h', {
+            history: { size: 50, ttl: 60000 },
+            filter: async () => {
+
+                if (slow) {
+                    await wait(30);
+                }
+
+                return true;
+            }
+        });
+        await srv.start();
+
+        const peer = await Peer.open(url(srv));
+        const hello = await peer.hello({ subs: ['/h'], pulse: { recovery: true } });
+        const start = hello.pulse.positions['/h'];
+        for (let i = 1; i <= 3; ++i) {
+            await srv.publish('/h', i);
+        }
+
+        await until(() => pubs(peer).length === 3);
+        expect(await peer.reply({ type: 'sub', id: 2, path: '/h', position: start })).to.equal({ type: 'sub', id: 2, path: '/h' });
+        await wait(30);
+        expect(pubs(peer)).to.have.length(3);                                 // nothing replayed twice
+
+        // An unsub sent during the replay takes effect after it, in the order sent
+        const back = await Peer.open(url(srv));
+        await back.hello({ pulse: { recovery: true } });
+        slow = true;
+        back.send({ type: 'sub', id: 2, path: '/h', position: start });
+        back.send({ type: 'unsub', id: 3, path: '/h' });
+        await until(() => back.frames.some((frame) => frame.includes('"unsub"')));
+        expect(back.frames.map((frame) => JSON.parse(frame).type)).to.equal(['hello', 'sub', 'pub', 'pub', 'pub', 'unsub']);
+        expect(srv.pulseStats().subscriptions).to.equal(1);
+
+        // A revoke during the replay stops it, and drops what was held meanwhile
+        const third = await Peer.open(url(srv));
+        await third.hello({ pulse: { recovery: true } });
+        third.send({ type: 'sub', id: 2, path: '/h', position: start });
+        await until(() => third.frames.some((frame) => frame.includes('"sub"')));
+        await srv.publish('/h', 4);                                             // held while the replay runs
+        await srv.eachSocket((socket) => socket.revoke('/h', null), { subscription: '/h' });
+        await wait(150);
+        const types = third.frames.map((frame) => JSON.parse(frame).type);
+        expect(types.slice(types.indexOf('revoke') + 1)).to.equal([]);
+        expect(types.filter((type) => type === 'pub').length).to.be.below(4);
+        third.close();
+
+        peer.close();
+        back.close();
         await srv.stop();
     });
 });

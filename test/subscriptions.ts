@@ -6,6 +6,8 @@ import * as Code from '@hapi/code';
 import type * as Hapi from '@hapi/hapi';
 import * as Lab from '@hapi/lab';
 
+import { MemoryBroker } from '../lib';
+import type { Broker } from '../lib';
 import { Peer, server, url, until, wait } from './helpers';
 
 const { expect } = Code;
@@ -353,6 +355,102 @@ describe('filters returning thenables', () => {
         await until(() => peer.frames.length === 2);
         await wait(20);
         expect(peer.frames.slice(1).map((frame) => JSON.parse(frame).message)).to.equal(['shown']);
+        peer.close();
+        await srv.stop();
+    });
+});
+
+describe('subscription lifecycle with the broker', () => {
+
+    const slowBroker = (delay: number, fail = false) => {
+
+        const memory = new MemoryBroker();
+        const confirmed: number[] = [];
+        const broker: Broker = {
+            start: (sink) => memory.start(sink),
+            stop: () => memory.stop(),
+            publish: (envelope, history) => memory.publish(envelope, history),
+            broadcast: (envelope) => memory.broadcast(envelope),
+            subscribe: async () => {
+
+                await wait(delay);
+                if (fail) {
+                    throw new Error('broker refused the path');
+                }
+
+                confirmed.push(Date.now());
+            },
+            unsubscribe: () => memory.unsubscribe(),
+            recover: (path, since, history) => memory.recover(path, since, history)
+        };
+
+        return { broker, confirmed };
+    };
+
+    it('answers every concurrent sub of a new path only once the broker has it', async () => {
+
+        const { broker, confirmed } = slowBroker(80);
+        const srv = await server({ broker });
+        srv.subscription('/new');
+        await srv.start();
+
+        const first = await Peer.open(url(srv));
+        const second = await Peer.open(url(srv));
+        await first.hello();
+        await second.hello();
+        const replies = await Promise.all([first, second].map(async (peer) => {
+
+            await peer.reply({ type: 'sub', id: 2, path: '/new' });
+            return Date.now();
+        }));
+
+        expect(confirmed).to.have.length(1);
+        expect(Math.min(...replies)).to.be.at.least(confirmed[0]!);
+
+        first.close();
+        second.close();
+        await srv.stop();
+    });
+
+    it('fails the sub and leaves nothing behind when the broker refuses the path', async () => {
+
+        const { broker } = slowBroker(10, true);
+        const srv = await server({ broker });
+        srv.subscription('/refused');
+        await srv.start();
+
+        const peer = await Peer.open(url(srv));
+        await peer.hello();
+        const reply = await peer.reply({ type: 'sub', id: 2, path: '/refused' });
+        expect(reply.statusCode).to.equal(500);
+        expect(srv.pulseStats()).to.include({ topics: 0, subscriptions: 0 });
+
+        peer.close();
+        await srv.stop();
+    });
+
+    it('revokes the subscriptions that new credentials no longer allow after a reauth', async () => {
+
+        const srv = await server({ auth: { type: 'direct' } }, 'pulse', (hapi) => {
+
+            hapi.auth.scheme('header', () => ({
+                authenticate: (request, h) => h.authenticated({ credentials: { user: request.headers['x-user'] as string, scope: [`room-${request.headers['x-room']}`] } })
+            }));
+            hapi.auth.strategy('header', 'header');
+            hapi.auth.default('header');
+        });
+        srv.subscription('/room/{id}', { auth: { scope: ['room-{params.id}'] } });
+        await srv.start();
+
+        const peer = await Peer.open(url(srv));
+        await peer.hello({ auth: { headers: { 'x-user': 'ann', 'x-room': '1' } }, subs: ['/room/1'] });
+        expect(await peer.reply({ type: 'reauth', id: 2, auth: { headers: { 'x-user': 'ann', 'x-room': '2' } } })).to.equal({ type: 'reauth', id: 2 });
+        expect(peer.frames.map((frame) => JSON.parse(frame))).to.contain({ type: 'revoke', path: '/room/1' });
+        await srv.publish('/room/1', 'not any more');
+        await wait(20);
+        expect(peer.frames.join()).to.not.contain('not any more');
+        expect(srv.pulseStats().subscriptions).to.equal(0);
+
         peer.close();
         await srv.stop();
     });

@@ -394,7 +394,8 @@ export class Listener {
     // Subscribes; on a history path for a recovery socket, also holds live pubs and reads what was missed.
     async subscribeFor(socket: Socket, path: string, since: Position | undefined): Promise<Catchup | null> {
 
-        const history = socket.recovery ? this.subscriptions.history(path) : null;
+        // Already subscribed (or catching up): a repeated sub changes nothing, and replays nothing.
+        const history = socket.recovery && !socket.subscriptions.has(path) ? this.subscriptions.history(path) : null;
         if (!history) {
             await this.subscriptions.subscribe(socket, path);
             return null;
@@ -428,7 +429,8 @@ export class Listener {
                 await this.subscriptions.replay(socket, topic, recovery.entries);
             }
 
-            socket.release(path, recovery.position);
+            // Unsubscribed (or revoked) meanwhile: what was held is dropped.
+            socket.release(path, socket.subscriptions.get(path) === topic && topic ? recovery.position : null);
         }
     }
 

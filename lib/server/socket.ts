@@ -48,7 +48,7 @@ const onError = function (this: SocketWs): void {
 const onClose = function (this: SocketWs): void {
 
     const socket = this[kSocket];
-    socket.listener.remove(socket).catch((err) => socket.server.log(['pulse', 'disconnect', 'error'], err));
+    void socket.listener.remove(socket);                           // never rejects: handler errors are logged there
 };
 
 const OPEN = 1;
@@ -83,6 +83,7 @@ export class Socket {
     private markRemoved: (() => void) | null = null;
     private gone = false;
     private corked = false;
+    private pathQueue: Map<string, Promise<void>> | null = null;   // sub/unsub still running, per path
     private held: Map<string, Prepared[]> | null = null;
     private floors: Map<string, Position> | null = null;       // per path: the last pub replayed or released        // live pubs held while a path catches up
     private expiryTimer: NodeJS.Timeout | null = null;
@@ -527,8 +528,8 @@ export class Socket {
                 case 'reauth': return await this.reauth(message);
                 case 'request': return await this.request(message);
                 case 'message': return await this.message(message.id, message.message);
-                case 'sub': return await this.subscribe(message);
-                case 'unsub': return await this.unsubscribe(message);
+                case 'sub': return await this.inOrder(message.path, () => this.subscribe(message));
+                case 'unsub': return await this.inOrder(message.path, () => this.unsubscribe(message));
             }
         }
         catch (err) {
@@ -620,6 +621,11 @@ export class Socket {
             return;
         }
 
+        // New credentials may not hold every subscription the old ones did.
+        for (const path of this.listener.subscriptions.unauthorized(this)) {
+            await this.revoke(path, null);
+        }
+
         // Clients that negotiated expiry learn the new expiry with the reply.
         const reply: Record<string, unknown> = { type: 'reauth', id: request.id };
         if (this.expiry) {
@@ -644,6 +650,23 @@ export class Socket {
 
         const response = await onMessage(this, message);
         this.sendText(JSON.stringify({ type: 'message', id, message: response }));
+    }
+
+    // Subs and unsubs of one path take effect in the order they were sent (others run concurrently).
+    private inOrder(path: string, work: () => Promise<void>): Promise<void> {
+
+        const previous = this.pathQueue?.get(path);
+        const run = previous ? previous.then(work) : work();
+        const queued = run.catch(() => { });                             // the error goes to the client, not to the next one
+        (this.pathQueue ??= new Map()).set(path, queued);
+        queued.then(() => {
+
+            if (this.pathQueue?.get(path) === queued) {
+                this.pathQueue.delete(path);
+            }
+        });
+
+        return run;
     }
 
     private async subscribe(request: SubRequest): Promise<void> {

@@ -54,6 +54,7 @@ export class Topic {
     readonly sockets = new Set<Socket>();
     byUser: Map<string, Set<Socket>> | null = null;
     pending: Promise<void> | null = null;               // a filtered delivery still waiting on async filters
+    ready: Promise<void> | null = null;                 // the broker subscription of a new path, until it is confirmed
 
     constructor(readonly path: string, readonly route: SubscriptionRoute, readonly params: Record<string, string>) {
 
@@ -204,14 +205,39 @@ export class Subscriptions {
         if (!topic) {
             topic = new Topic(path, route, params);
             this.topics.set(path, topic);
-            topic.add(socket);
-            socket.subscriptions.set(path, topic);
-            await this.hooks.firstSubscriber(path, route.history);
-            return;
+            topic.ready = this.hooks.firstSubscriber(path, route.history);
         }
 
         topic.add(socket);
         socket.subscriptions.set(path, topic);
+
+        // Every subscriber of a new path waits until the broker has it: a sub reply promises delivery.
+        if (topic.ready) {
+            try {
+                await topic.ready;
+                topic.ready = null;
+            }
+            catch (err) {
+                await this.unsubscribe(socket, path);
+                throw err;
+            }
+        }
+    }
+
+    // After a reauth: the subscriptions the new credentials may no longer hold.
+    unauthorized(socket: Socket): string[] {
+
+        const lost: string[] = [];
+        for (const topic of socket.subscriptions.values()) {
+            try {
+                this.authorize(socket, topic.route, topic.params);
+            }
+            catch {
+                lost.push(topic.path);
+            }
+        }
+
+        return lost;
     }
 
     async unsubscribe(socket: Socket, path: string): Promise<void> {
@@ -363,6 +389,10 @@ export class Subscriptions {
                 catch (err) {
                     decision = this.filterFailed(err);
                 }
+            }
+
+            if (socket.subscriptions.get(topic.path) !== topic) {
+                return;                                                     // revoked (or closed) while the filter ran
             }
 
             if (decision) {
