@@ -222,6 +222,29 @@ describe('auth', () => {
             await srv.stop();
         });
 
+        it('re-verifies credentials that are due before a message, and serves it when they still hold', async () => {
+
+            const verified: string[] = [];
+            const srv = await server({ auth: { type: 'direct', route: 'json', minAuthVerifyInterval: 1000 }, heartbeat: false }, 'pulse', scheme({ verified }));
+            await srv.start();
+
+            const peer = await Peer.open(url(srv));
+            await peer.hello({ auth: as({ user: 'ann' }) });
+            const realNow = Date.now;
+            Date.now = () => realNow() + 1500;                              // the interval has passed for this socket
+            try {
+                const reply = await peer.reply({ type: 'request', id: 2, method: 'GET', path: '/me' });
+                expect(reply.payload).to.include({ user: 'ann' });
+            }
+            finally {
+                Date.now = realNow;
+            }
+
+            expect(verified).to.equal(['ann']);
+            peer.close();
+            await srv.stop();
+        });
+
         it('does not schedule another sweep once the server stopped during one', async () => {
 
             const timeouts = (): number => process.getActiveResourcesInfo().filter((kind) => kind === 'Timeout').length;

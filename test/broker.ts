@@ -370,6 +370,84 @@ for (const flavour of flavours) {
 
             await broker.stop();
         });
+
+        it('refuses entries older than the ttl while newer ones keep the path alive', async () => {
+
+            const broker = flavour.make();
+            await broker.start(recorder());
+
+            const history = { size: 10, ttl: 200 };
+            await broker.publish({ path: '/aging', message: 'a' }, history);
+            await wait(120);
+            await broker.publish({ path: '/aging', message: 'b' }, history);
+            await wait(120);                                                     // 'a' is past the ttl, 'b' is not
+
+            const { position } = await broker.recover('/aging', null, history);
+            expect(position.offset).to.equal(2);
+            expect(await broker.recover('/aging', { epoch: position.epoch, offset: 0 }, history)).to.equal({ recovered: false, position });
+            const recent = await broker.recover('/aging', { epoch: position.epoch, offset: 1 }, history);
+            expect(recent.recovered).to.be.true();
+            expect((recent as { entries: PublishEnvelope[] }).entries.map((entry) => entry.message)).to.equal(['b']);
+
+            await broker.publish({ path: '/aging', message: 'c' }, history);     // trims 'a'
+            const next = { epoch: position.epoch, offset: 3 };
+            expect(await broker.recover('/aging', { epoch: position.epoch, offset: 0 }, history)).to.equal({ recovered: false, position: next });
+            const both = await broker.recover('/aging', { epoch: position.epoch, offset: 1 }, history);
+            expect((both as { entries: PublishEnvelope[] }).entries.map((entry) => entry.message)).to.equal(['b', 'c']);
+
+            await broker.stop();
+        });
+
+        it('expires the whole history of a path after its ttl and starts it again under a new epoch', async () => {
+
+            const broker = flavour.make();
+            const sink = recorder();
+            await broker.start(sink);
+
+            const history = { size: 10, ttl: 100 };
+
+            // Publishes keep a path alive past its ttl
+            const envelopes: PublishEnvelope[] = [];
+            for (let i = 1; i <= 4; ++i) {
+                const envelope: PublishEnvelope = { path: '/expiring', message: i };
+                await broker.publish(envelope, history);
+                envelopes.push(envelope);
+                await wait(40);
+            }
+
+            const old = envelopes[3]!.position!;
+            expect(envelopes.map((envelope) => envelope.position)).to.equal([1, 2, 3, 4].map((offset) => ({ epoch: old.epoch, offset })));
+
+            // Then nothing for longer than the ttl: a new epoch, offsets from 1, the old position cannot be recovered
+            await wait(200);
+            const fresh: PublishEnvelope = { path: '/expiring', message: 'fresh' };
+            await broker.publish(fresh, history);
+            expect(fresh.position!.epoch).to.not.equal(old.epoch);
+            expect(fresh.position!.offset).to.equal(1);
+            expect(await broker.recover('/expiring', old, history)).to.equal({ recovered: false, position: fresh.position! });
+            expect(await broker.recover('/expiring', { epoch: old.epoch, offset: 1 }, history)).to.equal({ recovered: false, position: fresh.position! });
+            expect(await broker.recover('/expiring', { epoch: fresh.position!.epoch, offset: 0 }, history)).to.equal({ recovered: true, entries: [fresh], position: fresh.position! });
+
+            // An empty history (a subscriber before the first publish) holds its epoch for the next publish...
+            const empty = await broker.recover('/empty', null, history);
+            expect(empty.position.offset).to.equal(0);
+            const first: PublishEnvelope = { path: '/empty', message: 1 };
+            await broker.publish(first, history);
+            expect(first.position).to.equal({ epoch: empty.position.epoch, offset: 1 });
+
+            // ... and expires like any other
+            const idle = await broker.recover('/idle', null, history);
+            await wait(200);
+            const after = await broker.recover('/idle', idle.position, history);
+            expect(after.recovered).to.be.false();
+            expect(after.position.epoch).to.not.equal(idle.position.epoch);
+            expect(after.position.offset).to.equal(0);
+            const next: PublishEnvelope = { path: '/idle', message: 1 };
+            await broker.publish(next, history);
+            expect(next.position).to.equal({ epoch: after.position.epoch, offset: 1 });
+
+            await broker.stop();
+        });
     });
 }
 
@@ -951,9 +1029,9 @@ describe('redis broker across nodes', { skip: !redisAvailable }, () => {
         await wait(120);
         const second = broker.publish({ path: '/lost', message: 2 });
         await first;
-        expect(Date.now() - started).to.be.within(180, 400);
+        expect(Date.now() - started).to.be.within(180, 1000);               // bounded by the 200 ms timeout, not by luck
         await second;
-        expect(Date.now() - started).to.be.within(300, 700);
+        expect(Date.now() - started).to.be.within(300, 1500);
 
         await broker.stop();
     });

@@ -101,6 +101,12 @@ describe('wire format', () => {
             await peer.next();
             await srv.publish('/plain', [1, 'two', null]);
             await peer.next();
+            await srv.publish('/plain', undefined);
+            await peer.next();
+            await srv.publish('/item/2', 'é'.repeat(100));                    // a two-byte length header
+            await peer.next();
+            await srv.publish('/item/2', 'x'.repeat(70000));                  // an eight-byte length header
+            await peer.next();
             await srv.broadcast({ all: true });
             await peer.next();
             await srv.eachSocket((socket) => socket.revoke('/item/2', { gone: true }));

@@ -1,39 +1,77 @@
 // The default broker: one node, no network. It is the reference every other broker is tested against.
+//
+// History: one stream per path that keeps history, with the path's own size and ttl. Like a Redis key
+// under PEXPIRE, a whole stream expires once its newest activity (its last publish, or its creation) is
+// older than its ttl: it is deleted, and the next publish or recovery of that path starts a new stream
+// under a new epoch, offsets from 1. Expired streams are dropped when their path is used again, and by
+// one unref'd sweep timer (between start() and stop()) for the paths nobody uses any more.
 
 import { randomBytes } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
 
 import type { BroadcastEnvelope, Broker, BrokerSink, HistoryOptions, PublishEnvelope, Recovery } from '../broker';
 import type { Position } from '../protocol';
 
-interface Stream {
-    offset: number;                      // offset of the newest entry
-    entries: { envelope: PublishEnvelope; at: number }[];
+interface Entry {
+    envelope: PublishEnvelope;           // as published, position included (kept, not copied)
+    at: number;
 }
+
+interface Stream {
+    epoch: string;
+    offset: number;                      // offset of the newest publish (0: none yet)
+    size: number;                        // this path's history settings, from its last publish or its creation
+    ttl: number;
+    touched: number;                     // time of the last publish, or of the creation
+    entries: Entry[];                    // entries[head..] are kept, oldest first, offsets contiguous up to `offset`
+    head: number;                        // entries before it are dropped and wait for the next compaction
+}
+
+const minSweep = 1000;                   // ms between sweeps: the shortest ttl seen, within these bounds
+const maxSweep = 60000;
+
+const now = (): number => performance.now();          // monotonic: ttls are durations
 
 export class MemoryBroker implements Broker {
 
-    // A new epoch per process: offsets from a previous run cannot be mistaken for ours.
+    // This process's epoch, so that offsets from a previous run cannot be mistaken for ours. Streams
+    // created before any stream expired use it as is; a stream created after an expiry gets
+    // `<epoch>.<n>` (n counts the expiries so far), so a path recreated after its history expired
+    // never reuses the epoch of its previous incarnation.
     readonly epoch = randomBytes(6).toString('base64url');
 
     private sink: BrokerSink | null = null;
     private streams = new Map<string, Stream>();
+    private expiries = 0;
+    private shortest = maxSweep;                        // shortest ttl seen, bounded by maxSweep
+    private timer: NodeJS.Timeout | null = null;
+
+    // Number of paths whose history is currently held (expired ones are dropped by the next sweep or
+    // use of their path). Read-only; for monitoring and tests.
+    get size(): number {
+
+        return this.streams.size;
+    }
 
     start(sink: BrokerSink): Promise<void> {
 
         this.sink = sink;
+        this.schedule();
         return Promise.resolve();
     }
 
     stop(): Promise<void> {
 
         this.sink = null;
+        clearInterval(this.timer ?? undefined);
+        this.timer = null;
         return Promise.resolve();
     }
 
     publish(envelope: PublishEnvelope, history?: HistoryOptions): Promise<void> {
 
         if (history) {
-            envelope.position = this.append(envelope, history);
+            this.append(envelope, history);
         }
 
         return Promise.resolve(this.sink?.deliver(envelope));
@@ -55,58 +93,122 @@ export class MemoryBroker implements Broker {
         return Promise.resolve();
     }
 
+    // A path without a (live) stream gets an empty one, so that the position returned stays valid for
+    // the next publishes; it expires like any other.
     recover(path: string, since: Position | null, history: HistoryOptions): Promise<Recovery> {
 
-        const stream = this.streams.get(path);
-        const offset = stream?.offset ?? 0;
-        const position = { epoch: this.epoch, offset };
+        const time = now();
+        const stream = this.live(path, time) ?? this.create(path, history, time);
+        const position = { epoch: stream.epoch, offset: stream.offset };
         if (!since) {
             return Promise.resolve({ recovered: true, entries: [], position });
         }
 
-        if (since.epoch !== this.epoch || since.offset > offset) {
+        const missed = stream.offset - since.offset;
+        const { entries } = stream;
+        const first = entries.length - missed;                                   // index of the oldest missed entry
+        if (since.epoch !== stream.epoch || missed < 0 || missed > history.size || first < stream.head ||
+            missed && entries[first]!.at < time - history.ttl) {
+
             return Promise.resolve({ recovered: false, position });
         }
 
-        if (!stream) {
-            return Promise.resolve({ recovered: true, entries: [], position });
-        }
-
-        this.trim(stream, history);
-        const missed = offset - since.offset;
-        if (missed > stream.entries.length) {
-            return Promise.resolve({ recovered: false, position });
-        }
-
-        const entries = stream.entries.slice(stream.entries.length - missed).map((entry) => entry.envelope);
-        return Promise.resolve({ recovered: true, entries, position });
+        return Promise.resolve({ recovered: true, entries: entries.slice(first).map((entry) => entry.envelope), position });
     }
 
-    private append(envelope: PublishEnvelope, history: HistoryOptions): Position {
+    // Sets the envelope's position and keeps the envelope itself (no copy): it must not change afterwards.
+    private append(envelope: PublishEnvelope, history: HistoryOptions): void {
 
-        let stream = this.streams.get(envelope.path);
-        if (!stream) {
-            stream = { offset: 0, entries: [] };
-            this.streams.set(envelope.path, stream);
-        }
-
+        const time = now();
+        const stream = this.live(envelope.path, time) ?? this.create(envelope.path, history, time);
+        stream.size = history.size;
+        stream.ttl = history.ttl;
+        this.seen(history.ttl);
+        stream.touched = time;
         stream.offset += 1;
-        const position = { epoch: this.epoch, offset: stream.offset };
-        stream.entries.push({ envelope: { ...envelope, position }, at: Date.now() });
-        this.trim(stream, history);
-        return position;
+        envelope.position = { epoch: stream.epoch, offset: stream.offset };
+        stream.entries.push({ envelope, at: time });
+        this.trim(stream, time);
     }
 
-    private trim(stream: Stream, history: HistoryOptions): void {
+    // The stream of `path`, unless it has expired (then it is dropped).
+    private live(path: string, time: number): Stream | undefined {
 
-        const oldest = Date.now() - history.ttl;
-        let drop = Math.max(0, stream.entries.length - history.size);
-        while (drop < stream.entries.length && stream.entries[drop]!.at < oldest) {
-            ++drop;
+        const stream = this.streams.get(path);
+        if (stream && this.expired(stream, time)) {
+            this.drop(path);
+            return undefined;
         }
 
-        if (drop) {
-            stream.entries.splice(0, drop);
+        return stream;
+    }
+
+    private create(path: string, history: HistoryOptions, time: number): Stream {
+
+        const epoch = this.expiries ? `${this.epoch}.${this.expiries}` : this.epoch;
+        const stream: Stream = { epoch, offset: 0, size: history.size, ttl: history.ttl, touched: time, entries: [], head: 0 };
+        this.streams.set(path, stream);
+        this.seen(history.ttl);
+        return stream;
+    }
+
+    private seen(ttl: number): void {
+
+        if (ttl < this.shortest) {
+            this.shortest = ttl;
+            if (this.timer) {
+                this.schedule();                                                 // sweep sooner
+            }
         }
+    }
+
+    private expired(stream: Stream, time: number): boolean {
+
+        return stream.touched < time - stream.ttl;
+    }
+
+    private drop(path: string): void {
+
+        this.streams.delete(path);
+        ++this.expiries;
+    }
+
+    // Drops the entries beyond the stream's size or older than its ttl. Dropping only moves `head`; the
+    // array is compacted once at least half of it is dropped, so each entry is copied O(1) times.
+    private trim(stream: Stream, time: number): void {
+
+        const { entries } = stream;
+        const oldest = time - stream.ttl;
+        let head = Math.max(stream.head, entries.length - stream.size);
+        while (head < entries.length && entries[head]!.at < oldest) {
+            ++head;
+        }
+
+        if (head * 2 >= entries.length) {
+            entries.splice(0, head);
+            head = 0;
+        }
+
+        stream.head = head;
+    }
+
+    private sweep(): void {
+
+        const time = now();
+        for (const [path, stream] of this.streams) {
+            if (this.expired(stream, time)) {
+                this.drop(path);
+            }
+            else {
+                this.trim(stream, time);
+            }
+        }
+    }
+
+    private schedule(): void {
+
+        clearInterval(this.timer ?? undefined);
+        this.timer = setInterval(() => this.sweep(), Math.max(minSweep, this.shortest));
+        this.timer.unref();
     }
 }

@@ -326,7 +326,8 @@ export class Listener {
     // Re-checks credentials with the auth strategy (server.auth.verify) once per minAuthVerifyInterval.
     // Resolves false when they no longer verify; the caller tells the client and closes.
     // The sweep forces it: credentials that stop verifying are caught within one interval, not two.
-    async verify(socket: Socket, force = false): Promise<boolean> {
+    // Synchronous `true` when no check is due, so that most messages pay no await for it.
+    verify(socket: Socket, force = false): true | Promise<boolean> {
 
         const interval = this.settings.auth ? this.settings.auth.minAuthVerifyInterval : false;
         if (!interval || !socket.auth.isAuthenticated || (!force && Date.now() - socket.verifiedAt < interval)) {
@@ -334,13 +335,7 @@ export class Listener {
         }
 
         socket.verifiedAt = Date.now();
-        try {
-            await this.server.auth.verify(socket as any);
-            return true;
-        }
-        catch {
-            return false;
-        }
+        return this.server.auth.verify(socket as any).then(() => true, () => false);
     }
 
     private scheduleVerify(): void {
@@ -489,7 +484,8 @@ export class Listener {
             return Promise.resolve();
         }
 
-        const match = this.subscriptions.match(path);
+        // A path with local subscribers already knows its route; others go through the router.
+        const match = this.subscriptions.topics.get(path) ?? this.subscriptions.match(path);
         if (!match) {
             return Promise.resolve();
         }

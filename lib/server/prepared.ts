@@ -1,14 +1,30 @@
 // A message encoded once and shared by every socket it goes to. The UTF-8 bytes (and the chunked form,
 // when sockets chunk) are made on first use, so a publish with a thousand recipients encodes once.
 
-import WebSocket from 'ws';
-
 import { chunk } from '../protocol';
 
-// ws builds frames with Sender.frame; its types do not declare it.
-const { Sender } = WebSocket as unknown as { Sender: { frame(data: Buffer, options: object): Buffer[] } };
-const textFrame = { fin: true, rsv1: false, opcode: 1, mask: false, readOnly: false };
-const encode = (text: string): Buffer => Buffer.concat(Sender.frame(Buffer.from(text), textFrame));
+// One unmasked, final text frame (RFC 6455 §5.2): header and UTF-8 payload in a single allocation.
+const encode = (text: string): Buffer => {
+
+    const length = Buffer.byteLength(text);
+    const header = length < 126 ? 2 : length < 0x10000 ? 4 : 10;
+    const frame = Buffer.allocUnsafe(header + length);
+    frame[0] = 0x81;                                        // FIN + text opcode
+    if (header === 2) {
+        frame[1] = length;
+    }
+    else if (header === 4) {
+        frame[1] = 126;
+        frame.writeUInt16BE(length, 2);
+    }
+    else {
+        frame[1] = 127;
+        frame.writeBigUInt64BE(BigInt(length), 2);
+    }
+
+    frame.write(text, header);
+    return frame;
+};
 
 export class Prepared {
 

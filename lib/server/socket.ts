@@ -518,7 +518,8 @@ export class Socket {
                 throw Boom.badRequest(this.state === State.helloing ? 'Connection is initializing' : 'Connection is not initialized');
             }
 
-            if (!await this.listener.verify(this)) {
+            const verified = this.listener.verify(this);
+            if (verified !== true && !await verified) {
                 this.sendError(Boom.forbidden('Credential verification failed'), message.type, message.id);
                 this.close(CloseCode.authExpired, 'Credential verification failed');
                 return;

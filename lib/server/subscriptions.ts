@@ -7,7 +7,6 @@ import { Router } from '@hapi/call';
 import type { Server } from '@hapi/hapi';
 
 import type { HistoryOptions, PublishEnvelope } from '../broker';
-import type { Position } from '../protocol';
 import { Prepared } from './prepared';
 import type { Socket } from './socket';
 
@@ -466,14 +465,12 @@ export class Subscriptions {
     }
 }
 
+// The nes pub message, key order as nes sends it, the message serialised once for both forms; the form
+// with `position` only goes to sockets that negotiated recovery.
 const preparePub = (envelope: PublishEnvelope, message: unknown): Prepared => {
 
+    const body = JSON.stringify(message);
+    const head = '{"type":"pub","path":' + JSON.stringify(envelope.path) + (body === undefined ? '' : ',"message":' + body);
     const position = envelope.position;
-    return new Prepared(pubMessage(envelope.path, message, undefined), position ? pubMessage(envelope.path, message, position) : null, envelope.path, position?.offset ?? 0, position?.epoch ?? null);
-};
-
-// The nes pub message, key order as nes sends it; `position` only for sockets that negotiated recovery.
-export const pubMessage = (path: string, message: unknown, position: Position | undefined): string => {
-
-    return JSON.stringify(position ? { type: 'pub', path, message, position } : { type: 'pub', path, message });
+    return new Prepared(head + '}', position ? head + ',"position":' + JSON.stringify(position) + '}' : null, envelope.path, position?.offset ?? 0, position?.epoch ?? null);
 };
