@@ -8,7 +8,7 @@ import * as Boom from '@hapi/boom';
 import type { Server } from '@hapi/hapi';
 import type { RawData, WebSocket } from 'ws';
 
-import { CloseCode, chunk, parseClientMessage } from '../protocol';
+import { CloseCode, chunk, parseClientMessage, version } from '../protocol';
 import type { ProtocolError } from '../protocol';
 import type { ClientMessage, HelloRequest, MessageId, Position, ReauthRequest, SubRequest, TunnelRequest, UnsubRequest } from '../protocol';
 import type { Catchup, Listener } from './listener';
@@ -33,7 +33,7 @@ const enum State { connected, helloing, ready, closed }
 // One shared listener for every socket instead of a closure each: idle sockets are most of the heap.
 export const kSocket = Symbol('pulse.socket');
 export type SocketWs = WebSocket & { [kSocket]: Socket };
-type Listener_ = (...args: any[]) => void;
+type WsHandler = (...args: any[]) => void;
 
 const onMessage = function (this: SocketWs, data: RawData, isBinary: boolean): void {
 
@@ -54,7 +54,7 @@ const onClose = function (this: SocketWs): void {
 const OPEN = 1;
 const maxTimer = 2 ** 31 - 1;                   // setTimeout's longest delay
 const defaultHelloTimeout = 5000;
-const textFrame = { binary: false };
+const asText = { binary: false };
 const batchBytes = 64 * 1024;                  // a corked socket is flushed early past this many bytes
 
 export class Socket {
@@ -84,8 +84,8 @@ export class Socket {
     private gone = false;
     private corked = false;
     private pathQueue: Map<string, Promise<void>> | null = null;   // sub/unsub still running, per path
-    private held: Map<string, Prepared[]> | null = null;
-    private floors: Map<string, Position> | null = null;       // per path: the last pub replayed or released        // live pubs held while a path catches up
+    private held: Map<string, Prepared[]> | null = null;        // live pubs held while a path catches up
+    private floors: Map<string, Position> | null = null;       // per path: the last pub replayed or released
     private expiryTimer: NodeJS.Timeout | null = null;
     private rateWindow = 0;
     private rateCount = 0;
@@ -107,9 +107,9 @@ export class Socket {
         }
 
         (ws as SocketWs)[kSocket] = this;
-        ws.on('message', onMessage as Listener_);
-        ws.on('error', onError as Listener_);
-        ws.once('close', onClose as Listener_);
+        ws.on('message', onMessage as WsHandler);
+        ws.on('error', onError as WsHandler);
+        ws.once('close', onClose as WsHandler);
     }
 
     // ---- Public API (as @hapi/nes) ----
@@ -284,7 +284,7 @@ export class Socket {
 
         // Replies go out at once (a reply per tick gains nothing from batching); if pubs of this tick are
         // corked on the socket, the reply queues behind them, so order holds either way.
-        this.ws.send(data, textFrame);
+        this.ws.send(data, asText);
         this.afterWrite(this.rawSocket());
     }
 
@@ -549,8 +549,8 @@ export class Socket {
         this.state = State.helloing;
         const catchups: Catchup[] = [];
         try {
-            if (request.version !== '2') {
-                throw Boom.badRequest(`Incorrect protocol version (expected 2 but received ${request.version || 'none'})`);
+            if (request.version !== version) {
+                throw Boom.badRequest(`Incorrect protocol version (expected ${version} but received ${request.version || 'none'})`);
             }
 
             if (request.pulse) {
