@@ -898,7 +898,7 @@ describe('redis broker across nodes', { skip: !redisAvailable }, () => {
 
             await redis.restart();
             const ready = (broker: Pulse.RedisBroker, path: string) => (broker as any).pub.isReady && (broker as any).channels.get(`${(broker as any).prefix}p:${path}`) === true;
-            await until(() => ready(a!.broker, '/h') === false && ready(b!.broker, '/stream') && ready(b!.broker, '/late'), 5000, 'reconnection');
+            await until(() => (a!.broker as any).pub.isReady && ready(a!.broker, '/h') === false && ready(b!.broker, '/stream') && ready(b!.broker, '/late'), 5000, 'reconnection');
 
             await a!.srv.publish('/stream', 'after');
             await a!.srv.publish('/h', 'h after');

@@ -184,6 +184,45 @@ describe('socket send path', () => {
     });
 });
 
+describe('gathered frames', () => {
+
+    it('drops frames gathered in the tick the peer closed in, rather than writing them after the close frame', async () => {
+
+        let srv!: Awaited<ReturnType<typeof server>>;
+        srv = await server({
+            onMessage: () => {
+
+                srv.publish('/news', 'gathered');                       // gathered for the next tick
+                return 'ok';
+            }
+        });
+        srv.subscription('/news');
+        await srv.start();
+
+        const peer = await Peer.open(url(srv));
+        await peer.hello({ subs: ['/news'] });
+        const opcodes: number[] = [];
+        let pending = Buffer.alloc(0);
+        const raw = (peer.ws as unknown as { _socket: NodeJS.ReadableStream & { cork(): void; uncork(): void } })._socket;
+        raw.on('data', (chunk: Buffer) => {
+
+            pending = Buffer.concat([pending, chunk]);
+            while (pending.length >= 2 && pending.length >= 2 + (pending[1]! & 0x7f)) {
+                opcodes.push(pending[0]! & 0x0f);
+                pending = pending.subarray(2 + (pending[1]! & 0x7f));
+            }
+        });
+
+        raw.cork();                                                     // the message and the close frame in one packet
+        peer.send({ type: 'message', id: 2, message: 'publish please' });
+        peer.ws.close();
+        raw.uncork();
+        await peer.closedWith();
+        expect(opcodes).to.equal([8]);
+        await srv.stop();
+    });
+});
+
 describe('review fixes', () => {
 
     it('logs an async onDisconnection that rejects instead of leaving the rejection unhandled', async () => {

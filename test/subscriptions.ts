@@ -455,3 +455,70 @@ describe('subscription lifecycle with the broker', () => {
         await srv.stop();
     });
 });
+
+describe('publish engine invariants', () => {
+
+    it('never touches the subscribers of another path of the same pattern', async () => {
+
+        const seen: string[] = [];
+        const srv = await server();
+        srv.subscription('/item/{id}', {
+            onSubscribe: (socket, path) => {
+
+                socket.app.name = path;
+            },
+            filter: (path, _message, { socket }) => {
+
+                seen.push(`${path} -> ${(socket.app as { name: string }).name}`);
+                return true;
+            }
+        });
+        await srv.start();
+
+        const peers = await Promise.all(['/item/1', '/item/2', '/item/3'].map(async (path) => {
+
+            const peer = await Peer.open(url(srv));
+            await peer.hello({ subs: [path] });
+            return peer;
+        }));
+
+        await srv.publish('/item/2', 'only two');
+        expect(seen).to.equal(['/item/2 -> /item/2']);                       // one filter call: the one recipient
+        await until(() => peers[1]!.frames.length === 2);
+        await wait(20);
+        expect(peers[0]!.frames).to.have.length(1);
+        expect(peers[2]!.frames).to.have.length(1);
+
+        for (const peer of peers) {
+            peer.close();
+        }
+
+        await srv.stop();
+    });
+
+    it('keeps the order of a burst on every socket', async () => {
+
+        const srv = await server();
+        srv.subscription('/burst');
+        await srv.start();
+
+        const peers = await Promise.all([1, 2, 3].map(async () => {
+
+            const peer = await Peer.open(url(srv));
+            await peer.hello({ subs: ['/burst'] });
+            return peer;
+        }));
+
+        for (let i = 0; i < 2000; ++i) {
+            srv.publish('/burst', i);                                       // one tight loop, not awaited
+        }
+
+        for (const peer of peers) {
+            await until(() => peer.frames.length === 2001, 5000);
+            expect(peer.frames.slice(1).map((frame) => JSON.parse(frame).message)).to.equal(Array.from({ length: 2000 }, (_, i) => i));
+            peer.close();
+        }
+
+        await srv.stop();
+    });
+});

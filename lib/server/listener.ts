@@ -460,21 +460,21 @@ export class Listener {
 
     // ---- Outbound ----
 
-    // Sockets corked during this tick; uncorked together so each gets one write syscall per tick.
-    private corked: Socket[] = [];
-    private readonly uncorkAll = () => {
+    // Sockets that gathered frames during this tick; each writes them once, on the next tick.
+    private gathering: Socket[] = [];
+    private readonly flushAll = () => {
 
-        const corked = this.corked;
-        this.corked = [];
-        for (const socket of corked) {
-            socket.uncork();
+        const sockets = this.gathering;
+        this.gathering = [];
+        for (const socket of sockets) {
+            socket.flush();
         }
     };
 
-    uncorkLater(socket: Socket): void {
+    flushLater(socket: Socket): void {
 
-        if (this.corked.push(socket) === 1) {
-            process.nextTick(this.uncorkAll);
+        if (this.gathering.push(socket) === 1) {
+            process.nextTick(this.flushAll);
         }
     }
 

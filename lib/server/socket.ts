@@ -55,7 +55,7 @@ const OPEN = 1;
 const maxTimer = 2 ** 31 - 1;                   // setTimeout's longest delay
 const defaultHelloTimeout = 5000;
 const asText = { binary: false };
-const batchBytes = 64 * 1024;                  // a corked socket is flushed early past this many bytes
+const batchBytes = 64 * 1024;                  // gathered frames are written early past this many bytes
 
 export class Socket {
 
@@ -82,7 +82,8 @@ export class Socket {
     private removed: Promise<void> | null = null;              // made on the first disconnect() only
     private markRemoved: (() => void) | null = null;
     private gone = false;
-    private corked = false;
+    private pending: Buffer[] | null = null;                     // frames gathered this tick
+    private pendingBytes = 0;
     private pathQueue: Map<string, Promise<void>> | null = null;   // sub/unsub still running, per path
     private held: Map<string, Prepared[]> | null = null;        // live pubs held while a path catches up
     private floors: Map<string, Position> | null = null;       // per path: the last pub replayed or released
@@ -226,16 +227,42 @@ export class Socket {
             return;
         }
 
-        // Server frames are not masked and compression is off, so the same frame bytes suit every socket and
-        // can go straight to the TCP socket, behind anything ws wrote before.
-        const raw = this.rawSocket();
+        // Server frames are not masked and compression is off, so the same frame bytes suit every socket. The
+        // frames of one tick are gathered and written to the TCP socket together, in one write.
         if (this.behind()) {
             return;
         }
 
-        this.batch(raw);
-        raw.write(prepared.frame(this.recovery));
-        this.afterWrite(raw);
+        const frame = prepared.frame(this.recovery);
+        if (this.pending === null) {
+            this.pending = [frame];
+            this.listener.flushLater(this);
+        }
+        else {
+            this.pending.push(frame);
+        }
+
+        this.pendingBytes += frame.length;
+        if (this.pendingBytes > batchBytes) {
+            this.flush();
+        }
+    }
+
+    // Writes the gathered frames behind anything ws wrote before; runs on the next tick, and before any
+    // other write or the close frame so that order always holds.
+    flush(): void {
+
+        const pending = this.pending;
+        if (pending === null) {
+            return;
+        }
+
+        this.pending = null;
+        const bytes = this.pendingBytes;
+        this.pendingBytes = 0;
+        if (this.ws.readyState === OPEN) {
+            this.rawSocket().write(pending.length === 1 ? pending[0]! : Buffer.concat(pending, bytes));
+        }
     }
 
     // ws sets it before 'connection' (so before this Socket exists) and never clears it.
@@ -244,34 +271,17 @@ export class Socket {
         return (this.ws as unknown as { _socket: Duplex })._socket;
     }
 
-    // Writes of one tick go out together: the first write corks the TCP socket, the listener uncorks
-    // every corked socket once on the next tick (or early, once a socket has a batch worth sending).
-    private batch(raw: Duplex): void {
-
-        if (!this.corked) {
-            this.corked = true;
-            raw.cork();
-            this.listener.uncorkLater(this);
-        }
-    }
-
-    private afterWrite(raw: Duplex): void {
-
-        if (raw.writableLength > batchBytes) {
-            this.uncork();
-        }
-    }
-
     // A socket that is still more than maxBufferedBytes behind when the next message comes has stopped
     // reading (or cannot keep up): cut it off before its backlog grows further. Checked before writing, so
     // one message larger than the limit still reaches a client that reads.
     private behind(): boolean {
 
-        if (this.ws.bufferedAmount <= this.listener.limits.maxBufferedBytes) {
+        const buffered = this.ws.bufferedAmount + this.pendingBytes;
+        if (buffered <= this.listener.limits.maxBufferedBytes) {
             return false;
         }
 
-        this.server.log(['pulse', 'slow-consumer'], { socket: this.id, buffered: this.ws.bufferedAmount });
+        this.server.log(['pulse', 'slow-consumer'], { socket: this.id, buffered });
         this.close(CloseCode.slowConsumer, 'Slow consumer');
         return true;
     }
@@ -282,18 +292,9 @@ export class Socket {
             return;
         }
 
-        // Replies go out at once (a reply per tick gains nothing from batching); if pubs of this tick are
-        // corked on the socket, the reply queues behind them, so order holds either way.
+        // Replies go out at once (a reply per tick gains nothing from batching), after this tick's frames.
+        this.flush();
         this.ws.send(data, asText);
-        this.afterWrite(this.rawSocket());
-    }
-
-    uncork(): void {
-
-        if (this.corked) {
-            this.corked = false;
-            this.rawSocket().uncork();
-        }
     }
 
     // Recovery: live pubs of `path` wait while the missed ones are read and replayed.
@@ -399,6 +400,7 @@ export class Socket {
             return;
         }
 
+        this.flush();
         this.state = State.closed;
         this.clearHelloTimer();
         this.ws.close(code, reason);
