@@ -172,6 +172,31 @@ export class Peer {
 
         this.ws.close();
     }
+
+    // From now on, the opcode of every frame the server writes, read from the TCP stream under ws:
+    // shows what went on the wire, including anything after a close frame that ws would hide.
+    opcodes(): number[] {
+
+        const opcodes: number[] = [];
+        let pending = Buffer.alloc(0);
+        (this.ws as unknown as { _socket: NodeJS.ReadableStream })._socket.on('data', (chunk: Buffer) => {
+
+            pending = Buffer.concat([pending, chunk]);
+            while (pending.length >= 2) {
+                const short = pending[1]! & 0x7f;
+                const header = short === 126 ? 4 : short === 127 ? 10 : 2;
+                const length = short === 126 ? pending.readUInt16BE(2) : short === 127 ? Number(pending.readBigUInt64BE(2)) : short;
+                if (pending.length < header + length) {
+                    break;
+                }
+
+                opcodes.push(pending[0]! & 0x0f);
+                pending = pending.subarray(header + length);
+            }
+        });
+
+        return opcodes;
+    }
 }
 
 // ---- Redis: the real server at REDIS_URL; missing it skips loudly, or fails under CI=true ----

@@ -152,24 +152,7 @@ describe('socket send path', () => {
         const peer = await Peer.open(url(srv));
         await peer.hello({ subs: ['/news'] });
 
-        // The opcodes of the frames on the wire, read from the TCP stream under the client's ws.
-        const opcodes: number[] = [];
-        let pending = Buffer.alloc(0);
-        (peer.ws as unknown as { _socket: NodeJS.ReadableStream })._socket.on('data', (chunk: Buffer) => {
-
-            pending = Buffer.concat([pending, chunk]);
-            while (pending.length >= 2) {
-                const short = pending[1]! & 0x7f;
-                const header = short === 126 ? 4 : short === 127 ? 10 : 2;
-                const length = short === 126 ? pending.readUInt16BE(2) : short === 127 ? Number(pending.readBigUInt64BE(2)) : short;
-                if (pending.length < header + length) {
-                    break;
-                }
-
-                opcodes.push(pending[0]! & 0x0f);
-                pending = pending.subarray(header + length);
-            }
-        });
+        const opcodes = peer.opcodes();
 
         await srv.eachSocket((socket) => {
 
@@ -201,17 +184,8 @@ describe('gathered frames', () => {
 
         const peer = await Peer.open(url(srv));
         await peer.hello({ subs: ['/news'] });
-        const opcodes: number[] = [];
-        let pending = Buffer.alloc(0);
-        const raw = (peer.ws as unknown as { _socket: NodeJS.ReadableStream & { cork(): void; uncork(): void } })._socket;
-        raw.on('data', (chunk: Buffer) => {
-
-            pending = Buffer.concat([pending, chunk]);
-            while (pending.length >= 2 && pending.length >= 2 + (pending[1]! & 0x7f)) {
-                opcodes.push(pending[0]! & 0x0f);
-                pending = pending.subarray(2 + (pending[1]! & 0x7f));
-            }
-        });
+        const opcodes = peer.opcodes();
+        const raw = (peer.ws as unknown as { _socket: { cork(): void; uncork(): void } })._socket;
 
         raw.cork();                                                     // the message and the close frame in one packet
         peer.send({ type: 'message', id: 2, message: 'publish please' });
