@@ -9,7 +9,7 @@ import type * as Hapi from '@hapi/hapi';
 import * as Lab from '@hapi/lab';
 
 import { CloseCode, MemoryBroker } from '../lib';
-import type { Broker, BrokerSink, HistoryOptions, PublishEnvelope, Recovery } from '../lib';
+import type { BrokerSink, HistoryOptions, PublishEnvelope, Recovery } from '../lib';
 import type { Position } from '../lib/protocol';
 import { Peer, server, url, until, wait } from './helpers';
 
@@ -533,22 +533,7 @@ describe('broker gaps', () => {
 
     it('sends recovery sockets of a path the broker could not replay to reconnect (4005), and leaves the others', async () => {
 
-        let sink: BrokerSink | null = null;
-        const memory = new MemoryBroker();
-        const broker: Broker = {
-            start: (given) => {
-
-                sink = given;
-                return memory.start(given);
-            },
-            stop: () => memory.stop(),
-            publish: (envelope, history) => memory.publish(envelope, history),
-            broadcast: (envelope) => memory.broadcast(envelope),
-            subscribe: () => memory.subscribe(),
-            unsubscribe: () => memory.unsubscribe(),
-            recover: (path, since, history) => memory.recover(path, since, history)
-        };
-
+        const broker = new ControlledBroker();
         const srv = await server({ broker });
         srv.subscription('/h', { history: { size: 10, ttl: 60000 } });
         srv.subscription('/other', { history: { size: 10, ttl: 60000 } });
@@ -561,8 +546,8 @@ describe('broker gaps', () => {
         const plain = await Peer.open(url(srv));
         await plain.hello({ subs: ['/h'] });
 
-        sink!.lost!('/h');
-        sink!.lost!('/nobody');
+        broker.target!.lost!('/h');
+        broker.target!.lost!('/nobody');
         expect(await tracking.closedWith()).to.equal({ code: 4005, reason: 'Missed publishes: reconnect to recover' });
         await wait(20);
         expect(elsewhere.closed).to.be.null();

@@ -7,7 +7,6 @@ import type * as Hapi from '@hapi/hapi';
 import * as Lab from '@hapi/lab';
 
 import { MemoryBroker } from '../lib';
-import type { Broker } from '../lib';
 import { Peer, server, url, until, wait } from './helpers';
 
 const { expect } = Code;
@@ -362,16 +361,13 @@ describe('filters returning thenables', () => {
 
 describe('subscription lifecycle with the broker', () => {
 
+    // The memory broker, slow (or refusing) to take a new path.
     const slowBroker = (delay: number, fail = false) => {
 
-        const memory = new MemoryBroker();
         const confirmed: number[] = [];
-        const broker: Broker = {
-            start: (sink) => memory.start(sink),
-            stop: () => memory.stop(),
-            publish: (envelope, history) => memory.publish(envelope, history),
-            broadcast: (envelope) => memory.broadcast(envelope),
-            subscribe: async () => {
+        const broker = new class extends MemoryBroker {
+
+            override async subscribe(): Promise<void> {
 
                 await wait(delay);
                 if (fail) {
@@ -379,10 +375,8 @@ describe('subscription lifecycle with the broker', () => {
                 }
 
                 confirmed.push(Date.now());
-            },
-            unsubscribe: () => memory.unsubscribe(),
-            recover: (path, since, history) => memory.recover(path, since, history)
-        };
+            }
+        }();
 
         return { broker, confirmed };
     };
