@@ -1,8 +1,6 @@
 // Shared test fixtures: servers with our plugin or with @hapi/nes, and a raw WebSocket peer that
 // records every frame so tests can assert on the exact wire format.
 
-import { spawnSync } from 'node:child_process';
-
 import * as Basic from '@hapi/basic';
 import * as Hapi from '@hapi/hapi';
 import WebSocket from 'ws';
@@ -201,20 +199,11 @@ export class Peer {
 
 // ---- Redis: the real server at REDIS_URL; missing it skips loudly, or fails under CI=true ----
 
-export const redisUrl = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
+// The probe is shared with .labrc.js, which reads it before the TypeScript is built (dist/test -> test/redis.js).
+const probe: { url: string; available: boolean } = require('../../test/redis.js');
 
-// Synchronous so that a suite knows at definition time whether to skip.
-export const redisAvailable = ((): boolean => {
-
-    const probe = `
-        const u = new URL(process.argv[1]);
-        const s = require('net').connect(Number(u.port) || 6379, u.hostname);
-        s.setTimeout(1000, () => process.exit(1));
-        s.on('error', () => process.exit(1));
-        s.on('connect', () => s.write('PING\\r\\n'));
-        s.on('data', (d) => process.exit(/PONG|NOAUTH/.test(d.toString()) ? 0 : 1));`;
-    return spawnSync(process.execPath, ['-e', probe, redisUrl], { timeout: 3000 }).status === 0;
-})();
+export const redisUrl = probe.url;
+export const redisAvailable = probe.available;
 
 // Whether a suite that needs Redis should skip (it never does under CI=true, where it then fails).
 export const skipWithoutRedis = (what: string): boolean => {
