@@ -18,8 +18,6 @@ import type { SubscriptionOptions } from './server/subscriptions';
 
 export type { Broker, BrokerSink, PublishEnvelope, BroadcastEnvelope, HistoryOptions, Recovery } from './broker';
 export { MemoryBroker } from './brokers/memory';
-export { RedisBroker } from './brokers/redis';
-export type { RedisBrokerOptions } from './brokers/redis';
 export { CloseCode } from './protocol';
 export type { Socket, SocketAuth, SocketInfo } from './server/socket';
 export type { SubscriptionOptions, FilterOptions, FilterResult } from './server/subscriptions';

@@ -18,6 +18,7 @@ import WebSocket, { WebSocketServer } from 'ws';
 import { Client } from '../lib/client';
 import type { ClientOptions, SubscriptionFlags } from '../lib/client';
 import * as Pulse from '../lib/index';
+import { RedisBroker } from '../lib/redis';
 import { Nes, redisAvailable, redisUrl, server, skipWithoutRedis, teardown, until, url, wait } from './helpers';
 
 const { expect } = Code;
@@ -363,7 +364,7 @@ describe('Client recovery', () => {
             admin.destroy();
         });
 
-        const node = () => withSubscription('/item/{id}', { history: { size: 100, ttl: 60000 } }, { broker: new Pulse.RedisBroker({ url: redisUrl, prefix }) });
+        const node = () => withSubscription('/item/{id}', { history: { size: 100, ttl: 60000 } }, { broker: new RedisBroker({ url: redisUrl, prefix }) });
         const a = await node();
         const b = await node();
         const front = await proxy(Number(a.info.port));
