@@ -12,6 +12,9 @@ const page = `<!doctype html>
 <meta charset="utf-8">
 <title>hapi-pulse demo</title>
 <h1>hapi-pulse demo</h1>
+<p>This page loads the browser bundle, connects over a WebSocket, makes one request through the socket
+(<code>GET /hello</code>, which answers whether it came over a WebSocket) and subscribes to
+<code>/clock/seconds</code>, to which the server publishes every second. Each line below is one event.</p>
 <pre id="log"></pre>
 <script src="/hapi-pulse.min.js"></script>
 <script>
@@ -66,6 +69,7 @@ start().then((server) => {
     process.once('SIGTERM', stop);
 }, (err) => {
 
-    console.error(err);
+    // A taken port is an everyday mistake: one line that says what to do, not a stack
+    console.error(err.code === 'EADDRINUSE' ? `Port ${err.port} is already in use: stop what listens there or set PORT (PORT=3001 npm start)` : err);
     process.exit(1);
 });

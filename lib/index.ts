@@ -151,7 +151,7 @@ const settle = (options: PluginOptions): Settings & { broker?: Broker } => {
         settings.auth.minAuthVerifyInterval = settings.heartbeat ? settings.heartbeat.interval : defaults.heartbeat.interval;
     }
 
-    const result = schema.validate(settings);
+    const result = schema.validate({ ...settings, broker });
     if (result.error) {
         throw new Error(`Invalid hapi-pulse configuration: ${result.error.message}`);
     }
@@ -185,7 +185,7 @@ const listenerOf = (server: Server): Listener => {
 declare module '@hapi/hapi' {
     interface Server {
         broadcast(message: unknown, options?: { user?: string }): Promise<void>;
-        subscription(path: string, options?: SubscriptionOptions): void;
+        subscription<Message = any, Internal = unknown>(path: string, options?: SubscriptionOptions<Message, Internal>): void;
         publish(path: string, message: unknown, options?: { internal?: unknown; user?: string }): Promise<void>;
         eachSocket(each: (socket: Socket) => unknown, options?: { subscription?: string; user?: string }): Promise<void>;
         pulseStats(): PulseStats;

@@ -1,6 +1,7 @@
 // `npm start` runs dist/examples/server.js: it must serve, and a stock @hapi/nes client must connect.
 
 import { spawn } from 'node:child_process';
+import * as Net from 'node:net';
 import { join } from 'node:path';
 
 import * as Code from '@hapi/code';
@@ -49,6 +50,28 @@ describe('example server', () => {
             const exited = new Promise((resolve) => child.once('exit', resolve));
             child.kill('SIGTERM');
             await exited;
+        }
+    });
+
+    it('prints one clear line and exits when its port is taken', async () => {
+
+        const taken = Net.createServer();
+        await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve));
+        const { port } = taken.address() as Net.AddressInfo;
+        try {
+            const child = spawn(process.execPath, [join(__dirname, '..', 'examples', 'server.js')], { env: { ...process.env, PORT: `${port}` }, stdio: ['ignore', 'pipe', 'pipe'] });
+            let stderr = '';
+            child.stderr.on('data', (chunk) => {
+
+                stderr += chunk;
+            });
+
+            const code = await new Promise((resolve) => child.once('exit', resolve));
+            expect(code).to.equal(1);
+            expect(stderr).to.equal(`Port ${port} is already in use: stop what listens there or set PORT (PORT=3001 npm start)\n`);
+        }
+        finally {
+            await new Promise((resolve) => taken.close(resolve));
         }
     });
 });

@@ -4,6 +4,8 @@ import * as Boom from '@hapi/boom';
 import * as Code from '@hapi/code';
 import * as Lab from '@hapi/lab';
 
+import { MemoryBroker } from '../lib';
+
 import { Nes, Peer, server, url, until, wait } from './helpers';
 
 const { expect } = Code;
@@ -424,6 +426,17 @@ describe('limits', () => {
         await expect(server({ limits: { maxPayload: 10 } })).to.reject(/maxPayload/);
         await expect(server({ limits: { rate: { messages: 0, interval: 10 } } })).to.reject(/messages/);
         await expect(server({ limits: { maxBufferedBytes: 'x' } })).to.reject(/maxBufferedBytes/);
+    });
+
+    it('validates the broker option at registration: an object with the broker methods', async () => {
+
+        await expect(server({ broker: 'redis://127.0.0.1:6379' })).to.reject('Invalid hapi-pulse configuration: "broker" must be of type object');
+        const methods = { start: () => { }, stop: () => { }, publish: () => { }, broadcast: () => { }, subscribe: () => { }, unsubscribe: () => { } };
+        await expect(server({ broker: methods })).to.reject('Invalid hapi-pulse configuration: "broker.recover" is required');
+        await expect(server({ broker: { ...methods, recover: 1 } })).to.reject('Invalid hapi-pulse configuration: "broker.recover" must be of type function');
+        const srv = await server({ broker: new MemoryBroker() });          // methods on the prototype are found
+        await srv.start();
+        await srv.stop();
     });
 });
 

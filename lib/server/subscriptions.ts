@@ -12,15 +12,17 @@ import type { Socket } from './socket';
 
 export type FilterResult = boolean | { override: unknown };
 
-export interface FilterOptions {
+// Internal: what the publisher passed as `internal` (undefined when it passed nothing).
+export interface FilterOptions<Internal = unknown> {
     socket: Socket;
     credentials: Record<string, any> | null;
     params: Record<string, string>;
-    internal: unknown;
+    internal: Internal | undefined;
 }
 
-export interface SubscriptionOptions {
-    filter?: (path: string, message: any, options: FilterOptions) => FilterResult | Promise<FilterResult>;
+// Message and Internal type the filter's arguments when the application names them (any, as in nes, otherwise).
+export interface SubscriptionOptions<Message = any, Internal = unknown> {
+    filter?: (path: string, message: Message, options: FilterOptions<Internal>) => FilterResult | Promise<FilterResult>;
     onSubscribe?: (socket: Socket, path: string, params: Record<string, string>) => void | Promise<void>;
     onUnsubscribe?: (socket: Socket, path: string, params: Record<string, string>) => void | Promise<void>;
     auth?: false | {
