@@ -372,7 +372,7 @@ const needsBrowser = (doc: string) => extract(doc, Fs.readFileSync(Path.join(roo
 
 describe('documentation', () => {
 
-    for (const doc of ['README.md']) {
+    for (const doc of ['README.md', 'API.md']) {
         it(`runs every code block of ${doc}`, { timeout: 180000 }, async () => {
 
             if (needsBrowser(doc) && !chromium) {
