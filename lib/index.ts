@@ -5,7 +5,7 @@ import { randomBytes } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 
 import * as Hoek from '@hapi/hoek';
-import type { Plugin, Request, Server } from '@hapi/hapi';
+import type { AppCredentials, AuthArtifacts, AuthCredentials, Plugin, Request, Server, UserCredentials } from '@hapi/hapi';
 import Joi from 'joi';
 
 import type { Broker } from './broker';
@@ -13,14 +13,22 @@ import { MemoryBroker } from './brokers/memory';
 import * as Auth from './server/auth';
 import { Listener } from './server/listener';
 import type { Settings } from './server/listener';
-import type { Socket } from './server/socket';
-import type { SubscriptionOptions } from './server/subscriptions';
+import type { ConnectOptions, DisconnectLog, ErrorType as ClientErrorType, PulseError, RequestOptions, RequestResponse, SubscriptionHandler } from './client';
+import type { Socket, Socket as PulseSocket } from './server/socket';
+import type { SubscriptionOptions, SubscriptionOptions as PulseSubscriptionOptions } from './server/subscriptions';
 
 export type { Broker, BrokerSink, PublishEnvelope, BroadcastEnvelope, HistoryOptions, Recovery } from './broker';
 export { MemoryBroker } from './brokers/memory';
 export { CloseCode } from './protocol';
 export type { Socket, SocketAuth, SocketInfo } from './server/socket';
 export type { SubscriptionOptions, FilterOptions, FilterResult } from './server/subscriptions';
+
+// The client, as @hapi/nes exports it beside the plugin. Its own entry (hapi-pulse/client) loads nothing else.
+export { Client, PulseError } from './client';
+export type {
+    ClientAuth, ClientAuthProvider, ClientOptions, ConnectOptions, DisconnectLog, ErrorType, MessageResponse, NesError,
+    RequestOptions, RequestResponse, SubscriptionFlags, SubscriptionHandler
+} from './client';
 
 export interface PluginOptions {
     onConnection?: Settings['onConnection'];
@@ -38,7 +46,41 @@ export interface PluginOptions {
     broker?: Broker;
 }
 
+// The type names of @hapi/nes's `Nes` namespace, so that code typed against nes compiles unchanged.
+export namespace Nes {
+    export type ClientConnectOptions = ConnectOptions;
+    export type ClientRequestOptions = RequestOptions;
+    export type ErrorType = ClientErrorType;
+    export type NesError = PulseError;
+    export type NesLog = DisconnectLog;
+    export type NesReqRes<R> = RequestResponse<R>;
+    export type NesSubHandler = SubscriptionHandler;
+    export type ErrorCodes = {
+        1000: 'Normal closure'; 1001: 'Going away'; 1002: 'Protocol error'; 1003: 'Unsupported data'; 1004: 'Reserved';
+        1005: 'No status received'; 1006: 'Abnormal closure'; 1007: 'Invalid frame payload data';
+        1008: 'Policy violation'; 1009: 'Message too big'; 1010: 'Mandatory extension'; 1011: 'Internal server error';
+        1015: 'TLS handshake';
+    };
+
+    export interface SocketAuthObject<U extends object = UserCredentials, A extends object = AppCredentials> {
+        isAuthenticated: boolean;
+        credentials: AuthCredentials<U, A> | null;
+        artifacts: AuthArtifacts | null;
+    }
+
+    export type Socket<App extends object = {}, Auth extends SocketAuthObject<any, any> = SocketAuthObject<any, any>> = PulseSocket & { app: App; auth: Auth };
+    export type SubscriptionOptions<_S extends Socket = Socket> = PulseSubscriptionOptions;
+    export type PluginOptions<_App extends object = {}, _Auth extends SocketAuthObject<any, any> = SocketAuthObject<any, any>> = PulsePluginOptions;
+    export interface ClientOpts { onDisconnect?: (willReconnect: boolean, log: DisconnectLog) => void }
+    export interface BroadcastOptions { user?: string }
+    export interface PublishOptions { user?: string; internal?: unknown }
+    export interface EachSocketOptions { subscription?: string; user?: string }
+}
+
+type PulsePluginOptions = PluginOptions;
+
 const MiB = 1024 * 1024;
+const nesVersion = '14.0.1';                            // the @hapi/nes release this plugin stands in for
 
 const defaults = {
     auth: {
@@ -204,7 +246,7 @@ export const plugin: Plugin<PluginOptions> = {
     name: 'hapi-pulse',
     version: '0.1.0',
     requirements: { hapi: '>=21.0.0' },
-    register(server: Server, options: PluginOptions) {
+    async register(server: Server, options: PluginOptions) {
 
         const settings = settle(options);                 // hapi passes {} when registered without options
         if (settings.auth) {
@@ -244,5 +286,9 @@ export const plugin: Plugin<PluginOptions> = {
         });
 
         server.decorate('request', 'socket', (request: Request) => request.plugins.nes?.socket ?? null, { apply: true });
+
+        // Satisfies plugins that declare `dependencies: '@hapi/nes'` (with a version range, too); registering the
+        // real @hapi/nes as well is refused by hapi, as two nes plugins would be.
+        await server.register({ plugin: { name: '@hapi/nes', version: nesVersion, register: () => { } } });
     }
 };

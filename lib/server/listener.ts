@@ -5,7 +5,7 @@ import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 
 import * as Boom from '@hapi/boom';
-import type { Server } from '@hapi/hapi';
+import type { AuthArtifacts, Server } from '@hapi/hapi';
 import { WebSocketServer } from 'ws';
 import type { WebSocket } from 'ws';
 
@@ -285,7 +285,7 @@ export class Listener {
             this.unindex(socket);
             socket.auth.isAuthenticated = true;
             socket.auth.credentials = authenticated.credentials;
-            socket.auth.artifacts = authenticated.artifacts;
+            socket.auth.artifacts = (authenticated.artifacts ?? null) as AuthArtifacts | null;      // as the strategy returned them
             socket.auth.strategy = authenticated.strategy;
             socket.user = typeof authenticated.credentials.user === 'string' ? authenticated.credentials.user : null;
             if (user !== null && this.sockets.get(socket.id) === socket) {      // not if it closed while authenticating (remove() ran)

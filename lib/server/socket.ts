@@ -5,7 +5,7 @@ import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 
 import * as Boom from '@hapi/boom';
-import type { Server } from '@hapi/hapi';
+import type { AuthArtifacts, Server } from '@hapi/hapi';
 import type { RawData, WebSocket } from 'ws';
 
 import { CloseCode, chunk, parseClientMessage, version } from '../protocol';
@@ -18,7 +18,7 @@ import type { Topic } from './subscriptions';
 export interface SocketAuth {
     isAuthenticated: boolean;
     credentials: Record<string, any> | null;
-    artifacts: unknown;
+    artifacts: AuthArtifacts | null;
     strategy?: string;
 }
 

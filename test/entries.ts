@@ -1,0 +1,195 @@
+// The package's entry points as an installed @hapi/nes application meets them: resolved by package name from a
+// separate directory (node_modules/hapi-pulse is a link to this repository), in CommonJS, ESM and TypeScript.
+
+import { execFile } from 'node:child_process';
+import { mkdtempSync, mkdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+
+import * as Code from '@hapi/code';
+import * as Lab from '@hapi/lab';
+import * as Ts from 'typescript';
+
+const { expect } = Code;
+const lab = Lab.script();
+export { lab };
+const { after, before, describe, it } = lab;
+
+const root = join(__dirname, '..', '..');
+const run = promisify(execFile);
+
+let app: string;
+
+before(() => {
+
+    app = mkdtempSync(join(tmpdir(), 'pulse-entries-'));
+    mkdirSync(join(app, 'node_modules', '@hapi'), { recursive: true });
+    symlinkSync(root, join(app, 'node_modules', 'hapi-pulse'), 'dir');
+    symlinkSync(join(root, 'node_modules', '@hapi', 'nes'), join(app, 'node_modules', '@hapi', 'nes'), 'dir');
+    symlinkSync(join(root, 'node_modules', '@hapi', 'hapi'), join(app, 'node_modules', '@hapi', 'hapi'), 'dir');
+});
+
+after(() => rmSync(app, { recursive: true, force: true }));
+
+// Runs a script written into the application directory; resolves with what it printed (parsed as JSON).
+const script = async (name: string, source: string): Promise<any> => {
+
+    writeFileSync(join(app, name), source);
+    const { stdout } = await run(process.execPath, [name], { cwd: app, timeout: 20000 });
+    return JSON.parse(stdout);
+};
+
+// An application written for @hapi/nes: plugin and client from the main module, as nes's documentation shows.
+// Every observable result is printed; socket ids and other per-run values are left out.
+const nesApp = (load: string, module: 'cjs' | 'esm'): string => `
+${module === 'cjs' ? `const Hapi = require('@hapi/hapi');\nconst Nes = require('${load}');` : `import Hapi from '@hapi/hapi';\nimport * as Nes from '${load}';\nimport { plugin, Client } from '${load}';`}
+
+const main = async () => {
+
+    const out = {};
+    const server = Hapi.server({ host: '127.0.0.1', port: 0 });
+    await server.register(${module === 'cjs' ? 'Nes' : '{ plugin }'});
+    server.route({ method: 'POST', path: '/h', handler: (request) => ({ got: request.payload, socket: request.socket !== null }) });
+    server.subscription('/item/{id}', { filter: (path, message, options) => message.n !== 2 });
+    await server.start();
+
+    const client = new ${module === 'cjs' ? 'Nes.Client' : 'Client'}('ws://127.0.0.1:' + server.info.port);
+    out.clientType = typeof ${module === 'cjs' ? 'Nes.Client' : 'Client'};
+    out.namespaceClient = Nes.Client === ${module === 'cjs' ? 'Nes.Client' : 'Client'};
+    const updates = [];
+    client.onUpdate = (message) => updates.push(message);
+    await client.connect();
+    out.connected = typeof client.id;
+    out.response = await client.request({ method: 'POST', path: '/h', payload: { a: 1 } }).then((res) => [res.statusCode, res.payload]);
+    out.missing = await client.request('/missing').catch((err) => [err.message, err.type, err.isNes, err.statusCode, err.data]);
+
+    const received = [];
+    await client.subscribe('/item/5', (message, flags) => received.push([message, flags]));
+    out.subscriptions = client.subscriptions();
+    await server.publish('/item/5', { n: 1 });
+    await server.publish('/item/5', { n: 2 });
+    await server.publish('/item/6', { n: 3 });
+    await server.publish('/item/5', { n: 4 });
+    await server.broadcast('all');
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    out.received = received;
+    out.updates = updates;
+    out.notFound = await client.subscribe('/nothing', () => { }).catch((err) => [err.message, err.type, err.statusCode, err.path]);
+
+    await client.disconnect();
+    await server.stop();
+    process.stdout.write(JSON.stringify(out));
+};
+
+main();
+`;
+
+describe('Entry points', () => {
+
+    it('runs an @hapi/nes application unchanged with only the package name replaced (CommonJS)', async () => {
+
+        const nes = await script('nes.js', nesApp('@hapi/nes', 'cjs'));
+        const pulse = await script('pulse.js', nesApp('hapi-pulse', 'cjs'));
+        expect(nes.received).to.equal([[{ n: 1 }, {}], [{ n: 4 }, {}]]);          // the application did run
+        expect(nes.clientType).to.equal('function');
+        expect(pulse).to.equal(nes);
+    });
+
+    it('runs an @hapi/nes application unchanged with only the package name replaced (ESM named imports)', async () => {
+
+        const nes = await script('nes.mjs', nesApp('@hapi/nes', 'esm'));
+        const pulse = await script('pulse.mjs', nesApp('hapi-pulse', 'esm'));
+        expect(nes.response).to.equal([200, { got: { a: 1 }, socket: true }]);
+        expect(pulse).to.equal(nes);
+    });
+
+    it('resolves every client path to the one client, without loading the server, ws or Redis', async () => {
+
+        const loaded = await script('client-paths.js', `
+            const paths = ['hapi-pulse/client', 'hapi-pulse/lib/client', 'hapi-pulse/lib/client.js'];
+            const clients = paths.map((path) => require(path).Client);
+            const modules = Object.keys(require.cache);
+            const main = require('hapi-pulse');
+            process.stdout.write(JSON.stringify({
+                same: clients.every((Client) => typeof Client === 'function' && Client === main.Client),
+                modules: modules.filter((file) => file.startsWith(${JSON.stringify(root)})).map((file) => file.replace(${JSON.stringify(root)}, '<root>'))
+            }));
+        `);
+
+        expect(loaded.same).to.be.true();
+        expect(loaded.modules).to.equal(['<root>/dist/lib/client.js', '<root>/dist/lib/protocol.js']);
+    });
+
+    it('imports the client paths as ESM', async () => {
+
+        const loaded = await script('client-paths.mjs', `
+            import { Client as A } from 'hapi-pulse/client';
+            import { Client as B } from 'hapi-pulse/lib/client';
+            import { Client as C } from 'hapi-pulse/lib/client.js';
+            import { Client, PulseError, plugin } from 'hapi-pulse';
+            process.stdout.write(JSON.stringify([A === Client, B === Client, C === Client, typeof PulseError, plugin.name]));
+        `);
+
+        expect(loaded).to.equal([true, true, true, 'function', 'hapi-pulse']);
+    });
+
+    describe('types', () => {
+
+        // Type-checks `source` as an application file importing the package by name.
+        const check = (source: string, moduleResolution: 'node10' | 'node16' | 'bundler'): string[] => {
+
+            const file = join(app, `check-${moduleResolution}.ts`);
+            writeFileSync(file, source);
+            const resolution = { node10: Ts.ModuleResolutionKind.Node10, node16: Ts.ModuleResolutionKind.Node16, bundler: Ts.ModuleResolutionKind.Bundler }[moduleResolution];
+            const program = Ts.createProgram([file], {
+                strict: true,
+                noEmit: true,
+                skipLibCheck: true,
+                types: ['node'],
+                typeRoots: [join(root, 'node_modules', '@types')],
+                module: moduleResolution === 'node16' ? Ts.ModuleKind.Node16 : moduleResolution === 'bundler' ? Ts.ModuleKind.ESNext : Ts.ModuleKind.CommonJS,
+                moduleResolution: resolution
+            });
+
+            return Ts.getPreEmitDiagnostics(program).map((diagnostic) => Ts.flattenDiagnosticMessageText(diagnostic.messageText, '\n'));
+        };
+
+        const typed = `
+            import { Client, Nes, plugin } from 'hapi-pulse';
+            import { Client as LibClient } from 'hapi-pulse/lib/client';
+            import { Client as LibClientJs } from 'hapi-pulse/lib/client.js';
+            import { Client as SubClient } from 'hapi-pulse/client';
+
+            const clients: (typeof Client)[] = [LibClient, LibClientJs, SubClient];
+            const client = new clients[0]!('ws://localhost');
+            const options: Nes.ClientConnectOptions = { reconnect: true, delay: 10 };
+            client.onDisconnect = (willReconnect: boolean, log: Nes.NesLog) => log.code;
+            client.onError = (err: Nes.NesError) => err.isNes && err.type satisfies Nes.ErrorType;
+            const handler: Nes.NesSubHandler = (message, flags) => flags.revoked;
+            const request: Nes.ClientRequestOptions = { path: '/', method: 'POST' };
+            const onConnection = (socket: Nes.Socket<{ room: string }>) => socket.app.room.length + socket.id.length;
+            const subscription: Nes.SubscriptionOptions = { filter: () => true, auth: { mode: 'optional' } };
+            const pluginOptions: Nes.PluginOptions = { heartbeat: false, onConnection: (socket: Nes.Socket) => socket.send('hi') };
+            const each: Nes.EachSocketOptions = { subscription: '/a' };
+            const publish: Nes.PublishOptions = { internal: 1 };
+            const broadcast: Nes.BroadcastOptions = { user: 'john' };
+            const auth: Nes.SocketAuthObject = { isAuthenticated: false, credentials: null, artifacts: null };
+            const explanation: Nes.ErrorCodes[1006] = 'Abnormal closure';
+            const response: Promise<Nes.NesReqRes<{ a: number }>> = client.request<{ a: number }>(request);
+            export const all = [options, handler, onConnection, subscription, pluginOptions, each, publish, broadcast, auth, explanation, response, plugin];
+        `;
+
+        for (const resolution of ['node10', 'node16', 'bundler'] as const) {
+            it(`resolves the main entry, the Nes namespace and every client path (moduleResolution ${resolution})`, () => {
+
+                expect(check(typed, resolution)).to.equal([]);
+            });
+        }
+
+        it('reports type errors in such a check (the check can fail)', () => {
+
+            expect(check(`import { Client } from 'hapi-pulse/lib/client';\nexport const wrong: number = new Client('ws://x').id;`, 'node10')).to.equal([`Type 'string | null' is not assignable to type 'number'.\n  Type 'null' is not assignable to type 'number'.`]);
+        });
+    });
+});
