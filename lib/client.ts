@@ -250,12 +250,13 @@ export class Client {
 
     connect(options: ConnectOptions = {}): Promise<void> {
 
-        if (this._ws) {
-            return Promise.reject(new PulseError('Already connected', 'user'));
-        }
-
+        // In this order, as nes: a connected client that reconnects on loss gets the first message
         if (this._reconnection) {
             return Promise.reject(new PulseError('Cannot connect while client attempts to reconnect', 'user'));
+        }
+
+        if (this._ws) {
+            return Promise.reject(new PulseError('Already connected', 'user'));
         }
 
         const settings = { auth: options.auth, timeout: options.timeout };
@@ -423,14 +424,19 @@ export class Client {
             }
         }, settings.timeout) : undefined;
 
-        // Both close and error events end the socket; whichever comes first detaches the handlers
-        const closed = (event: { code?: number; reason?: string; wasClean?: boolean }) => {
+        // Both close and error events end the socket; whichever comes first detaches the handlers. As in nes, a
+        // socket that never opened is reported through onDisconnect only when another attempt follows, and its
+        // error says so; the last one fails with 'Socket error'.
+        const closed = (event: { code?: number; reason?: string; wasClean?: boolean }, isError: boolean) => {
 
-            const report = opened || this._reconnection !== null;
+            const report = opened || this._willReconnect();
             const wasRequested = this._disconnectRequested;
             this._cleanup(ws);
 
-            if (!helloSent) {
+            if (!opened) {
+                finish(new PulseError(report || !isError ? 'Connection terminated while waiting to connect' : 'Socket error', 'ws'));
+            }
+            else if (!helloSent) {
                 finish(new PulseError('Socket error', 'ws'));
             }
 
@@ -517,8 +523,8 @@ export class Client {
             Promise.resolve().then(auth).then((fresh) => provided(fresh, null), (err) => provided(undefined, toError(err, 'user')));
         };
 
-        ws.onerror = () => closed({});
-        ws.onclose = closed;
+        ws.onerror = () => closed({}, true);
+        ws.onclose = (event) => closed(event, false);
         ws.onmessage = (event) => {
 
             try {

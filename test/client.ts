@@ -224,8 +224,12 @@ for (const kind of ['nes', 'pulse'] as const) {
 
                 const { url } = await start();
                 const c = client(url);
-                await c.connect();
+                await c.connect({ reconnect: false });
                 await expect(c.connect()).to.reject(PulseError, 'Already connected');
+
+                const d = client(url);
+                await d.connect();
+                await expect(d.connect()).to.reject(PulseError, 'Cannot connect while client attempts to reconnect');       // checked first, as nes
             });
 
             it('refuses connect() while reconnecting', async () => {
@@ -390,12 +394,11 @@ for (const kind of ['nes', 'pulse'] as const) {
                 c.onDisconnect = (_willReconnect, log) => logs.push(log);
                 c.onError = (err) => errors.push(err);
 
-                await expect(c.connect({ delay: 5, maxDelay: 10, retries: 2 })).to.reject(PulseError, 'Socket error');
-                await until(() => logs.length === 3);
-                expect(logs.map((log) => log.willReconnect)).to.equal([true, true, false]);
+                await expect(c.connect({ delay: 5, maxDelay: 10, retries: 2 })).to.reject(PulseError, 'Connection terminated while waiting to connect');
+                await until(() => errors.length === 2);
+                expect(logs.map((log) => log.willReconnect)).to.equal([true, true]);
                 expect(logs[0]).to.include({ code: 1006, explanation: 'Abnormal closure', wasClean: false, wasRequested: false });
-                expect(errors.length).to.equal(2);
-                expect(errors[0].type).to.equal('ws');
+                expect(errors.map((err) => [err.message, err.type])).to.equal([['Connection terminated while waiting to connect', 'ws'], ['Socket error', 'ws']]);
             });
 
             it('uses the default onError (console.error)', async () => {
@@ -907,10 +910,10 @@ for (const kind of ['nes', 'pulse'] as const) {
                 await c.connect({ delay: 5, maxDelay: 10, retries: 2 });
                 await harness.server.stop();
 
-                await until(() => logs.length === 3);
-                expect(logs.map((log) => log.willReconnect)).to.equal([true, true, false]);
+                await until(() => logs.length === 2);
+                expect(logs.map((log) => log.willReconnect)).to.equal([true, true]);            // the last failed attempt is not a disconnection
                 await wait(50);
-                expect(logs.length).to.equal(3);
+                expect(logs.length).to.equal(2);
             });
 
             it('does not retry when retries is 0', async () => {

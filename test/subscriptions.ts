@@ -176,7 +176,7 @@ describe('subscriptions', () => {
 
             const srv = await server();
             const logs: { tags: string[]; message: string }[] = [];
-            srv.events.on('log', (event) => logs.push({ tags: event.tags, message: (event.error as Error).message }));
+            srv.events.on('log', (event) => logs.push({ tags: event.tags, message: `${(event.data as any).path} ${(event.data as any).error.message}` }));
             srv.subscription('/sync', {
                 filter: (_path, message) => {
 
@@ -208,7 +208,7 @@ describe('subscriptions', () => {
 
             await until(() => pubs(peer).length === 2);
             expect(pubs(peer).map((pub) => `${pub.path} ${pub.message}`)).to.equal(['/sync good', '/async good']);
-            expect(logs).to.equal([{ tags: ['pulse', 'filter', 'error'], message: 'sync failure' }, { tags: ['pulse', 'filter', 'error'], message: 'async failure' }]);
+            expect(logs).to.equal([{ tags: ['pulse', 'filter', 'error'], message: '/sync sync failure' }, { tags: ['pulse', 'filter', 'error'], message: '/async async failure' }]);
             peer.close();
             await srv.stop();
         });

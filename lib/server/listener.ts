@@ -48,6 +48,18 @@ export interface Settings {
 }
 
 const counter = { min: 10000, max: 99999 };
+
+// A message that cannot be serialised (a cycle, a BigInt) fails the publish or broadcast with a rejection, whatever
+// the broker, never with a synchronous throw.
+const rejectThrown = (send: () => Promise<void>): Promise<void> => {
+
+    try {
+        return send();
+    }
+    catch (err) {
+        return Promise.reject(err);
+    }
+};
 const ping = new Prepared(JSON.stringify({ type: 'ping' }));
 
 const destroyOnError = function (this: Duplex): void {
@@ -285,7 +297,7 @@ export class Listener {
             this.unindex(socket);
             socket.auth.isAuthenticated = true;
             socket.auth.credentials = authenticated.credentials;
-            socket.auth.artifacts = (authenticated.artifacts ?? null) as AuthArtifacts | null;      // as the strategy returned them
+            socket.auth.artifacts = authenticated.artifacts as AuthArtifacts | null;       // as the strategy returned them (nes types them so)
             socket.auth.strategy = authenticated.strategy;
             socket.user = typeof authenticated.credentials.user === 'string' ? authenticated.credentials.user : null;
             if (user !== null && this.sockets.get(socket.id) === socket) {      // not if it closed while authenticating (remove() ran)
@@ -503,7 +515,17 @@ export class Listener {
             envelope.user = options.user;
         }
 
-        return this.broker.publish(envelope, match.route.history ?? undefined);
+        if (!match.route.filter) {
+            return rejectThrown(() => this.broker.publish(envelope, match.route.history ?? undefined));
+        }
+
+        const watched = this.subscriptions.watch(envelope);
+        return rejectThrown(() => this.broker.publish(envelope, match.route.history ?? undefined)).then(() => {
+
+            if (watched.error !== undefined) {
+                throw watched.error;
+            }
+        });
     }
 
     broadcast(message: unknown, options: { user?: string } = {}): Promise<void> {
@@ -521,7 +543,7 @@ export class Listener {
             envelope.user = options.user;
         }
 
-        return this.broker.broadcast(envelope);
+        return rejectThrown(() => this.broker.broadcast(envelope));
     }
 
     private deliverBroadcast(envelope: BroadcastEnvelope): void {
@@ -535,17 +557,23 @@ export class Listener {
         }
     }
 
-    async eachSocket(each: (socket: Socket) => unknown, options: { subscription?: string; user?: string } = {}): Promise<void> {
+    // Misuse throws at once, as in nes (which checks this synchronously)
+    eachSocket(each: (socket: Socket) => unknown, options: { subscription?: string; user?: string } = {}): Promise<void> {
 
         if (this.stopped) {
-            return;
+            return Promise.resolve();
         }
 
-        if (!options.subscription) {
-            if (options.user !== undefined) {
-                throw new Error('Cannot specify user filter without a subscription path');
-            }
+        if (!options.subscription && options.user !== undefined) {
+            throw new Error('Cannot specify user filter without a subscription path');
+        }
 
+        return this.visit(each, options);
+    }
+
+    private async visit(each: (socket: Socket) => unknown, options: { subscription?: string; user?: string }): Promise<void> {
+
+        if (!options.subscription) {
             for (const socket of [...this.sockets.values()]) {
                 await each(socket);
             }

@@ -488,6 +488,13 @@ export class Socket {
         }
         catch (err) {
             const error = err as ProtocolError;
+
+            // As nes: once type and id are read, a message before the hello is refused for that alone
+            if (error.id !== undefined && error.type !== undefined && error.type !== 'hello' && error.type !== 'ping' && this.state !== State.ready) {
+                this.sendError(this.notReady(), error.type, error.id);
+                return;
+            }
+
             this.sendError(Boom.badRequest(error.message), error.type, error.id);
             if (error.type === 'hello' && this.state === State.connected) {
                 this.close(CloseCode.policyViolation, 'Hello failed');           // a failed hello ends the connection, however it failed
@@ -517,7 +524,7 @@ export class Socket {
             }
 
             if (this.state !== State.ready) {
-                throw Boom.badRequest(this.state === State.helloing ? 'Connection is initializing' : 'Connection is not initialized');
+                throw this.notReady();
             }
 
             const verified = this.listener.verify(this);
@@ -540,6 +547,11 @@ export class Socket {
                 this.sendError(err, message.type, message.id);
             }
         }
+    }
+
+    private notReady(): Boom.Boom {
+
+        return Boom.badRequest(this.state === State.helloing ? 'Connection is initializing' : 'Connection is not initialized');
     }
 
     private async hello(request: HelloRequest): Promise<void> {

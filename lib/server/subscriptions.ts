@@ -12,6 +12,13 @@ import type { Socket } from './socket';
 
 export type FilterResult = boolean | { override: unknown };
 
+const programmerErrors = [EvalError, RangeError, ReferenceError, SyntaxError, TypeError, URIError];
+
+const isProgrammerError = (err: unknown): boolean => {
+
+    return programmerErrors.some((type) => err instanceof type) || (err as { code?: unknown } | null)?.code === 'ERR_ASSERTION';
+};
+
 // Internal: what the publisher passed as `internal` (undefined when it passed nothing).
 export interface FilterOptions<Internal = unknown> {
     socket: Socket;
@@ -112,6 +119,7 @@ export interface SubscriptionsHooks {
 export class Subscriptions {
 
     readonly topics = new Map<string, Topic>();
+    private readonly watched = new WeakMap<PublishEnvelope, { error?: unknown }>();
     private readonly router = new Router<SubscriptionRoute>();
     private readonly patterns = new Set<string>();
 
@@ -338,13 +346,13 @@ export class Subscriptions {
                 const result = filter(envelope.path, envelope.message, { socket, credentials: socket.auth.credentials, params: topic.params, internal: envelope.internal });
                 if (typeof (result as PromiseLike<FilterResult> | undefined)?.then === 'function') {          // any thenable
                     async = true;
-                    return Promise.resolve(result).catch((err) => this.filterFailed(err));
+                    return Promise.resolve(result).catch((err) => this.filterFailed(err, envelope));
                 }
 
                 return result;
             }
             catch (err) {
-                return this.filterFailed(err);
+                return this.filterFailed(err, envelope);
             }
         });
 
@@ -388,7 +396,7 @@ export class Subscriptions {
                     decision = await filter(envelope.path, envelope.message, { socket, credentials: socket.auth.credentials, params: topic.params, internal: envelope.internal });
                 }
                 catch (err) {
-                    decision = this.filterFailed(err);
+                    decision = this.filterFailed(err, envelope);
                 }
             }
 
@@ -402,10 +410,27 @@ export class Subscriptions {
         }
     }
 
-    private filterFailed(err: unknown): false {
+    // A failing filter skips its socket only. A programmer error (TypeError, ReferenceError, ...) also fails the
+    // publish that is being watched on this node (see watch()).
+    private filterFailed(err: unknown, envelope: PublishEnvelope): false {
 
-        this.server.log(['pulse', 'filter', 'error'], err as Error);
+        this.server.log(['pulse', 'filter', 'error'], { path: envelope.path, error: err });
+        const watched = this.watched.get(envelope);
+        if (watched && watched.error === undefined && isProgrammerError(err)) {
+            watched.error = err;
+        }
+
         return false;
+    }
+
+    // The publish of `envelope` from this node: the first programmer error of a filter run here for it is
+    // recorded. Only the in-process broker hands this very envelope to deliver(); another broker's copy is not
+    // watched, and its filter errors are logged only.
+    watch(envelope: PublishEnvelope): { error?: unknown } {
+
+        const watched = {};
+        this.watched.set(envelope, watched);
+        return watched;
     }
 
     private authorize(socket: Socket, route: SubscriptionRoute, params: Record<string, string>): void {
