@@ -172,6 +172,44 @@ for (const flavour of flavours) {
             await srv.stop();
         });
 
+        it('rejects a publish or broadcast that cannot be serialised, and logs a filter error with its path', async () => {
+
+            const srv = await server({ broker: flavour.make() });
+            const logs: unknown[] = [];
+            srv.events.on('log', (event) => event.tags.includes('filter') && logs.push([event.tags, (event.data as any).path]));
+            srv.subscription('/plain');
+            srv.subscription('/buggy', { filter: (_path, message) => (message === 'bug' ? (null as any).field : true) });
+            await srv.start();
+
+            const client = await connect(srv);
+            const got: unknown[] = [];
+            client.onUpdate = (message: unknown) => got.push(message);
+            await client.subscribe('/plain', (message: unknown) => got.push(message));
+            await client.subscribe('/buggy', (message: unknown) => got.push(message));
+
+            const cycle: Record<string, unknown> = {};
+            cycle.self = cycle;
+            await expect(srv.publish('/plain', cycle)).to.reject(TypeError);
+            await expect(srv.broadcast(cycle)).to.reject(TypeError);
+
+            // The filter runs where the socket is: the in-process broker's publish rejects; through Redis it is logged
+            const buggy = srv.publish('/buggy', 'bug');
+            if (flavour.name === 'memory') {
+                await expect(buggy).to.reject(TypeError);
+            }
+            else {
+                await buggy;
+            }
+
+            await srv.publish('/plain', 'after');
+            await until(() => got.length === 1);
+            expect(got).to.equal(['after']);
+            expect(logs).to.equal([[['pulse', 'filter', 'error'], '/buggy']]);
+
+            await client.disconnect();
+            await srv.stop();
+        });
+
         it('runs filters with the socket credentials and the internal option, and per-socket overrides', async () => {
 
             const srv = await server({ auth: { type: 'direct' }, broker: flavour.make() }, 'pulse', basic);
