@@ -54,6 +54,7 @@ const until = (condition) => new Promise((resolve, reject) => {
 
     results.whoami = (await client.request('/whoami')).payload;
     results.isPulse = new HapiPulse.PulseError('x', 'user').isPulse;
+    results.nesGlobal = typeof nes.Client === 'function' && nes.Client === HapiPulse.Client;
     await client.subscribe('/news', (message, flags) => results.messages.push([message, flags]));
 
     await fetch('/control/publish?n=1');
@@ -176,6 +177,7 @@ for (const kind of ['nes', 'pulse'] as const) {
                 expect(results.pageErrors).to.equal([]);
                 expect(results.whoami).to.equal({ user: 'alice' });
                 expect(results.isPulse).to.be.true();
+                expect(results.nesGlobal).to.be.true();
                 expect(drops).to.equal(1);
                 expect(results.connects).to.equal(2);
                 expect(results.subscriptions).to.equal(['/news']);

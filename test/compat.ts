@@ -10,6 +10,7 @@ import * as Boom from '@hapi/boom';
 import * as Code from '@hapi/code';
 import * as Hapi from '@hapi/hapi';
 import * as Lab from '@hapi/lab';
+import { WebSocketServer } from 'ws';
 
 import * as Pulse from '../lib/index';
 import { Nes, Peer, until } from './helpers';
@@ -133,6 +134,23 @@ describe('Compatibility with @hapi/nes: plugin', () => {
         });
 
         expect(nes.filter((frame) => frame.includes('Connection is not initialized'))).to.have.length(7);
+        expect(pulse).to.equal(nes);
+    });
+
+    it('answers a request sent while the hello is processed with Connection is not initialized', async () => {
+
+        const { nes, pulse } = await both(async (flavour) => {
+
+            const server = await start(flavour);
+            const peer = await Peer.open(`ws://127.0.0.1:${server.info.port}`);
+            cleanups.push(() => peer.close());
+            peer.send({ type: 'hello', id: 1, version: '2', auth: basic('john') });
+            peer.send({ type: 'request', id: 2, method: 'GET', path: '/me' });
+            await peer.count(2);
+            return peer.frames.map((frame) => JSON.parse(frame)).sort((a, b) => a.id - b.id).map((frame) => [frame.type, frame.statusCode ?? null, frame.payload?.message ?? null]);
+        });
+
+        expect(nes).to.equal([['hello', null, null], ['request', 400, 'Connection is not initialized']]);
         expect(pulse).to.equal(nes);
     });
 
@@ -732,6 +750,41 @@ describe('Compatibility with @hapi/nes: client', () => {
                 ['onConnect']
             ]);
             expect(result.id).to.equal('string');
+        });
+
+        it('rejects connect() when the server drops the socket during the hello, and reconnects (nes stops)', async () => {
+
+            let hellos = 0;
+            const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+            await once(wss, 'listening');
+            cleanups.push(() => new Promise((resolve) => wss.close(resolve)));
+            wss.on('connection', (ws) => ws.on('message', (data) => {
+
+                const hello = JSON.parse(data.toString());
+                if (++hellos % 2) {
+                    return ws.terminate();                              // every other hello is answered
+                }
+
+                ws.send(JSON.stringify({ type: 'hello', id: hello.id, socket: 'x', heartbeat: false }));
+            }));
+
+            const connected: Record<string, unknown> = {};
+            const result = await compare(async ({ server, client: kind }) => {
+
+                hellos = 0;
+                const client = new Clients[kind](`ws://127.0.0.1:${(wss.address() as Net.AddressInfo).port}`);
+                cleanups.push(() => client.disconnect());
+                const trace = record(client);
+                const connecting = await outcome(client.connect({ delay: 10 }));
+                await new Promise((resolve) => setTimeout(resolve, 100));
+                connected[`${server} ${kind}`] = client.id;
+                await client.disconnect();
+                return { connecting, trace: trace.filter((entry: any) => entry[0] === 'onError') };
+            });
+
+            expect((result.connecting as any).error).to.include({ message: 'Request failed - server disconnected', type: 'disconnect' });
+            expect(result.trace).to.equal([]);
+            expect(connected).to.equal({ 'nes nes': null, 'nes pulse': 'x', 'pulse pulse': 'x', 'pulse nes': null });
         });
 
         it('times out opening a socket that never completes the handshake', async () => {

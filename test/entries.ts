@@ -2,10 +2,11 @@
 // separate directory (node_modules/hapi-pulse is a link to this repository), in CommonJS, ESM and TypeScript.
 
 import { execFile } from 'node:child_process';
-import { mkdtempSync, mkdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import * as Vm from 'node:vm';
 
 import * as Code from '@hapi/code';
 import * as Lab from '@hapi/lab';
@@ -132,6 +133,45 @@ describe('Entry points', () => {
         `);
 
         expect(loaded).to.equal([true, true, true, 'function', 'hapi-pulse']);
+    });
+
+    describe('browser bundle', () => {
+
+        // Evaluates the bundle as a classic script in a fresh context with the given globals.
+        const evaluate = (globals: Record<string, unknown>): Record<string, any> => {
+
+            const context = Vm.createContext({ ...globals });
+            context.self = context;
+            Vm.runInContext(readFileSync(join(root, 'dist', 'browser', 'hapi-pulse.min.js'), 'utf8'), context);
+            return context;
+        };
+
+        it('defines window.nes beside window.HapiPulse in a page', () => {
+
+            const page = evaluate({});
+            expect(page.nes.Client).to.be.a.function();
+            expect(page.nes).to.shallow.equal(page.HapiPulse);
+            expect(Object.keys(page.nes).sort()).to.equal(['Client', 'PulseError']);
+        });
+
+        it('defines an AMD module when a loader is present', () => {
+
+            const defined: unknown[] = [];
+            const define = (factory: () => unknown) => defined.push(factory());
+            define.amd = {};
+            const page = evaluate({ define });
+            expect(page.nes).to.not.exist();
+            expect((defined[0] as any).Client).to.be.a.function();
+        });
+
+        it('exports the client when loaded as CommonJS', () => {
+
+            const module = { exports: {} as any };
+            const page = evaluate({ module });
+            expect(page.nes).to.not.exist();
+            expect(module.exports.Client).to.be.a.function();
+            expect(module.exports.Client).to.shallow.equal(page.HapiPulse.Client);
+        });
     });
 
     describe('types', () => {

@@ -263,7 +263,7 @@ describe('hostile input', () => {
                 peer.send({ type: 'request', id: 2, method: 'GET', path: '/' });                // pipelined behind the hello
                 let reply = await peer.next();
                 while (reply.type === 'request') {
-                    expect(reply.statusCode).to.equal(400);                                     // 'Connection is initializing'
+                    expect(reply.statusCode).to.equal(400);                                     // 'Connection is not initialized'
                     reply = await peer.next();
                 }
 

@@ -549,9 +549,10 @@ export class Socket {
         }
     }
 
+    // Before the hello and while it is processed, as nes
     private notReady(): Boom.Boom {
 
-        return Boom.badRequest(this.state === State.helloing ? 'Connection is initializing' : 'Connection is not initialized');
+        return Boom.badRequest('Connection is not initialized');
     }
 
     private async hello(request: HelloRequest): Promise<void> {
