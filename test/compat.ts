@@ -2,6 +2,7 @@
 // plugin and client and against hapi-pulse, and the observable results must be the same. Where hapi-pulse differs
 // on purpose (README, "Differences from @hapi/nes"), the test shows both results.
 
+import Assert from 'node:assert';
 import { once } from 'node:events';
 import * as Net from 'node:net';
 
@@ -280,11 +281,16 @@ describe('Compatibility with @hapi/nes: server differences', () => {
 
     it('rejects publish() when a filter throws a programmer error, logging the path, and still delivers to the other sockets', async () => {
 
+        let pulseLogs: unknown;
         const { nes, pulse } = await both(async (flavour) => {
 
             const server = await start(flavour);
             const logs: unknown[] = [];
-            server.events.on('log', (event) => logs.push([event.tags, (event.data as any)?.path, ((event.data as any)?.error as Error)?.message]));
+            server.events.on('log', (event) => {
+
+                logs.push([event.tags, (event.data as any).path, (event.data as any).error.message]);
+                pulseLogs = [event.tags, (event.data as any).path];
+            });
             server.subscription('/filtered/{id}', {
                 filter: (_path, message, { credentials }) => {
 
@@ -295,6 +301,12 @@ describe('Compatibility with @hapi/nes: server differences', () => {
                     if (message === 'refused' && credentials?.user === 'john') {
                         throw Boom.forbidden('not for john');
                     }
+
+                    if (message === 'bugs') {
+                        throw credentials?.user === 'john' ? new RangeError('first') : new TypeError('second');
+                    }
+
+                    Assert(message !== 'assert' || credentials?.user !== 'jane', 'not for jane');
 
                     return true;
                 }
@@ -309,19 +321,24 @@ describe('Compatibility with @hapi/nes: server differences', () => {
 
             const bug = await server.publish('/filtered/1', 'bug').then(() => 'resolved', (err) => err.constructor.name);
             const refused = await server.publish('/filtered/1', 'refused').then(() => 'resolved', (err) => err.message);
+            const bugs = await server.publish('/filtered/1', 'bugs').then(() => 'resolved', (err) => err.message);
+            const assertion = await server.publish('/filtered/1', 'assert').then(() => 'resolved', (err) => err.code);
             await server.publish('/filtered/1', 'end');
             await until(() => got.filter((entry: any) => entry[1] === 'end').length === 2);
-            return { bug, refused, got: got.sort(), logs };
+            return { bug, refused, bugs, assertion, got: got.sort(), logs: logs.map((entry: any) => entry[2]) };
         });
 
         // nes stops at the socket whose filter threw: who else receives depends on subscription order
-        expect([nes.bug, nes.refused, nes.logs]).to.equal(['TypeError', 'resolved', []]);
+        expect([nes.bug, nes.refused, nes.bugs, nes.assertion, nes.logs]).to.equal(['TypeError', 'resolved', 'first', 'ERR_ASSERTION', []]);
         expect(pulse).to.equal({
             bug: 'TypeError',
             refused: 'resolved',
-            got: [['jane', 'bug'], ['jane', 'end'], ['jane', 'refused'], ['john', 'end']],
-            logs: [[['pulse', 'filter', 'error'], '/filtered/1', "Cannot read properties of undefined (reading 'property')"], [['pulse', 'filter', 'error'], '/filtered/1', 'not for john']]
+            bugs: 'first',
+            assertion: 'ERR_ASSERTION',
+            got: [['jane', 'bug'], ['jane', 'end'], ['jane', 'refused'], ['john', 'assert'], ['john', 'end']],
+            logs: ["Cannot read properties of undefined (reading 'property')", 'not for john', 'first', 'second', 'not for jane']
         });
+        expect(pulseLogs).to.equal([['pulse', 'filter', 'error'], '/filtered/1']);
     });
 });
 

@@ -489,8 +489,9 @@ export class Socket {
         catch (err) {
             const error = err as ProtocolError;
 
-            // As nes: once type and id are read, a message before the hello is refused for that alone
-            if (error.id !== undefined && error.type !== undefined && error.type !== 'hello' && error.type !== 'ping' && this.state !== State.ready) {
+            // As nes: once type and id are read, a message before the hello is refused for that alone (a ping with
+            // both is valid, so it never gets here)
+            if (error.id !== undefined && error.type !== undefined && error.type !== 'hello' && this.state !== State.ready) {
                 this.sendError(this.notReady(), error.type, error.id);
                 return;
             }
