@@ -63,9 +63,11 @@ describe('credential expiry', () => {
 
     it('expires token auth with the iron ttl, for stock nes clients too', async () => {
 
-        const srv = await server({ auth: { type: 'token', password: 'a-password-that-is-at-least-32-characters-long!', ttl: 100 } }, 'pulse', basic);
+        // The token must still be valid when the client connects, on a loaded machine too
+        const srv = await server({ auth: { type: 'token', password: 'a-password-that-is-at-least-32-characters-long!', ttl: 1000 } }, 'pulse', basic);
         await srv.start();
 
+        const sealed = Date.now();
         const res = await srv.inject({ url: '/nes/auth', headers: header('john', 'none').headers });
         const token = (res.result as { token: string }).token;
 
@@ -77,6 +79,7 @@ describe('credential expiry', () => {
 
         await client.connect({ auth: token, reconnect: false });
         expect((await disconnected).code).to.equal(4002);
+        expect(Date.now() - sealed).to.be.at.least(1000 - 10);          // expired with the token, not before
 
         await wait(20);
         const late = new Nes.Client(url(srv));
