@@ -181,15 +181,22 @@ describe('Client credentials', () => {
 
         const srv = await start();
         const { client: c } = watched(srv);
+        // The function answers only after the timeout, however long the socket took to open
+        let called = false;
         let provided = false;
+        let release!: () => void;
+        const gate = new Promise<void>((resolve) => (release = resolve));
         const auth = async () => {
 
-            await wait(150);
+            called = true;
+            await gate;
             provided = true;
             return header('john', 'none');
         };
 
-        await expect(c.connect({ auth, timeout: 50, reconnect: false })).to.reject(PulseError, 'Connection timed out');
+        await expect(c.connect({ auth, timeout: 500, reconnect: false })).to.reject(PulseError, 'Connection timed out');
+        expect(called).to.be.true();
+        release();
         await until(() => provided);
         await wait(20);
         expect(c.id).to.be.null();
