@@ -444,7 +444,8 @@ for (const flavour of flavours) {
             const sink = recorder();
             await broker.start(sink);
 
-            const history = { size: 10, ttl: 100 };
+            // Gaps well under the ttl, so that a loaded machine does not expire the path between publishes
+            const history = { size: 10, ttl: 400 };
 
             // Publishes keep a path alive past its ttl
             const envelopes: PublishEnvelope[] = [];
@@ -452,14 +453,14 @@ for (const flavour of flavours) {
                 const envelope: PublishEnvelope = { path: '/expiring', message: i };
                 await broker.publish(envelope, history);
                 envelopes.push(envelope);
-                await wait(40);
+                await wait(120);
             }
 
             const old = envelopes[3]!.position!;
             expect(envelopes.map((envelope) => envelope.position)).to.equal([1, 2, 3, 4].map((offset) => ({ epoch: old.epoch, offset })));
 
             // Then nothing for longer than the ttl: a new epoch, offsets from 1, the old position cannot be recovered
-            await wait(200);
+            await wait(600);
             const fresh: PublishEnvelope = { path: '/expiring', message: 'fresh' };
             await broker.publish(fresh, history);
             expect(fresh.position!.epoch).to.not.equal(old.epoch);
@@ -477,7 +478,7 @@ for (const flavour of flavours) {
 
             // ... and expires like any other
             const idle = await broker.recover('/idle', null, history);
-            await wait(200);
+            await wait(600);
             const after = await broker.recover('/idle', idle.position, history);
             expect(after.recovered).to.be.false();
             expect(after.position.epoch).to.not.equal(idle.position.epoch);
