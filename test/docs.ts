@@ -208,7 +208,7 @@ const waitFor = async (running: Running, ready: (output: string) => boolean, tim
 
 const browse = (url: string): Promise<{ logs: string[]; errors: string[] }> => new Promise((resolve, reject) => {
 
-    ChildProcess.execFile(process.execPath, [__filename], { env: { ...process.env, HAPI_PULSE_DOCS_BROWSER: url }, timeout: 30000 }, (err, stdout, stderr) => {
+    ChildProcess.execFile(process.execPath, [__filename], { env: { ...process.env, HAPI_PULSE_DOCS_BROWSER: url }, timeout: 60000 }, (err, stdout, stderr) => {
 
         return err ? reject(new Error(`Browser driver failed: ${err.message}\n${stderr}`)) : resolve(JSON.parse(stdout));
     });
@@ -282,7 +282,7 @@ const runDocument = async (doc: string): Promise<void> => {
             const kind = block.directive?.kind;
             if (kind === 'server' || kind === 'browse') {
                 servers.push(running);
-                await waitFor(running, (output) => /listening on https?:\/\/\S+/.test(output), 20000, '"listening on <url>"');
+                await waitFor(running, (output) => /listening on https?:\/\/\S+/.test(output), 60000, '"listening on <url>"');
                 if (kind === 'browse') {
                     const url = /listening on (https?:\/\/\S+)/.exec(running.stdout)![1]!;
                     const page = await browse(url + '/#' + encodeURIComponent(block.directive!.arg));
@@ -293,7 +293,7 @@ const runDocument = async (doc: string): Promise<void> => {
                 continue;
             }
 
-            const timer = setTimeout(() => running.child.kill('SIGKILL'), 30000);
+            const timer = setTimeout(() => running.child.kill('SIGKILL'), 60000);
             const code = await running.exited;
             clearTimeout(timer);
             await new Promise((resolve) => setImmediate(resolve));
@@ -347,7 +347,7 @@ const drive = async (url: string) => {
 
         tab.on('pageerror', (err: Error) => errors.push(err.message));
         await tab.goto(url);
-        await Promise.race([seen, new Promise((resolve) => setTimeout(resolve, 15000))]);
+        await Promise.race([seen, new Promise((resolve) => setTimeout(resolve, 40000))]);
         process.stdout.write(JSON.stringify({ logs, errors }));
     }
     finally {
@@ -373,7 +373,7 @@ const needsBrowser = (doc: string) => extract(doc, Fs.readFileSync(Path.join(roo
 describe('documentation', () => {
 
     for (const doc of ['README.md', 'API.md']) {
-        it(`runs every code block of ${doc}`, { timeout: 180000 }, async () => {
+        it(`runs every code block of ${doc}`, { timeout: 300000 }, async () => {
 
             if (needsBrowser(doc) && !chromium) {
                 if (ci) {
