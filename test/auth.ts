@@ -81,6 +81,10 @@ describe('auth', () => {
             await direct.hello({ auth: as({ user: 'jane' }) });
             expect((await direct.request({ type: 'request', id: 2, method: 'GET', path: '/me' })).payload).to.equal({ user: 'jane' });
 
+            const forwarded: (string | undefined)[] = [];
+            await srv.eachSocket((socket) => forwarded.push(socket.info['x-forwarded-for']));
+            expect(forwarded.sort()).to.equal(['203.0.113.7', undefined]);
+
             proxied.close();
             direct.close();
             await srv.stop();
@@ -145,6 +149,29 @@ describe('auth', () => {
             expect((await peer.request({ type: 'request', id: 2, method: 'GET', path: '/me' })).payload).to.equal({ user: 'john' });
             peer.close();
             await srv.stop();
+        });
+
+        it('opens a token sealed by another node that shares auth.password, and not one sealed with another password', async () => {
+
+            const shared = await server({ auth: { type: 'token', password, route: 'json' } }, 'pulse', scheme());
+            const sibling = await server({ auth: { type: 'token', password, route: 'json' } }, 'pulse', scheme());
+            const stranger = await server({ auth: { type: 'token', route: 'json' } }, 'pulse', scheme());           // its own random password
+            await Promise.all([shared.start(), sibling.start(), stranger.start()]);
+
+            const res = await shared.inject({ url: '/nes/auth', headers: { authorization: JSON.stringify({ user: 'john' }) } });
+            const token = (res.result as { token: string }).token;
+
+            const peer = await Peer.open(url(sibling));
+            expect((await peer.hello({ auth: token })).type).to.equal('hello');
+            expect((await peer.request({ type: 'request', id: 2, method: 'GET', path: '/me' })).payload).to.equal({ user: 'john' });
+
+            const refused = await Peer.open(url(stranger));
+            const reply = await refused.hello({ auth: token });
+            expect(reply.statusCode).to.equal(401);
+            expect((await refused.closedWith()).code).to.equal(CloseCode.policyViolation);
+
+            peer.close();
+            await Promise.all([shared.stop(), sibling.stop(), stranger.stop()]);
         });
 
         it('treats a cookie without nes credentials as no cookie', async () => {

@@ -35,6 +35,9 @@ describe('example server', () => {
                 });
             });
 
+            const page = await (await fetch(address.replace(/^ws/, 'http') + '/')).text();
+            expect(page).to.include('This page loads the browser bundle, connects over a WebSocket');        // says what it shows
+
             const client = new Nes.Client(address);
             await client.connect();
             expect((await client.request('/hello')).payload).to.equal({ hello: 'world', viaWebSocket: true });
