@@ -687,6 +687,58 @@ describe('Compatibility with @hapi/nes: client', () => {
         expect(result).to.equal([['onDisconnect', false, { code: 1005, explanation: 'No status received', reason: '', wasClean: true, willReconnect: false, wasRequested: true }]]);
     });
 
+    it('reports a heartbeat timeout through onError and onHeartbeatTimeout, then disconnects', async () => {
+
+        // A server that announces a heartbeat and then stays silent
+        const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+        await once(wss, 'listening');
+        cleanups.push(() => new Promise((resolve) => wss.close(resolve)));
+        wss.on('connection', (ws) => ws.on('message', (data) => {
+
+            const hello = JSON.parse(data.toString());
+            ws.send(JSON.stringify({ type: 'hello', id: hello.id, socket: 's', heartbeat: { interval: 30, timeout: 20 } }));
+        }));
+
+        // The close differs on purpose: hapi-pulse drops the socket at once (4001), nes waits for the closing handshake
+        const closes: Record<string, unknown> = {};
+        const result = await compare(async ({ server, client: kind }) => {
+
+            const client = new Clients[kind](`ws://127.0.0.1:${(wss.address() as Net.AddressInfo).port}`);
+            const trace = record(client);
+            client.onHeartbeatTimeout = (willReconnect: boolean) => trace.push(['onHeartbeatTimeout', willReconnect]);
+            await client.connect({ reconnect: false });
+            await until(() => trace.length === 4);
+            const [name, willReconnect, { code, reason, explanation, wasClean, ...rest }] = trace[3] as any;
+            closes[`${server} ${kind}`] = [code, reason, explanation, wasClean];
+            return [...trace.slice(0, 3), [name, willReconnect, rest]];
+        });
+
+        expect(result).to.equal([
+            ['onConnect'],
+            ['onError', { message: 'Disconnecting due to heartbeat timeout', type: 'timeout', isNes: true, statusCode: undefined, data: undefined, path: undefined, headers: undefined }],
+            ['onHeartbeatTimeout', false],
+            ['onDisconnect', false, { willReconnect: false, wasRequested: false }]
+        ]);
+        const nes = [1005, '', 'No status received', true];
+        const pulse = [4001, 'Heartbeat timeout', 'Unknown', false];
+        expect(closes).to.equal({ 'nes nes': nes, 'nes pulse': pulse, 'pulse pulse': pulse, 'pulse nes': nes });
+    });
+
+    it('rejects connect() with Socket error when disconnect() is called while the socket opens', async () => {
+
+        const result = await compare(async ({ server: flavour, client: kind }) => {
+
+            const server = await start(flavour);
+            const client = connectTo(server, kind);
+            const trace = record(client);
+            const connecting = outcome(client.connect());
+            await client.disconnect();
+            return { connecting: await connecting, trace, id: client.id };
+        });
+
+        expect(result).to.equal({ connecting: { error: { message: 'Socket error', type: 'ws', isNes: true, statusCode: undefined, data: undefined, path: undefined, headers: undefined } }, trace: [], id: null });
+    });
+
     describe('when the server cannot be reached', () => {
 
         // nes passes the error event's fields to onDisconnect for an attempt that never opened (no code); hapi-pulse

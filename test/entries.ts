@@ -10,6 +10,7 @@ import * as Vm from 'node:vm';
 
 import * as Code from '@hapi/code';
 import * as Lab from '@hapi/lab';
+import * as Esbuild from 'esbuild';
 import * as Ts from 'typescript';
 
 const { expect } = Code;
@@ -120,6 +121,21 @@ describe('Entry points', () => {
 
         expect(loaded.same).to.be.true();
         expect(loaded.modules).to.equal(['<root>/dist/lib/client.js', '<root>/dist/lib/protocol.js']);
+    });
+
+    it('bundles hapi-pulse/lib/client for a browser without the server, ws or Redis', () => {
+
+        const metafile = Esbuild.buildSync({
+            stdin: { contents: `import { Client } from 'hapi-pulse/lib/client';\nnew Client('ws://localhost');`, resolveDir: app },
+            bundle: true,
+            write: false,
+            metafile: true,
+            platform: 'browser',
+            external: ['ws'],
+            logLevel: 'silent'
+        }).metafile;
+
+        expect(Object.keys(metafile.inputs).map((file) => file.replace(/^.*\/dist\//, 'dist/')).sort()).to.equal(['<stdin>', 'dist/lib/client.js', 'dist/lib/protocol.js']);
     });
 
     it('imports the client paths as ESM', async () => {
