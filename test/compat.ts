@@ -330,6 +330,7 @@ describe('Compatibility with @hapi/nes: server differences', () => {
 
         // nes stops at the socket whose filter threw: who else receives depends on subscription order
         expect([nes.bug, nes.refused, nes.bugs, nes.assertion, nes.logs]).to.equal(['TypeError', 'resolved', 'first', 'ERR_ASSERTION', []]);
+        expect(nes.got).to.equal([['jane', 'end'], ['jane', 'refused'], ['john', 'assert'], ['john', 'end']]);      // jane, after john, never got 'bug'
         expect(pulse).to.equal({
             bug: 'TypeError',
             refused: 'resolved',
