@@ -4,7 +4,7 @@
 
 import type { ClientOptions as WsOptions } from 'ws';
 
-import { ChunkAssembler, CloseCode, validateServerMessage, version } from './protocol';
+import { ChunkAssembler, CloseCode, transientStatus, validateServerMessage, version } from './protocol';
 import type { ClientMessage, ErrorFields, HelloRequest, HelloResponse, MessageId, Position, ServerMessage, ServerResponse } from './protocol';
 
 export type { Position } from './protocol';
@@ -149,6 +149,7 @@ const explanations: Record<number, string> = {
     1009: 'Message too big',
     1010: 'Mandatory extension',
     1011: 'Internal server error',
+    1013: 'Try again later',
     1015: 'TLS handshake'
 };
 
@@ -480,12 +481,24 @@ export class Client {
                     return;
                 }
 
+                // The server could not serve the hello for now (a broker outage): try again later, keeping every
+                // subscription and position, as after a network failure
+                if (transientStatus(err.statusCode)) {
+                    finish(err);
+                    this._cleanup(ws);
+                    if (initial) {
+                        this._reconnect();
+                    }
+
+                    return;
+                }
+
                 if (err.path) {
                     this._subscriptions.delete(err.path);
                     this._positions.delete(err.path);
                 }
 
-                // A failed hello stops reconnection: the same credentials would fail the same way
+                // A refused hello stops reconnection: the same credentials would fail the same way
                 this._disconnect(() => setTimeout(() => finish(err), 0), true);
             });
         };

@@ -11,6 +11,7 @@ export const CloseCode = {
     unsupportedData: 1003,               // binary frame
     policyViolation: 1008,               // hello failed
     messageTooBig: 1009,
+    tryAgain: 1013,                      // a hello subscription failed for now (broker out of reach): reconnect later
     helloTimeout: 4000,
     heartbeatTimeout: 4001,
     authExpired: 4002,                   // credentials expired or no longer verify
@@ -20,6 +21,10 @@ export const CloseCode = {
 } as const;
 
 export type CloseCode = typeof CloseCode[keyof typeof CloseCode];
+
+// Error statuses that say "not now" rather than "no" (bad gateway, unavailable, gateway timeout): a client
+// retries them with backoff and keeps its subscriptions.
+export const transientStatus = (statusCode: number | undefined): boolean => statusCode === 502 || statusCode === 503 || statusCode === 504;
 
 // Extensions are negotiated: the client lists them in hello.pulse, the server echoes what it accepted.
 export interface HelloExtensions {

@@ -1139,6 +1139,98 @@ for (const kind of ['nes', 'pulse'] as const) {
                 expect(logs[0]).to.include({ code: 1006, willReconnect: false });
             });
 
+            it('retries a hello refused by a transient server error (503, 504), keeping every subscription and position', async () => {
+
+                const hellos: any[] = [];
+                const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+                await once(wss, 'listening');
+                defer(() => {
+
+                    wss.clients.forEach((ws) => ws.terminate());
+                    wss.close();
+                });
+
+                const refusals = [503, 504];
+                wss.on('connection', (ws) => ws.on('message', (data) => {
+
+                    const message = JSON.parse(data.toString());
+                    if (message.type !== 'hello') {
+                        return;
+                    }
+
+                    hellos.push(message);
+                    if (hellos.length === 1) {
+                        ws.send(JSON.stringify({ type: 'hello', id: message.id, socket: 's', pulse: { recovery: true, expiry: false, positions: { '/h': { epoch: 'e', offset: 4 } }, recovered: {} } }));
+                        ws.send(JSON.stringify({ type: 'pub', path: '/h', message: 5, position: { epoch: 'e', offset: 5 } }));
+                        setTimeout(() => ws.close(), 10);
+                        return;
+                    }
+
+                    const statusCode = refusals.shift();
+                    if (statusCode) {
+                        ws.send(JSON.stringify({ type: 'hello', id: message.id, statusCode, payload: { error: 'Unavailable', message: 'Redis broker unavailable' }, path: '/h' }));
+                        return;
+                    }
+
+                    ws.send(JSON.stringify({ type: 'hello', id: message.id, socket: 's', pulse: { recovery: true, expiry: false } }));
+                }));
+
+                const c = client(`ws://127.0.0.1:${(wss.address() as Net.AddressInfo).port}`, { recovery: true });
+                const errors: PulseError[] = [];
+                c.onError = (err) => errors.push(err);
+                const seen: unknown[] = [];
+                await c.subscribe('/h', (message) => seen.push(message));
+                await c.subscribe('/other', () => { });
+                let connects = 0;
+                c.onConnect = () => ++connects;
+                await c.connect({ delay: 5, maxDelay: 10 });
+                await until(() => connects === 2);
+
+                expect(seen).to.equal([5]);
+                expect(errors.map((err) => err.statusCode)).to.equal([503, 504]);
+                expect(hellos.length).to.equal(4);
+                for (const hello of hellos.slice(1)) {
+                    expect(hello.subs).to.equal(['/h', '/other']);
+                    expect(hello.pulse.positions).to.equal({ '/h': { epoch: 'e', offset: 5 } });
+                }
+
+                expect(c.subscriptions()).to.equal(['/h', '/other']);
+                expect(c.overrideReconnectionAuth('x')).to.be.true();
+            });
+
+            it('rejects connect() on a transient hello error and keeps trying in the background', async () => {
+
+                let hellos = 0;
+                const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+                await once(wss, 'listening');
+                defer(() => {
+
+                    wss.clients.forEach((ws) => ws.terminate());
+                    wss.close();
+                });
+
+                wss.on('connection', (ws) => ws.on('message', (data) => {
+
+                    const message = JSON.parse(data.toString());
+                    if (++hellos === 1) {
+                        ws.send(JSON.stringify({ type: 'hello', id: message.id, statusCode: 503, payload: { error: 'Service Unavailable', message: 'Busy' } }));
+                        return;
+                    }
+
+                    ws.send(JSON.stringify({ type: 'hello', id: message.id, socket: 's' }));
+                }));
+
+                const c = client(`ws://127.0.0.1:${(wss.address() as Net.AddressInfo).port}`);
+                await c.subscribe('/a', () => { });
+                let connected = false;
+                c.onConnect = () => (connected = true);
+                const err = await expect(c.connect({ delay: 5 })).to.reject(PulseError, 'Busy');
+                expect(err.statusCode).to.equal(503);
+                await until(() => connected);
+                expect(hellos).to.equal(2);
+                expect(c.subscriptions()).to.equal(['/a']);
+            });
+
             it('stops reconnecting when a later hello fails', async () => {
 
                 let hellos = 0;

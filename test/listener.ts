@@ -11,7 +11,7 @@ import * as Lab from '@hapi/lab';
 import { CloseCode, MemoryBroker } from '../lib';
 import type { BrokerSink, HistoryOptions, PublishEnvelope, Recovery } from '../lib';
 import type { Position } from '../lib/protocol';
-import { Peer, server, url, until, wait } from './helpers';
+import { Nes, Peer, server, url, until, wait } from './helpers';
 
 const { expect } = Code;
 const lab = Lab.script();
@@ -45,16 +45,23 @@ class ControlledBroker extends MemoryBroker {
     gate: Promise<void> | null = null;
     reading = 0;
     readFirst = false;                              // read the history, then wait (a pub can land after the read)
+    failures = 0;                                   // history reads still to refuse with a 503, as Redis out of reach
+    missed: PublishEnvelope[] | null = null;        // publishes kept in history but not delivered: this node missed them
 
     override start(sink: BrokerSink): Promise<void> {
 
         this.target = sink;
-        return super.start(sink);
+        return super.start({ ...sink, deliver: (envelope) => (this.missed ? void this.missed.push(envelope) : sink.deliver(envelope)) });
     }
 
     override async recover(path: string, since: Position | null, history: HistoryOptions): Promise<Recovery> {
 
         ++this.reading;
+        if (this.failures) {
+            --this.failures;
+            throw Boom.serverUnavailable('Redis broker unavailable');
+        }
+
         if (this.readFirst) {
             const recovery = await super.recover(path, since, history);
             await this.gate;
@@ -530,6 +537,116 @@ describe('listener', () => {
 });
 
 describe('broker gaps', () => {
+
+    it('leaves nothing behind when a sub fails, so that a repeated sub is handled like a first one', async () => {
+
+        const broker = new ControlledBroker();
+        const srv = await server({ broker });
+        srv.subscription('/h', { history: { size: 10, ttl: 60000 } });
+        await srv.start();
+
+        const peer = await Peer.open(url(srv));
+        await peer.hello({ pulse: { recovery: true } });
+        broker.failures = 1;
+        const failed = await peer.reply({ type: 'sub', id: 2, path: '/h' });
+        expect(failed).to.equal({ statusCode: 503, payload: { error: 'Service Unavailable', message: 'Redis broker unavailable' }, type: 'sub', id: 2 });
+        expect(srv.pulseStats()).to.include({ topics: 0, subscriptions: 0 });
+
+        await srv.publish('/h', 'not subscribed');
+        const again = await peer.reply({ type: 'sub', id: 3, path: '/h' });
+        expect(again.pulse.position.offset).to.equal(1);
+        await srv.publish('/h', 'subscribed');
+        await until(() => pubs(peer).length === 1);
+        await wait(20);
+        expect(pubs(peer).map((pub) => pub.message)).to.equal(['subscribed']);
+
+        peer.close();
+        await srv.stop();
+    });
+
+    it('never sends a socket what was published before it subscribed, when the node delivers it late (healing)', async () => {
+
+        const broker = new ControlledBroker();
+        const srv = await server({ broker });
+        srv.subscription('/h', { history: { size: 10, ttl: 60000 } });
+        await srv.start();
+
+        const early = [await Peer.open(url(srv)), await Peer.open(url(srv))];
+        await early[0]!.hello({ subs: ['/h'] });
+        await early[1]!.hello({ subs: ['/h'], pulse: { recovery: true } });
+        await srv.publish('/h', 1);
+
+        // The node misses 2 and 3 (its broker subscription is down); sockets join meanwhile
+        broker.missed = [];
+        await srv.publish('/h', 2);
+        await srv.publish('/h', 3);
+        const late = [await Peer.open(url(srv)), await Peer.open(url(srv)), await Peer.open(url(srv))];
+        await late[0]!.hello({ subs: ['/h'] });
+        await late[1]!.hello({ subs: ['/h'], pulse: { recovery: true } });
+        await late[2]!.hello();
+        await late[2]!.reply({ type: 'sub', id: 2, path: '/h' });
+
+        // The broker heals: what the node missed goes to the sockets that were there before, then live again
+        const missed = broker.missed;
+        broker.missed = null;
+        for (const envelope of missed) {
+            broker.deliver(envelope);
+        }
+
+        await srv.publish('/h', 4);
+        for (const peer of [...early, ...late]) {
+            await until(() => pubs(peer).some((pub) => pub.message === 4));
+        }
+
+        await wait(20);
+        for (const peer of early) {
+            expect(pubs(peer).map((pub) => pub.message)).to.equal([1, 2, 3, 4]);
+        }
+
+        for (const peer of late) {
+            expect(pubs(peer).map((pub) => pub.message)).to.equal([4]);
+        }
+
+        for (const peer of [...early, ...late]) {
+            peer.close();
+        }
+
+        await srv.stop();
+    });
+
+    it('answers a hello whose subscription fails for now, without it, then closes 1013 so that any client retries', async () => {
+
+        const broker = new ControlledBroker();
+        const srv = await server({ broker });
+        srv.subscription('/h', { history: { size: 10, ttl: 60000 } });
+        srv.subscription('/plain');
+        await srv.start();
+
+        broker.failures = 1;
+        const peer = await Peer.open(url(srv));
+        const hello = await peer.hello({ subs: ['/plain', '/h'] });
+        expect(hello.type).to.equal('hello');
+        expect(await peer.closedWith()).to.equal({ code: 1013, reason: 'Subscription unavailable: try again later' });
+        await until(() => srv.pulseStats().sockets === 0);
+        expect(srv.pulseStats()).to.include({ topics: 0, subscriptions: 0 });
+
+        // The stock nes client keeps the path and reconnects
+        broker.failures = 2;
+        const nes = new Nes.Client(url(srv));
+        const got: unknown[] = [];
+        await nes.subscribe('/h', (message: unknown) => got.push(message));
+        let connects = 0;
+        nes.onConnect = () => ++connects;
+        await nes.connect({ delay: 10 });
+        await until(() => connects === 3 && srv.pulseStats().subscriptions === 1);
+        await srv.publish('/h', 'after');
+        await until(() => got.length === 1);
+        expect(got).to.equal(['after']);
+        expect(nes.subscriptions()).to.equal(['/h']);
+
+        await nes.disconnect();
+        await srv.stop();
+    });
 
     it('sends recovery sockets of a path the broker could not replay to reconnect (4005), and leaves the others', async () => {
 

@@ -375,7 +375,7 @@ export class Listener {
     acknowledge(socket: Socket, catchups: Catchup[]): Record<string, unknown> {
 
         const pulse: Record<string, unknown> = { recovery: socket.recovery, expiry: socket.expiry };
-        if (catchups.length) {
+        if (socket.recovery && catchups.length) {
             const positions: Record<string, Position> = {};
             const recovered: Record<string, boolean> = {};
             for (const catchup of catchups) {
@@ -398,11 +398,13 @@ export class Listener {
 
     // ---- Recovery ----
 
-    // Subscribes; on a history path for a recovery socket, also holds live pubs and reads what was missed.
+    // Subscribes; on a history path also holds live pubs and reads where the path stands: the socket's floor, so
+    // that it never receives a publish older than its subscription (a broker healing a gap delivers late), and
+    // for a recovery socket what it missed.
     async subscribeFor(socket: Socket, path: string, since: Position | undefined): Promise<Catchup | null> {
 
         // Already subscribed (or catching up): a repeated sub changes nothing, and replays nothing.
-        const history = socket.recovery && !socket.subscriptions.has(path) ? this.subscriptions.history(path) : null;
+        const history = !socket.subscriptions.has(path) ? this.subscriptions.history(path) : null;
         if (!history) {
             await this.subscriptions.subscribe(socket, path);
             return null;
@@ -411,7 +413,7 @@ export class Listener {
         socket.hold(path);
         try {
             await this.subscriptions.subscribe(socket, path);
-            let recovery = await this.broker.recover(path, since ?? null, history);
+            let recovery = await this.broker.recover(path, socket.recovery ? since ?? null : null, history);
 
             // Live pubs already held are part of what this subscription receives: start just before them.
             const first = socket.firstHeld(path);
@@ -422,7 +424,9 @@ export class Listener {
             return { path, since, recovery };
         }
         catch (err) {
+            // A failed sub leaves nothing behind: a repeated one is handled like a first one.
             socket.release(path, null);
+            await this.subscriptions.unsubscribe(socket, path);
             throw err;
         }
     }

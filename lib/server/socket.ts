@@ -8,7 +8,7 @@ import * as Boom from '@hapi/boom';
 import type { AuthArtifacts, Server } from '@hapi/hapi';
 import type { RawData, WebSocket } from 'ws';
 
-import { CloseCode, chunk, parseClientMessage, version } from '../protocol';
+import { CloseCode, chunk, parseClientMessage, transientStatus, version } from '../protocol';
 import type { ProtocolError } from '../protocol';
 import type { ClientMessage, HelloRequest, MessageId, Position, ReauthRequest, SubRequest, TunnelRequest, UnsubRequest } from '../protocol';
 import type { Catchup, Listener } from './listener';
@@ -52,6 +52,7 @@ const onClose = function (this: SocketWs): void {
 };
 
 const OPEN = 1;
+
 const maxTimer = 2 ** 31 - 1;                   // setTimeout's longest delay
 const defaultHelloTimeout = 5000;
 const asText = { binary: false };
@@ -564,6 +565,7 @@ export class Socket {
 
         this.state = State.helloing;
         const catchups: Catchup[] = [];
+        let unavailable = false;
         try {
             if (request.version !== version) {
                 throw Boom.badRequest(`Incorrect protocol version (expected ${version} but received ${request.version || 'none'})`);
@@ -589,7 +591,13 @@ export class Socket {
                     }
                 }
                 catch (err) {
-                    throw Object.assign(Boom.boomify(err as Error), { path });
+                    const boom = Boom.boomify(err as Error);
+                    if (transientStatus(boom.output.statusCode)) {
+                        unavailable = true;                 // answered without it, then closed: see below
+                        continue;
+                    }
+
+                    throw Object.assign(boom, { path });
                 }
             }
         }
@@ -624,6 +632,14 @@ export class Socket {
         }
 
         this.sendText(JSON.stringify(response));
+
+        // A subscription that failed for now (the broker out of reach): a failed hello would make any nes client
+        // give up for good, a close makes it reconnect with backoff and send the same subscriptions again.
+        if (unavailable) {
+            this.close(CloseCode.tryAgain, 'Subscription unavailable: try again later');
+            return;
+        }
+
         await this.listener.catchUp(this, catchups);
     }
 
@@ -693,8 +709,12 @@ export class Socket {
         }
 
         const catchup = await this.listener.subscribeFor(this, request.path, request.position);
-        if (!catchup) {
+        if (!catchup || !this.recovery) {
             this.sendText(JSON.stringify({ type: 'sub', id: request.id, path: request.path }));
+            if (catchup) {
+                await this.listener.catchUp(this, [catchup]);
+            }
+
             return;
         }
 
