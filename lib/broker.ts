@@ -51,8 +51,15 @@ export interface Broker {
 
     // This node gained its first local subscriber of `path` (with the path's history settings, if it keeps
     // one) / lost its last one.
+    // subscribe() resolves once publishes of the path reach this node, and rejects (503) when that cannot be
+    // had in time: a sub is answered only then.
     subscribe(path: string, history?: HistoryOptions): Promise<void>;
     unsubscribe(path: string): Promise<void>;
+
+    // For a path this node already subscribed to: null when publishes of it reach this node now, otherwise a
+    // promise that resolves once they do again (a lost connection restored) or rejects (503) when that takes
+    // too long. Brokers that cannot lose a subscription leave it out.
+    confirmed?(path: string): Promise<void> | null;
 
     // Current position of a path that keeps history, and what came after `since`.
     recover(path: string, since: Position | null, history: HistoryOptions): Promise<Recovery>;

@@ -4,8 +4,6 @@
 // Redis comes from REDIS_URL (default redis://127.0.0.1:6379). Without it these tests are skipped
 // loudly outside CI and fail under CI=true. Each run uses its own key and channel prefix.
 
-import { spawn, spawnSync } from 'node:child_process';
-import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as Net from 'node:net';
 
@@ -19,7 +17,7 @@ import * as Pulse from '../lib/index';
 import type { Broker, BrokerSink, PublishEnvelope } from '../lib/index';
 import { RedisBroker } from '../lib/redis';
 import type { RedisBrokerOptions } from '../lib/redis';
-import { Nes, redisAvailable, redisUrl, server, skipWithoutRedis, url, until, wait } from './helpers';
+import { Nes, PrivateRedis, Proxy, freePort, redisAvailable, redisServerAvailable, redisUrl, server, skipWithoutRedis, url, until, wait } from './helpers';
 import type { NesClient } from './helpers';
 
 const { expect } = Code;
@@ -509,20 +507,6 @@ const connectionsOf = async (broker: RedisBroker): Promise<number> => {
     return list.split('\n').filter((item) => item.includes(` name=hapi-pulse:${broker.id}:`)).length;
 };
 
-const freePort = (): Promise<number> => {
-
-    return new Promise((resolve, reject) => {
-
-        const probe = Net.createServer();
-        probe.once('error', reject);
-        probe.listen(0, '127.0.0.1', () => {
-
-            const port = (probe.address() as Net.AddressInfo).port;
-            probe.close(() => resolve(port));
-        });
-    });
-};
-
 const eventually = async (check: () => Promise<boolean>, timeout = 2000): Promise<void> => {
 
     const end = Date.now() + timeout;
@@ -534,61 +518,6 @@ const eventually = async (check: () => Promise<boolean>, timeout = 2000): Promis
         await wait(10);
     }
 };
-
-const redisServerAvailable = spawnSync('redis-server', ['--version']).status === 0;
-
-// A redis-server of the test's own, for faults that would disturb everyone on the shared one. Killed
-// on exit too, in case a test timed out before its finally.
-const privateServers = new Set<ChildProcess>();
-process.once('exit', () => privateServers.forEach((child) => child.kill('SIGKILL')));
-
-class PrivateRedis {
-
-    child: ChildProcess | null = null;
-
-    private constructor(readonly port: number) { }
-
-    get url(): string {
-
-        return `redis://127.0.0.1:${this.port}`;
-    }
-
-    static async start(): Promise<PrivateRedis> {
-
-        const redis = new PrivateRedis(await freePort());
-        await redis.restart();
-        return redis;
-    }
-
-    async restart(): Promise<void> {
-
-        const child = spawn('redis-server', ['--port', `${this.port}`, '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
-        this.child = child;
-        privateServers.add(child);
-        child.once('exit', () => privateServers.delete(child));
-        const probe = createClient({ url: this.url, socket: { reconnectStrategy: 20 } });
-        probe.on('error', () => { });
-        await probe.connect();
-        probe.destroy();
-    }
-
-    async kill(): Promise<void> {
-
-        const child = this.child;
-        if (child && child.exitCode === null) {
-            const exited = new Promise((resolve) => child.once('exit', resolve));
-            child.kill('SIGKILL');
-            await exited;
-        }
-
-        this.child = null;
-    }
-
-    signal(signal: NodeJS.Signals): void {
-
-        this.child!.kill(signal);
-    }
-}
 
 describe('redis broker across nodes', { skip: !redisAvailable }, () => {
 
@@ -882,11 +811,68 @@ describe('redis broker across nodes', { skip: !redisAvailable }, () => {
         await b!.srv.stop();
     });
 
+    it('answers a sub only once Redis confirmed it, and refuses it (503, nothing left behind) when that takes longer than the timeout', async () => {
+
+        const proxy = await Proxy.start(Number(new URL(redisUrl).port || 6379));
+        try {
+            const prefix = uniquePrefix();
+            const options = { timeout: 1500, client: { socket: { reconnectStrategy: () => 50 } } };
+            const a = { broker: new RedisBroker({ url: proxy.url, prefix, ...options }) };
+            const b = { broker: new RedisBroker({ url: redisUrl, prefix, ...options }) };
+            const sockets: Hapi.Server[] = [];
+            let readies = 0;
+            for (const node of [a, b]) {
+                const srv = await server({ broker: node.broker });
+                srv.subscription('/plain/{id}');
+                srv.subscription('/h/{id}', { history: { size: 10, ttl: 60000 } });
+                srv.events.on('log', (event) => (readies += event.tags.includes('ready') && node === a ? 1 : 0));
+                await srv.start();
+                sockets.push(srv);
+            }
+
+            const [srvA, srvB] = sockets as [Hapi.Server, Hapi.Server];
+            const client = await connect(srvA);
+            const got: unknown[] = [];
+            proxy.cut();
+            await until(() => !(a.broker as any).sub.isReady, 2000, 'the cut');
+            const before = readies;
+
+            // While A cannot reach Redis, the subs wait; B's publishes after their replies reach A's socket
+            const answered: string[] = [];
+            const subs = ['/plain/1', '/h/1'].map((path) => client.subscribe(path, (message: unknown) => got.push(message)).then(() => answered.push(path)));
+            await wait(300);
+            expect(answered).to.equal([]);
+            proxy.restore();
+            await Promise.all(subs);
+            expect(readies).to.be.above(before);
+            await srvB.publish('/plain/1', 'plain');
+            await srvB.publish('/h/1', 'history');
+            await until(() => got.length === 2);
+            expect(got).to.equal(['plain', 'history']);
+
+            // Cut for longer than the timeout: refused, and nothing is left of the attempt
+            proxy.cut();
+            await until(() => !(a.broker as any).sub.isReady, 2000, 'the second cut');
+            const stats = srvA.pulseStats();
+            const refused = await expect(client.subscribe('/plain/2', () => { })).to.reject('Redis broker unavailable');
+            expect((refused as any).statusCode).to.equal(503);
+            expect(srvA.pulseStats()).to.equal(stats);
+            proxy.restore();
+
+            await client.disconnect();
+            await srvA.stop();
+            await srvB.stop();
+        }
+        finally {
+            await proxy.close();
+        }
+    });
+
     it('survives a Redis restart: refuses publishes while it is down and resumes after', { skip: !redisServerAvailable }, async () => {
 
         const redis = await PrivateRedis.start();
         try {
-            const { list: [a, b] } = await nodes(2, {}, undefined, { url: redis.url, timeout: 1000, client: { socket: { reconnectStrategy: () => 100 } } });
+            const { list: [a, b] } = await nodes(2, {}, undefined, { url: redis.url, timeout: 3000, client: { socket: { reconnectStrategy: () => 100 } } });
             let errors = 0;
             const logged: string[][] = [];
             for (const { srv } of [a!, b!]) {
@@ -924,27 +910,28 @@ describe('redis broker across nodes', { skip: !redisAvailable }, () => {
             await refused(a!.srv.publish('/h', 'while down'));
             await refused(a!.broker.recover('/h', position, { size: 10, ttl: 60000 }));
 
-            // Subscribing and leaving while Redis is down: settled once it is back
+            // Subscribing and leaving while Redis is down: the subs are answered once it is back (within the timeout)
             const late = await connect(b!.srv);
             const lateGot: unknown[] = [];
             b!.srv.subscription('/late');
             a!.srv.subscription('/late');
-            await late.subscribe('/late', (message: unknown) => lateGot.push(message));
+            const answered: string[] = [];
+            const lateSub = late.subscribe('/late', (message: unknown) => lateGot.push(message)).then(() => answered.push('/late'));
             await client.unsubscribe('/h');
             b!.srv.subscription('/late-h', { history: { size: 10, ttl: 60000 } });
             a!.srv.subscription('/late-h', { history: { size: 10, ttl: 60000 } });
-            const baselineErrors = () => logged.filter((tags) => tags.includes('baseline') && tags.includes('error')).length;
-            await late.subscribe('/late-h', (message: unknown) => lateGot.push(message));
-            await until(() => baselineErrors() === 1);                       // where /late-h stood could not be read
+            const lateHistorySub = late.subscribe('/late-h', (message: unknown) => lateGot.push(message)).then(() => answered.push('/late-h'));
+            await wait(100);
+            expect(answered).to.equal([]);
 
             await redis.restart();
+            await Promise.all([lateSub, lateHistorySub]);
             const ready = (broker: RedisBroker, path: string) => (broker as any).pub.isReady && (broker as any).channels.get(`${(broker as any).prefix}p:${path}`) === true;
             await until(() => (a!.broker as any).pub.isReady && ready(a!.broker, '/h') === false && ready(b!.broker, '/stream') && ready(b!.broker, '/late'), 5000, 'reconnection');
 
             await a!.srv.publish('/stream', 'after');
             await a!.srv.publish('/h', 'h after');
             await a!.srv.publish('/late', 'late');
-            await until(() => ready(b!.broker, '/late-h'), 5000, 'late history path');
             await a!.srv.publish('/late-h', 'late h');
             await until(() => got.length === 3 && lateGot.length === 2);
             await wait(50);
@@ -980,9 +967,10 @@ describe('redis broker across nodes', { skip: !redisAvailable }, () => {
             const started = Date.now();
             const err = await expect(broker.publish({ path: '/a', message: 'hung' })).to.reject(/Redis broker command failed/);
             expect((err as any).output.statusCode).to.equal(503);
-            await broker.subscribe('/b');                                    // gives up waiting, logs
+            const refused = await expect(broker.subscribe('/b')).to.reject('Redis broker unavailable');     // gives up waiting, logs
+            expect((refused as any).output.statusCode).to.equal(503);
             expect(Date.now() - started).to.be.within(500, 1500);
-            expect(sink.logs.some((log) => log.tags.includes('subscribe'))).to.be.true();
+            await until(() => sink.logs.some((log) => log.tags.includes('subscribe')));
 
             // The timed out publish was written: it arrives when Redis answers again
             redis.signal('SIGCONT');
@@ -992,7 +980,7 @@ describe('redis broker across nodes', { skip: !redisAvailable }, () => {
             // Left while Redis is gone: the queued UNSUBSCRIBE is dropped when the broker stops
             await redis.kill();
             await until(() => !(broker as any).sub.isReady);
-            await broker.subscribe('/d');
+            await expect(broker.subscribe('/d')).to.reject('Redis broker unavailable');
             await broker.unsubscribe('/c');
             await broker.stop();
             await until(() => sink.logs.some((log) => log.tags.includes('unsubscribe')), 1000).catch(() => { });

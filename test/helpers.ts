@@ -1,8 +1,13 @@
 // Shared test fixtures: servers with our plugin or with @hapi/nes, and a raw WebSocket peer that
 // records every frame so tests can assert on the exact wire format.
 
+import { spawn, spawnSync } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import * as Net from 'node:net';
+
 import * as Basic from '@hapi/basic';
 import * as Hapi from '@hapi/hapi';
+import { createClient } from '@redis/client';
 import WebSocket from 'ws';
 
 import * as Pulse from '../lib/index';
@@ -215,6 +220,141 @@ export const skipWithoutRedis = (what: string): boolean => {
     console.error(`\n${'#'.repeat(100)}\n#  SKIPPED: ${what}. No Redis at ${redisUrl} (set REDIS_URL). Under CI=true this fails.\n${'#'.repeat(100)}\n`);
     return true;
 };
+
+export const freePort = (): Promise<number> => {
+
+    return new Promise((resolve, reject) => {
+
+        const probe = Net.createServer();
+        probe.once('error', reject);
+        probe.listen(0, '127.0.0.1', () => {
+
+            const port = (probe.address() as Net.AddressInfo).port;
+            probe.close(() => resolve(port));
+        });
+    });
+};
+
+export const redisServerAvailable = spawnSync('redis-server', ['--version']).status === 0;
+
+// A redis-server of the test's own, for faults that would disturb everyone on the shared one. Killed
+// on exit too, in case a test timed out before its finally.
+const privateServers = new Set<ChildProcess>();
+process.once('exit', () => privateServers.forEach((child) => child.kill('SIGKILL')));
+
+export class PrivateRedis {
+
+    child: ChildProcess | null = null;
+
+    private constructor(readonly port: number) { }
+
+    get url(): string {
+
+        return `redis://127.0.0.1:${this.port}`;
+    }
+
+    static async start(): Promise<PrivateRedis> {
+
+        const redis = new PrivateRedis(await freePort());
+        await redis.restart();
+        return redis;
+    }
+
+    async restart(): Promise<void> {
+
+        const child = spawn('redis-server', ['--port', `${this.port}`, '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
+        this.child = child;
+        privateServers.add(child);
+        child.once('exit', () => privateServers.delete(child));
+        const probe = createClient({ url: this.url, socket: { reconnectStrategy: 20 } });
+        probe.on('error', () => { });
+        await probe.connect();
+        probe.destroy();
+    }
+
+    async kill(): Promise<void> {
+
+        const child = this.child;
+        if (child && child.exitCode === null) {
+            const exited = new Promise((resolve) => child.once('exit', resolve));
+            child.kill('SIGKILL');
+            await exited;
+        }
+
+        this.child = null;
+    }
+
+    signal(signal: NodeJS.Signals): void {
+
+        this.child!.kill(signal);
+    }
+}
+
+// A TCP proxy the test can cut: cut() drops every connection through it and refuses new ones until restore().
+export class Proxy {
+
+    private readonly links = new Set<Net.Socket>();
+    private cutOff = false;
+
+    private constructor(private readonly server: Net.Server, readonly port: number) { }
+
+    static async start(target: number): Promise<Proxy> {
+
+        const server = Net.createServer();
+        const proxy: Proxy = await new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve(new Proxy(server, (server.address() as Net.AddressInfo).port))));
+        server.on('connection', (inbound) => proxy.link(inbound, target));
+        return proxy;
+    }
+
+    get url(): string {
+
+        return `redis://127.0.0.1:${this.port}`;
+    }
+
+    get isCut(): boolean {
+
+        return this.cutOff;
+    }
+
+    cut(): void {
+
+        this.cutOff = true;
+        for (const socket of this.links) {
+            socket.destroy();
+        }
+    }
+
+    restore(): void {
+
+        this.cutOff = false;
+    }
+
+    close(): Promise<void> {
+
+        this.cut();
+        return new Promise((resolve) => this.server.close(() => resolve()));
+    }
+
+    private link(inbound: Net.Socket, target: number): void {
+
+        if (this.cutOff) {
+            inbound.destroy();
+            return;
+        }
+
+        const outbound = Net.connect(target, '127.0.0.1');
+        for (const [from, to] of [[inbound, outbound], [outbound, inbound]] as const) {
+            this.links.add(from);
+            from.pipe(to);
+            from.on('error', () => to.destroy());
+            from.on('close', () => {
+
+                this.links.delete(from);
+                to.destroy();
+            });
+        }
+    }
+}
 
 // ---- Teardown: register cleanups as a test goes, run them (last first) after each test ----
 

@@ -8,7 +8,8 @@
 //
 // Fault policy: while the publishing connection is down, publish(), broadcast() and recover() reject at
 // once with a 503 Boom error (nothing is buffered, nothing is delivered anywhere); a command Redis does
-// not answer within `timeout` ms rejects the same way. Both connections reconnect by themselves with
+// not answer within `timeout` ms rejects the same way. subscribe() and confirmed() resolve only once Redis
+// acknowledged the subscription on the current connection, waiting up to `timeout` for a reconnection. Both connections reconnect by themselves with
 // a capped backoff; the subscribing one subscribes again to every path this node needs. Publishes made
 // while a node's subscription is down are missed by that node's sockets on paths without history. On
 // paths with history the broker heals the gap itself: it remembers the position of the last publish it
@@ -172,6 +173,7 @@ export class RedisBroker implements Broker {
 
     // Channels this node needs, and whether Redis acknowledged the subscription on the current connection.
     private readonly channels = new Map<string, boolean>();
+    private readonly confirming = new Map<string, Set<(err?: Error) => void>>();   // subs waiting for that acknowledgement
 
     // Own publishes whose echo this node waits for, by sequence number (Map order = send order).
     private seq = 0;
@@ -238,6 +240,10 @@ export class RedisBroker implements Broker {
 
         this.sink = null;
         this.disconnected();
+        for (const waiting of [...this.confirming.values()]) {
+            waiting.forEach((waiter) => waiter(serverUnavailable('Redis broker stopped')));
+        }
+
         this.positions.clear();
         this.baselines.clear();
         for (const { held } of this.healing.values()) {
@@ -306,28 +312,53 @@ export class RedisBroker implements Broker {
 
     // ---- Subscriptions: only the paths this node's sockets hold ----
 
+    // Resolves once Redis acknowledged the subscription (waiting for a reconnection up to `timeout`), and on
+    // a history path once where it stood is known; rejects with a 503 otherwise.
     async subscribe(path: string, history?: HistoryOptions): Promise<void> {
 
         const channel = this.channel(path);
         this.channels.set(channel, false);
-        await this.listen(channel);
+        await Promise.all([this.untilListening(channel), this.listen(channel)]);
         if (history) {
             await this.markBaseline(path, channel);
         }
+    }
+
+    confirmed(path: string): Promise<void> | null {
+
+        const channel = this.channel(path);
+        return this.channels.get(channel) === true ? null : this.untilListening(channel);
+    }
+
+    private untilListening(channel: string): Promise<void> {
+
+        return new Promise((resolve, reject) => {
+
+            const waiting = this.confirming.get(channel) ?? new Set();
+            this.confirming.set(channel, waiting);
+            const waiter = (err?: Error) => {
+
+                clearTimeout(timer);
+                waiting.delete(waiter);
+                if (!waiting.size && this.confirming.get(channel) === waiting) {
+                    this.confirming.delete(channel);
+                }
+
+                return err ? reject(err) : resolve();
+            };
+
+            const timer = setTimeout(() => waiter(serverUnavailable('Redis broker unavailable')), this.timeout);
+            waiting.add(waiter);
+        });
     }
 
     // Where a history path stood when this node subscribed, so that a subscription dropped before any
     // publish was delivered can still be healed. Only used if no publish arrives before the drop.
     private async markBaseline(path: string, channel: string): Promise<void> {
 
-        try {
-            const [epoch, offset] = await this.command(['HMGET', this.metaKey(path), 'epoch', 'offset']) as [string | null, string | null];
-            if (this.channels.has(channel)) {                        // not left meanwhile
-                this.baselines.set(path, { epoch: epoch ?? '', offset: Number(offset ?? 0) });
-            }
-        }
-        catch (err) {
-            this.log(['redis', 'baseline', 'error'], { path, error: err });
+        const [epoch, offset] = await this.command(['HMGET', this.metaKey(path), 'epoch', 'offset']) as [string | null, string | null];
+        if (this.channels.has(channel)) {                        // not left meanwhile
+            this.baselines.set(path, { epoch: epoch ?? '', offset: Number(offset ?? 0) });
         }
     }
 
@@ -337,6 +368,7 @@ export class RedisBroker implements Broker {
 
         const channel = this.channel(path);
         this.channels.delete(channel);
+        this.confirming.get(channel)?.forEach((waiter) => waiter());    // nobody needs it any more
         this.positions.delete(path);
         this.baselines.delete(path);
         this.sub?.UNSUBSCRIBE(channel, this.onMessage).catch((err) => this.log(['redis', 'unsubscribe', 'error'], err));
@@ -356,6 +388,9 @@ export class RedisBroker implements Broker {
             await this.bounded(sub.SUBSCRIBE(channel, this.onMessage));
             if (this.channels.has(channel)) {                  // not left meanwhile
                 this.channels.set(channel, true);
+                for (const waiter of this.confirming.get(channel) ?? []) {
+                    waiter();
+                }
             }
         }
         catch (err) {

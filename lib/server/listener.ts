@@ -100,6 +100,7 @@ export class Listener {
         this.wss = new WebSocketServer({ noServer: true, maxPayload: settings.limits.maxPayload, perMessageDeflate: false, clientTracking: false });
         this.subscriptions = new Subscriptions(server, {
             firstSubscriber: (path, history) => (history ? broker.subscribe(path, history) : broker.subscribe(path)),
+            confirmed: (path) => broker.confirmed?.(path) ?? null,
             lastSubscriberGone: (path) => {
 
                 broker.unsubscribe(path).catch((err) => server.log(['pulse', 'broker', 'error'], err));

@@ -113,6 +113,7 @@ const subscriptionSchemaKeys = ['filter', 'onSubscribe', 'onUnsubscribe', 'auth'
 
 export interface SubscriptionsHooks {
     firstSubscriber(path: string, history: HistoryOptions | null): Promise<void>;
+    confirmed(path: string): Promise<void> | null;
     lastSubscriberGone(path: string): void;
 }
 
@@ -220,11 +221,15 @@ export class Subscriptions {
         topic.add(socket);
         socket.subscriptions.set(path, topic);
 
-        // Every subscriber of a new path waits until the broker has it: a sub reply promises delivery.
-        if (topic.ready) {
+        // Every subscriber waits until the broker has the path (a new one, or one whose broker subscription is
+        // being restored): a sub reply promises delivery.
+        const ready = topic.ready ?? this.hooks.confirmed(path);
+        if (ready) {
             try {
-                await topic.ready;
-                topic.ready = null;
+                await ready;
+                if (topic.ready === ready) {
+                    topic.ready = null;
+                }
             }
             catch (err) {
                 await this.unsubscribe(socket, path);
