@@ -850,9 +850,22 @@ describe('redis broker across nodes', { skip: !redisAvailable }, () => {
             await until(() => got.length === 2);
             expect(got).to.equal(['plain', 'history']);
 
-            // Cut for longer than the timeout: refused, and nothing is left of the attempt
+            // Joining a path A already holds while its subscription is being restored: answered once it is back
+            const others = [await connect(srvA), await connect(srvA)];
             proxy.cut();
             await until(() => !(a.broker as any).sub.isReady, 2000, 'the second cut');
+            const joined: unknown[] = [];
+            const joins = others.map((other) => other.subscribe('/plain/1', (message: unknown) => joined.push(message)).then(() => answered.push('joined')));
+            await wait(300);
+            expect([...answered].sort()).to.equal(['/h/1', '/plain/1']);
+            proxy.restore();
+            await Promise.all(joins);
+            await srvB.publish('/plain/1', 'joined');
+            await until(() => joined.length === 2);
+
+            // Cut for longer than the timeout: refused, and nothing is left of the attempt
+            proxy.cut();
+            await until(() => !(a.broker as any).sub.isReady, 2000, 'the third cut');
             const stats = srvA.pulseStats();
             const refused = await expect(client.subscribe('/plain/2', () => { })).to.reject('Redis broker unavailable');
             expect((refused as any).statusCode).to.equal(503);
@@ -860,6 +873,7 @@ describe('redis broker across nodes', { skip: !redisAvailable }, () => {
             proxy.restore();
 
             await client.disconnect();
+            await Promise.all(others.map((other) => other.disconnect()));
             await srvA.stop();
             await srvB.stop();
         }
@@ -982,7 +996,9 @@ describe('redis broker across nodes', { skip: !redisAvailable }, () => {
             await until(() => !(broker as any).sub.isReady);
             await expect(broker.subscribe('/d')).to.reject('Redis broker unavailable');
             await broker.unsubscribe('/c');
+            const pending = broker.subscribe('/e');
             await broker.stop();
+            await expect(pending).to.reject('Redis broker stopped');
             await until(() => sink.logs.some((log) => log.tags.includes('unsubscribe')), 1000).catch(() => { });
         }
         finally {

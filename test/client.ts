@@ -1139,7 +1139,7 @@ for (const kind of ['nes', 'pulse'] as const) {
                 expect(logs[0]).to.include({ code: 1006, willReconnect: false });
             });
 
-            it('retries a hello refused by a transient server error (503, 504), keeping every subscription and position', async () => {
+            it('retries a hello refused by a transient server error (502, 503, 504), keeping every subscription and position', async () => {
 
                 const hellos: any[] = [];
                 const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
@@ -1150,7 +1150,7 @@ for (const kind of ['nes', 'pulse'] as const) {
                     wss.close();
                 });
 
-                const refusals = [503, 504];
+                const refusals = [502, 503, 504];
                 wss.on('connection', (ws) => ws.on('message', (data) => {
 
                     const message = JSON.parse(data.toString());
@@ -1187,8 +1187,8 @@ for (const kind of ['nes', 'pulse'] as const) {
                 await until(() => connects === 2);
 
                 expect(seen).to.equal([5]);
-                expect(errors.map((err) => err.statusCode)).to.equal([503, 504]);
-                expect(hellos.length).to.equal(4);
+                expect(errors.map((err) => err.statusCode)).to.equal([502, 503, 504]);
+                expect(hellos.length).to.equal(5);
                 for (const hello of hellos.slice(1)) {
                     expect(hello.subs).to.equal(['/h', '/other']);
                     expect(hello.pulse.positions).to.equal({ '/h': { epoch: 'e', offset: 5 } });

@@ -291,6 +291,7 @@ export class PrivateRedis {
 }
 
 // A TCP proxy the test can cut: cut() drops every connection through it and refuses new ones until restore().
+// The target is a port, or a function picking one for each new connection (a load balancer).
 export class Proxy {
 
     private readonly links = new Set<Net.Socket>();
@@ -298,7 +299,7 @@ export class Proxy {
 
     private constructor(private readonly server: Net.Server, readonly port: number) { }
 
-    static async start(target: number): Promise<Proxy> {
+    static async start(target: number | (() => number)): Promise<Proxy> {
 
         const server = Net.createServer();
         const proxy: Proxy = await new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve(new Proxy(server, (server.address() as Net.AddressInfo).port))));
@@ -335,14 +336,14 @@ export class Proxy {
         return new Promise((resolve) => this.server.close(() => resolve()));
     }
 
-    private link(inbound: Net.Socket, target: number): void {
+    private link(inbound: Net.Socket, target: number | (() => number)): void {
 
         if (this.cutOff) {
             inbound.destroy();
             return;
         }
 
-        const outbound = Net.connect(target, '127.0.0.1');
+        const outbound = Net.connect(typeof target === 'number' ? target : target(), '127.0.0.1');
         for (const [from, to] of [[inbound, outbound], [outbound, inbound]] as const) {
             this.links.add(from);
             from.pipe(to);

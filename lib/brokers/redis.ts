@@ -340,7 +340,7 @@ export class RedisBroker implements Broker {
 
                 clearTimeout(timer);
                 waiting.delete(waiter);
-                if (!waiting.size && this.confirming.get(channel) === waiting) {
+                if (!waiting.size) {
                     this.confirming.delete(channel);
                 }
 
