@@ -578,6 +578,32 @@ describe('redis broker across nodes', { skip: !redisAvailable }, () => {
         await b!.srv.stop();
     });
 
+    it('still publishes to the other nodes while a node stops (server.stop() under load)', async () => {
+
+        const { list: [a, b] } = await nodes(2);
+        for (const { srv } of [a!, b!]) {
+            srv.subscription('/h', { history: { size: 10, ttl: 60000 } });
+            srv.subscription('/plain');
+            await srv.start();
+        }
+
+        const client = await connect(b!.srv);
+        const got: unknown[] = [];
+        const updates: unknown[] = [];
+        client.onUpdate = (message: unknown) => updates.push(message);
+        await client.subscribe('/h', (message: unknown) => got.push(message));
+        await client.subscribe('/plain', (message: unknown) => got.push(message));
+
+        const stopping = a!.srv.stop();
+        await Promise.all([a!.srv.publish('/h', 'h'), a!.srv.publish('/plain', 'plain'), a!.srv.broadcast('update')]);
+        await stopping;
+        await until(() => got.length === 2 && updates.length === 1);
+        expect(got).to.equal(['h', 'plain']);
+
+        await client.disconnect();
+        await b!.srv.stop();
+    });
+
     it('broadcasts and targets users across nodes', async () => {
 
         const { list: [a, b] } = await nodes(2, { auth: { type: 'direct', index: true } }, basic);

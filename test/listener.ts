@@ -157,7 +157,7 @@ describe('listener', () => {
             await srv.stop();
         });
 
-        it('publishes, broadcasts and visits sockets no more once stopping, and refuses new upgrades with 503', async () => {
+        it('delivers publishes and broadcasts to its own sockets no more once stopping, visits none, and refuses new upgrades with 503', async () => {
 
             let release!: () => void;
             const released = new Promise<void>((resolve) => {

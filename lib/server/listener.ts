@@ -82,6 +82,7 @@ export class Listener {
     private readonly wss: WebSocketServer;
     private readonly authRequired: (config: Auth.AuthSettings) => boolean;
     private stopped = true;
+    private brokerUp = false;                              // from broker.start() to broker.stop(): publishes go through
     private pendingUpgrades = 0;
     private socketCounter = 0;                             // ids cycle through counter.min..counter.max
     private beatTimer: NodeJS.Timeout | null = null;
@@ -117,13 +118,14 @@ export class Listener {
     async start(): Promise<void> {
 
         await this.broker.start({
-            deliver: (envelope) => this.subscriptions.deliver(envelope),
+            deliver: (envelope) => (this.stopped ? undefined : this.subscriptions.deliver(envelope)),   // its sockets are going away
             broadcast: (envelope) => this.deliverBroadcast(envelope),
             log: (tags, data) => this.server.log(['pulse', 'broker', ...tags], data as any),
             lost: (path) => this.resync(path)
         });
 
         this.stopped = false;
+        this.brokerUp = true;
         this.scheduleBeat();
         this.scheduleVerify();
     }
@@ -147,6 +149,7 @@ export class Listener {
             return socket.disconnect();
         }));
 
+        this.brokerUp = false;
         await this.broker.stop();
     }
 
@@ -495,9 +498,10 @@ export class Listener {
         }
     }
 
+    // While this node stops, publishes still reach the other nodes (its own sockets are closing).
     publish(path: string, message: unknown, options: { internal?: unknown; user?: string } = {}): Promise<void> {
 
-        if (this.stopped) {
+        if (!this.brokerUp) {
             return Promise.resolve();
         }
 
@@ -539,7 +543,7 @@ export class Listener {
             throw new Error('Socket auth indexing is disabled');
         }
 
-        if (this.stopped) {
+        if (!this.brokerUp) {
             return Promise.resolve();
         }
 
@@ -552,6 +556,10 @@ export class Listener {
     }
 
     private deliverBroadcast(envelope: BroadcastEnvelope): void {
+
+        if (this.stopped) {
+            return;
+        }
 
         const update = new Prepared(JSON.stringify({ type: 'update', message: envelope.message }));
         const sockets = envelope.user === undefined ? this.sockets.values() : this.byUser.get(envelope.user)?.values() ?? [];
