@@ -203,10 +203,22 @@ export interface Result {
 
 export const runFaults = async (seed: number, scale: Scale = small): Promise<Result> => {
 
-    const random = generator(seed);
-    const pick = <T>(list: readonly T[]): T => list[Math.floor(random() * list.length)]!;
-    const between = (min: number, max: number): number => min + Math.floor(random() * (max - min));
+    // One generator per concern, so that how many publishes timing allowed does not shift the fault schedule
+    const streams = (index: number) => {
 
+        const random = generator(seed + index * 0x9E3779B9);
+        return {
+            random,
+            pick: <T>(list: readonly T[]): T => list[Math.floor(random() * list.length)]!,
+            between: (min: number, max: number): number => min + Math.floor(random() * (max - min))
+        };
+    };
+
+    const { pick, between } = streams(0);                       // faults
+    const moving = streams(1);
+    const balancing = streams(2);
+
+    const origin = Date.now();
     const redis = await PrivateRedis.start();
     const nodes: FaultNode[] = [];
     const tracked: Tracked[] = [];
@@ -236,16 +248,16 @@ export const runFaults = async (seed: number, scale: Scale = small): Promise<Res
             nodes.push(node);
         }
 
-        const liveNode = (): FaultNode | null => {
+        const liveNode = (choose: <T>(list: readonly T[]) => T): FaultNode | null => {
 
             const live = nodes.filter((node) => node.alive);
-            return live.length ? pick(live) : null;
+            return live.length ? choose(live) : null;
         };
 
         // Clients: each behind its own balancer; a move cuts its connection and it reconnects to a random live node
         for (let i = 0; i < scale.pulseClients + scale.nesClients; ++i) {
             const kind = i < scale.pulseClients ? 'pulse' : 'nes';
-            const balancer = await Proxy.start(() => (liveNode() ?? nodes[0]!).port);
+            const balancer = await Proxy.start(() => (liveNode(balancing.pick) ?? nodes[0]!).port);
             const user = users[i % users.length]!;
             const state: Tracked = { name: `${kind}${i}`, kind, user, balancer, got: new Map(), resets: new Map(), updates: [], connections: [], wrong: [], close: () => Promise.resolve(), socket: () => null };
             const address = `ws://127.0.0.1:${balancer.port}`;
@@ -313,11 +325,13 @@ export const runFaults = async (seed: number, scale: Scale = small): Promise<Res
 
         // Publishers: one sequential loop per path (so that acknowledged publishes are ordered), and one for broadcasts
         let publishing = true;
-        const publisher = async (path: string | null): Promise<void> => {
+        const publisher = async (path: string | null, index: number): Promise<void> => {
+
+            const { random, pick: choose, between: wait } = streams(10 + index);
 
             const pad = path === '/h/2' ? 'x'.repeat(2000) : undefined;          // big enough to fill a paused reader
             for (let seq = 1; publishing; ++seq) {
-                const node = liveNode();
+                const node = liveNode(choose);
                 if (!node) {
                     await sleep(20);
                     continue;
@@ -328,13 +342,13 @@ export const runFaults = async (seed: number, scale: Scale = small): Promise<Res
                 if (path) {
                     const roll = random();
                     if (roll < 0.1) {
-                        record.user = pick(users);
+                        record.user = choose(users);
                     }
                     else if (roll < 0.2) {
-                        message.hide = record.hide = pick(users);
+                        message.hide = record.hide = choose(users);
                     }
                     else if (roll < 0.3) {
-                        message.over = record.over = pick(users);
+                        message.over = record.over = choose(users);
                     }
 
                     if (pad) {
@@ -346,11 +360,11 @@ export const runFaults = async (seed: number, scale: Scale = small): Promise<Res
                 record.ack = Date.now();
                 record.ok = error === null;
                 (path ? published : broadcasts).push(record);
-                await sleep(path ? between(15, 35) : 200);
+                await sleep(path ? wait(15, 35) : 200);
             }
         };
 
-        const publishers = [...paths.map((path) => publisher(path)), publisher(null)];
+        const publishers = [...paths.map((path, index) => publisher(path, index)), publisher(null, paths.length)];
 
         // Faults, one at a time, and moves meanwhile
         const started = Date.now();
@@ -358,11 +372,11 @@ export const runFaults = async (seed: number, scale: Scale = small): Promise<Res
         const moves = (async () => {
 
             while (running()) {
-                const client = pick(tracked);
+                const client = moving.pick(tracked);
                 client.balancer.cut();
                 client.balancer.restore();
                 counts.move = (counts.move ?? 0) + 1;
-                await sleep(between(scale.moveEvery / 2, scale.moveEvery * 1.5));
+                await sleep(moving.between(scale.moveEvery / 2, scale.moveEvery * 1.5));
             }
         })();
 
@@ -486,16 +500,26 @@ export const runFaults = async (seed: number, scale: Scale = small): Promise<Res
         return client.connections.some((connection) => connection.start < pub.start && (connection.end ?? Infinity) > until);
     }
 
-    function missing(client: Tracked): string[] {
+    function missing(client: Tracked, explain = false): string[] {
 
         const lost: string[] = [];
         for (const pub of published) {
             if (owed(client, pub) && !client.got.get(pub.path)!.includes(pub.seq)) {
-                lost.push(`${client.name} ${pub.path} #${pub.seq}`);
+                lost.push(`${client.name} ${pub.path} #${pub.seq}` + (explain ? ` ${describe(client, pub)}` : ''));
             }
         }
 
         return lost;
+    }
+
+    // Where a loss sits in the run, to start investigating a failing seed.
+    function describe(client: Tracked, pub: Published): string {
+
+        const t = (at: number) => at - origin;
+        const around = faults.filter((fault) => fault.start <= pub.ack + 5000 && (fault.end || Infinity) >= pub.start - 5000).map((fault) => `${fault.kind}[${t(fault.start)}..${t(fault.end)}]`);
+        const got = client.got.get(pub.path)!;
+        const index = got.findIndex((seq) => seq > pub.seq);
+        return `(published ${t(pub.start)}..${t(pub.ack)}ms; faults near: ${around.join(' ') || 'none'}; received around: ${got.slice(Math.max(0, index - 3), index + 3).join(',')}; resets: ${client.resets.get(pub.path)!.map((reset) => `${t(reset.at)}ms after #${reset.after}`).join(' ') || 'none'}; gaps: ${gaps.filter((gap) => gap.path === pub.path).map((gap) => `n${gap.node}@${t(gap.at)}`).join(' ') || 'none'}; connections: ${client.connections.filter((c) => c.start <= pub.ack + 5000 && (c.end ?? Infinity) >= pub.start - 5000).map((c) => `${t(c.start)}..${c.end === null ? '' : t(c.end)}`).join(' ')})`;
     }
 
     const losses: string[] = [];
@@ -512,9 +536,9 @@ export const runFaults = async (seed: number, scale: Scale = small): Promise<Res
         deliveries += seqs.length;
         const seen = new Set<number>();
         let last = 0;
-        for (const seq of seqs) {
+        for (const [i, seq] of seqs.entries()) {
             if (seen.has(seq)) {
-                duplicates.push(`${client.name} ${path} #${seq}`);
+                duplicates.push(`${client.name} ${path} #${seq} (received ${seqs.slice(Math.max(0, i - 8), i + 3).join(',')}; connections ${client.connections.slice(0, 6).map((c) => `${c.start - origin}..${c.end === null ? '' : c.end - origin}`).join(' ')}; faults ${faults.slice(0, 3).map((f) => `${f.kind}[${f.start - origin}..${f.end - origin}]`).join(' ')})`);
             }
 
             seen.add(seq);
@@ -535,7 +559,7 @@ export const runFaults = async (seed: number, scale: Scale = small): Promise<Res
         }
 
         examine(client, 'broadcast', client.updates);
-        losses.push(...missing(client));
+        losses.push(...missing(client, true));
         for (const pub of published) {
             if (owed(client, pub)) {
                 ++checked;

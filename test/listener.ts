@@ -385,7 +385,7 @@ describe('listener', () => {
                 open = resolve;
             });
 
-            // A fresh subscription: the live pub held meanwhile is its first message.
+            // A fresh subscription starts at the position read for its reply: a pub held meanwhile came before it
             const fresh = await Peer.open(url(srv));
             await fresh.hello({ pulse: { recovery: true } });
             fresh.send({ type: 'sub', id: 2, path: '/feed' });
@@ -393,11 +393,12 @@ describe('listener', () => {
             await srv.publish('/feed', 'during');
             open();
             const sub = await fresh.next();
-            expect(sub.pulse.position.offset).to.equal(0);                      // just before the held pub
+            expect(sub.pulse.position.offset).to.equal(1);
+            await srv.publish('/feed', 'next');
             await until(() => pubs(fresh).length === 1);
-            expect(pubs(fresh)[0]).to.include({ message: 'during', position: { epoch: broker.epoch, offset: 1 } });
+            expect(pubs(fresh)[0]).to.include({ message: 'next', position: { epoch: broker.epoch, offset: 2 } });
 
-            // A resubscription from offset 1: the pub read from history and held live goes out once.
+            // A resubscription from offset 2: the pub read from history and held live goes out once.
             broker.gate = new Promise((resolve) => {
 
                 open = resolve;
@@ -405,7 +406,7 @@ describe('listener', () => {
 
             await srv.publish('/feed', 'missed');
             const back = await Peer.open(url(srv));
-            back.send({ type: 'hello', id: 1, version: '2', subs: ['/feed'], pulse: { recovery: true, positions: { '/feed': { epoch: broker.epoch, offset: 1 } } } });
+            back.send({ type: 'hello', id: 1, version: '2', subs: ['/feed'], pulse: { recovery: true, positions: { '/feed': { epoch: broker.epoch, offset: 2 } } } });
             await until(() => broker.reading === 2);
             await srv.publish('/feed', 'both');
             open();
@@ -429,10 +430,10 @@ describe('listener', () => {
             await until(() => broker.reading === 3);
             await srv.publish('/feed', 'landed');
             open();
-            expect((await late.next()).pulse.position.offset).to.equal(4);
+            expect((await late.next()).pulse.position.offset).to.equal(5);
             await until(() => pubs(late).length === 1);
             await wait(20);
-            expect(pubs(late)).to.equal([{ type: 'pub', path: '/feed', message: 'landed', position: { epoch: broker.epoch, offset: 5 } }]);
+            expect(pubs(late)).to.equal([{ type: 'pub', path: '/feed', message: 'landed', position: { epoch: broker.epoch, offset: 6 } }]);
 
             fresh.close();
             back.close();

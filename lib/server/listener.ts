@@ -417,14 +417,9 @@ export class Listener {
         socket.hold(path);
         try {
             await this.subscriptions.subscribe(socket, path);
-            let recovery = await this.broker.recover(path, socket.recovery ? since ?? null : null, history);
-
-            // Live pubs already held are part of what this subscription receives: start just before them.
-            const first = socket.firstHeld(path);
-            if (!(since && recovery.recovered) && first !== null && first <= recovery.position.offset) {
-                recovery = { ...recovery, position: { epoch: recovery.position.epoch, offset: first - 1 } };
-            }
-
+            // What is held with an offset up to the position read was published before the reply (a broker healing
+            // a gap delivers old publishes late): the socket starts after it.
+            const recovery = await this.broker.recover(path, socket.recovery ? since ?? null : null, history);
             return { path, since, recovery };
         }
         catch (err) {

@@ -305,13 +305,6 @@ export class Socket {
         this.held.set(path, []);
     }
 
-    // The oldest live pub held for `path`, by offset.
-    firstHeld(path: string): number | null {
-
-        const held = this.held?.get(path);
-        return held?.length ? held[0]!.offset : null;
-    }
-
     // Sends what was held with an offset after `position` (older ones were replayed), then goes live.
     // A live copy of a replayed pub can still come later (queued behind an async filter, or a broker
     // message slower than the history read): the floor drops those until a newer pub goes by.
