@@ -578,7 +578,7 @@ describe('redis broker across nodes', { skip: !redisAvailable }, () => {
         await b!.srv.stop();
     });
 
-    it('still publishes to the other nodes while a node stops (server.stop() under load)', async () => {
+    it('still publishes to the other nodes while a node stops (server.stop() under load), and refuses publishes once stopped', async () => {
 
         const { list: [a, b] } = await nodes(2);
         for (const { srv } of [a!, b!]) {
@@ -599,6 +599,10 @@ describe('redis broker across nodes', { skip: !redisAvailable }, () => {
         await stopping;
         await until(() => got.length === 2 && updates.length === 1);
         expect(got).to.equal(['h', 'plain']);
+
+        // Stopped: refused rather than taken for delivered
+        await expect(a!.srv.publish('/h', 'late')).to.reject('Server stopped');
+        await expect(a!.srv.broadcast('late')).to.reject('Server stopped');
 
         await client.disconnect();
         await b!.srv.stop();

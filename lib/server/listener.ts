@@ -83,6 +83,7 @@ export class Listener {
     private readonly authRequired: (config: Auth.AuthSettings) => boolean;
     private stopped = true;
     private brokerUp = false;                              // from broker.start() to broker.stop(): publishes go through
+    private started = false;
     private pendingUpgrades = 0;
     private socketCounter = 0;                             // ids cycle through counter.min..counter.max
     private beatTimer: NodeJS.Timeout | null = null;
@@ -125,7 +126,7 @@ export class Listener {
         });
 
         this.stopped = false;
-        this.brokerUp = true;
+        this.brokerUp = this.started = true;
         this.scheduleBeat();
         this.scheduleVerify();
     }
@@ -497,7 +498,7 @@ export class Listener {
     publish(path: string, message: unknown, options: { internal?: unknown; user?: string } = {}): Promise<void> {
 
         if (!this.brokerUp) {
-            return Promise.resolve();
+            return this.refused();
         }
 
         // A path with local subscribers already knows its route; others go through the router.
@@ -539,7 +540,7 @@ export class Listener {
         }
 
         if (!this.brokerUp) {
-            return Promise.resolve();
+            return this.refused();
         }
 
         const envelope: BroadcastEnvelope = { message };
@@ -548,6 +549,13 @@ export class Listener {
         }
 
         return rejectThrown(() => this.broker.broadcast(envelope));
+    }
+
+    // Before the first start nothing can be listening (as nes); once stopped, other nodes may be, and an
+    // application must not take a publish that reached nobody for a delivered one.
+    private refused(): Promise<void> {
+
+        return this.started ? Promise.reject(Boom.serverUnavailable('Server stopped')) : Promise.resolve();
     }
 
     private deliverBroadcast(envelope: BroadcastEnvelope): void {
