@@ -325,12 +325,13 @@ export const runFaults = async (seed: number, scale: Scale = small): Promise<Res
 
         // Publishers: one sequential loop per path (so that acknowledged publishes are ordered), and one for broadcasts
         let publishing = true;
+        let burst = 0;                                   // big publishes still to send at once on /h/2 (slow consumer)
         const publisher = async (path: string | null, index: number): Promise<void> => {
 
             const { random, pick: choose, between: wait } = streams(10 + index);
-
-            const pad = path === '/h/2' ? 'x'.repeat(2000) : undefined;          // big enough to fill a paused reader
             for (let seq = 1; publishing; ++seq) {
+                const bursting = path === '/h/2' && burst > 0 && burst-- > 0;
+                const pad = path === '/h/2' ? 'x'.repeat(bursting ? 64 * 1024 : 2000) : undefined;
                 const node = liveNode(choose);
                 if (!node) {
                     await sleep(20);
@@ -360,7 +361,7 @@ export const runFaults = async (seed: number, scale: Scale = small): Promise<Res
                 record.ack = Date.now();
                 record.ok = error === null;
                 (path ? published : broadcasts).push(record);
-                await sleep(path ? wait(15, 35) : 200);
+                await sleep(bursting ? 0 : path ? wait(15, 35) : 200);
             }
         };
 
@@ -415,7 +416,8 @@ export const runFaults = async (seed: number, scale: Scale = small): Promise<Res
                 const client = pick(tracked);
                 const socket = client.socket();
                 socket?.pause();
-                await sleep(between(2500, 4000));                                  // past the heartbeat, whoever notices first
+                burst = 100;                                                        // 6.4 MB: past what the kernel buffers
+                await sleep(between(2500, 4000));                                  // and past the heartbeat
                 socket?.resume();
             }
 
