@@ -197,6 +197,19 @@ describe('listener', () => {
             expect(peer.frames.filter((frame) => frame.includes('late'))).to.equal([]);
         });
 
+        it('resolves publishes and broadcasts before the first start (nothing can listen yet), refuses them once stopped', async () => {
+
+            const srv = await server();
+            srv.subscription('/news');
+            await srv.publish('/news', 'early');
+            await srv.broadcast('early');
+
+            await srv.start();
+            await srv.stop();
+            await expect(srv.publish('/news', 'late')).to.reject('Server stopped');
+            await expect(srv.broadcast('late')).to.reject('Server stopped');
+        });
+
         it('logs a broker that fails to unsubscribe', async () => {
 
             class FailingBroker extends MemoryBroker {
