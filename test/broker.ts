@@ -846,7 +846,7 @@ describe('redis broker across nodes', { skip: !redisAvailable }, () => {
         const proxy = await Proxy.start(Number(new URL(redisUrl).port || 6379));
         try {
             const prefix = uniquePrefix();
-            const options = { timeout: 1500, client: { socket: { reconnectStrategy: () => 50 } } };
+            const options = { timeout: 3000, client: { socket: { reconnectStrategy: () => 50 } } };
             const a = { broker: new RedisBroker({ url: proxy.url, prefix, ...options }) };
             const b = { broker: new RedisBroker({ url: redisUrl, prefix, ...options }) };
             const sockets: Hapi.Server[] = [];

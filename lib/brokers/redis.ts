@@ -223,6 +223,7 @@ export class RedisBroker implements Broker {
         });
 
         sub.on('ready', () => this.resubscribe());
+        pub.on('ready', () => [...this.confirming.keys()].forEach((channel) => this.wake(channel)));
         this.channels.set(this.broadcastChannel, false);
 
         try {
@@ -327,7 +328,17 @@ export class RedisBroker implements Broker {
     confirmed(path: string): Promise<void> | null {
 
         const channel = this.channel(path);
-        return this.channels.get(channel) === true ? null : this.untilListening(channel);
+        return this.channels.get(channel) === true && this.pub?.isReady ? null : this.untilListening(channel);
+    }
+
+    // The subs waiting for `channel` go on once Redis acknowledged it and the publishing connection is up too
+    // (the position of a history path is read on it right after; both reconnect independently).
+    private wake(channel: string): void {
+
+        const waiting = this.confirming.get(channel);                   // none once stopped: stop() refused them
+        if (waiting && this.channels.get(channel) === true && this.pub!.isReady) {
+            waiting.forEach((waiter) => waiter());
+        }
     }
 
     private untilListening(channel: string): Promise<void> {
@@ -388,9 +399,7 @@ export class RedisBroker implements Broker {
             await this.bounded(sub.SUBSCRIBE(channel, this.onMessage));
             if (this.channels.has(channel)) {                  // not left meanwhile
                 this.channels.set(channel, true);
-                for (const waiter of this.confirming.get(channel) ?? []) {
-                    waiter();
-                }
+                this.wake(channel);
             }
         }
         catch (err) {
