@@ -912,6 +912,30 @@ describe('redis broker across nodes', { skip: !redisAvailable }, () => {
         }
     });
 
+    it('confirms a sub only once both connections are up (they reconnect independently)', async () => {
+
+        const broker = new RedisBroker({ url: redisUrl, prefix: uniquePrefix() });
+        await broker.start(recorder());
+        const pub = (broker as any).pub;
+
+        // The publishing connection still reconnecting when Redis acknowledges the subscription: the sub waits for it
+        Object.defineProperty(pub, 'isReady', { get: () => false, configurable: true });
+        let confirmed = false;
+        const subscribing = broker.subscribe('/a').then(() => (confirmed = true));
+        pub.emit('ready');                                              // before the acknowledgement: not yet
+        await until(() => (broker as any).channels.get((broker as any).channel('/a')) === true);
+        await wait(20);
+        expect(confirmed).to.be.false();
+        const joining = broker.confirmed('/a');
+        expect(joining).to.not.be.null();
+
+        delete pub.isReady;
+        pub.emit('ready');
+        await Promise.all([subscribing, joining]);
+        expect(broker.confirmed('/a')).to.be.null();
+        await broker.stop();
+    });
+
     it('survives a Redis restart: refuses publishes while it is down and resumes after', { skip: !redisServerAvailable }, async () => {
 
         const redis = await PrivateRedis.start();
