@@ -167,7 +167,6 @@ interface Tracked {
     connections: Connection[];
     wrong: string[];                              // filter, override or targeting mistakes
     close: () => Promise<void>;
-    socket: () => { pause(): void; resume(): void } | null;
 }
 
 interface Reset {
@@ -259,7 +258,7 @@ export const runFaults = async (seed: number, scale: Scale = small): Promise<Res
             const kind = i < scale.pulseClients ? 'pulse' : 'nes';
             const balancer = await Proxy.start(() => (liveNode(balancing.pick) ?? nodes[0]!).port);
             const user = users[i % users.length]!;
-            const state: Tracked = { name: `${kind}${i}`, kind, user, balancer, got: new Map(), resets: new Map(), updates: [], connections: [], wrong: [], close: () => Promise.resolve(), socket: () => null };
+            const state: Tracked = { name: `${kind}${i}`, kind, user, balancer, got: new Map(), resets: new Map(), updates: [], connections: [], wrong: [], close: () => Promise.resolve() };
             const address = `ws://127.0.0.1:${balancer.port}`;
             const onMessage = (path: string) => (message: FaultMessage | undefined, flags?: { recovered?: boolean }) => {
 
@@ -303,7 +302,6 @@ export const runFaults = async (seed: number, scale: Scale = small): Promise<Res
 
                 await client.connect({ auth, delay: 50, maxDelay: 500 });
                 state.close = () => client.disconnect();
-                state.socket = () => (client as any)._ws?._socket ?? null;
             }
             else {
                 const client: NesClient = new Nes.Client(address);
@@ -317,7 +315,6 @@ export const runFaults = async (seed: number, scale: Scale = small): Promise<Res
 
                 await client.connect({ auth, delay: 50, maxDelay: 500 });
                 state.close = () => client.disconnect();
-                state.socket = () => client._ws?._socket ?? null;
             }
 
             tracked.push(state);
@@ -414,11 +411,10 @@ export const runFaults = async (seed: number, scale: Scale = small): Promise<Res
                 // A client stops reading while big messages flow: cut off (high-water mark 4003, or the heartbeat on
                 // either side), it comes back and recovers
                 const client = pick(tracked);
-                const socket = client.socket();
-                socket?.pause();
+                client.balancer.stall();
                 burst = 100;                                                        // 6.4 MB: past what the kernel buffers
                 await sleep(between(2500, 4000));                                  // and past the heartbeat
-                socket?.resume();
+                client.balancer.flow();
             }
 
             fault.end = Date.now();

@@ -295,6 +295,8 @@ export class PrivateRedis {
 export class Proxy {
 
     private readonly links = new Set<Net.Socket>();
+    private readonly replies = new Map<Net.Socket, Net.Socket>();          // target side -> client side
+    private readonly stalled = new Set<Net.Socket>();
     private cutOff = false;
 
     private constructor(private readonly server: Net.Server, readonly port: number) { }
@@ -330,6 +332,29 @@ export class Proxy {
         this.cutOff = false;
     }
 
+    // Stops reading what the targets send on the current connections, as a client that stopped reading would,
+    // until flow().
+    stall(): void {
+
+        for (const [outbound, inbound] of this.replies) {
+            outbound.unpipe(inbound);
+            outbound.pause();
+            this.stalled.add(outbound);
+        }
+    }
+
+    flow(): void {
+
+        for (const outbound of this.stalled) {
+            const inbound = this.replies.get(outbound);
+            if (inbound) {
+                outbound.pipe(inbound);
+            }
+        }
+
+        this.stalled.clear();
+    }
+
     close(): Promise<void> {
 
         this.cut();
@@ -344,6 +369,8 @@ export class Proxy {
         }
 
         const outbound = Net.connect(typeof target === 'number' ? target : target(), '127.0.0.1');
+        this.replies.set(outbound, inbound);
+        outbound.on('close', () => this.replies.delete(outbound));
         for (const [from, to] of [[inbound, outbound], [outbound, inbound]] as const) {
             this.links.add(from);
             from.pipe(to);
