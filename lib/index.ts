@@ -97,6 +97,7 @@ const defaults = {
         index: false,
         timeout: 5000,
         maxConnectionsPerUser: false,
+        verifyTimeout: 5000,
         expiryNotice: 10000
     },
     headers: null,
@@ -141,6 +142,7 @@ const schema = Joi.object({
             then: Joi.number().min(1),
             otherwise: Joi.number().min(Joi.ref('...heartbeat.interval'))
         }),
+        verifyTimeout: Joi.number().integer().min(1),
         expiry: Joi.function(),
         expiryNotice: Joi.number().integer().min(0)
     }).allow(false).required(),

@@ -453,12 +453,20 @@ export class RedisBroker implements Broker {
             }
         }
         catch (err) {
-            this.log(['redis', 'deliver', 'error'], err);
+            this.deliveryFailed(err);
         }
 
         if (header.startsWith(this.own)) {
             this.echoed(Number(header.slice(this.own.length)), delivered);
         }
+        else if (delivered) {
+            delivered.catch(this.deliveryFailed);                   // nobody here waits on another node's publish
+        }
+    };
+
+    private readonly deliveryFailed = (err: unknown): void => {
+
+        this.log(['redis', 'deliver', 'error'], err);
     };
 
     // ---- Delivery of history paths: once, in order, gaps healed from the stream ----
@@ -579,7 +587,7 @@ export class RedisBroker implements Broker {
         last.offset = first - 1;
         for (const envelope of envelopes) {
             last.offset = envelope.position!.offset;
-            this.sink?.deliver(envelope);
+            this.sink?.deliver(envelope)?.catch(this.deliveryFailed);
         }
     }
 

@@ -23,6 +23,7 @@ export interface AuthSettings {
     timeout: number | false;
     maxConnectionsPerUser: number | false;
     minAuthVerifyInterval: number | false;
+    verifyTimeout: number;               // ms a credential check may take; one that takes longer failed
     expiry?: (credentials: Record<string, any>) => number | null | undefined;
     expiryNotice: number;                // ms before expiry that extension clients are warned
 }

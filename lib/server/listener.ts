@@ -48,6 +48,7 @@ export interface Settings {
 }
 
 const counter = { min: 10000, max: 99999 };
+const verifyConcurrency = 64;                            // credential checks a sweep runs at once
 
 // A message that cannot be serialised (a cycle, a BigInt) fails the publish or broadcast with a rejection, whatever
 // the broker, never with a synchronous throw.
@@ -292,11 +293,17 @@ export class Listener {
             throw Boom.unauthorized('Credentials expired');
         }
 
-        const user = config.index && typeof authenticated.credentials.user === 'string' ? authenticated.credentials.user : null;
-        if (user !== null && user !== socket.user && config.maxConnectionsPerUser && (this.byUser.get(user)?.size ?? 0) >= config.maxConnectionsPerUser) {
+        const user = userKey(authenticated.credentials.user);
+        const indexed = config.index ? user : null;
+        if (indexed !== null && indexed !== socket.user && config.maxConnectionsPerUser && (this.byUser.get(indexed)?.size ?? 0) >= config.maxConnectionsPerUser) {
             throw Boom.serverUnavailable('Too many connections for the authenticated user');
         }
 
+        if (socket.auth.isAuthenticated && (user !== socket.user || authenticated.strategy !== socket.auth.strategy)) {
+            ++socket.identityVersion;
+        }
+
+        ++socket.credentialsVersion;
         this.subscriptions.reindex(socket, () => {
 
             this.unindex(socket);
@@ -304,12 +311,12 @@ export class Listener {
             socket.auth.credentials = authenticated.credentials;
             socket.auth.artifacts = authenticated.artifacts as AuthArtifacts | null;       // as the strategy returned them (nes types them so)
             socket.auth.strategy = authenticated.strategy;
-            socket.user = typeof authenticated.credentials.user === 'string' ? authenticated.credentials.user : null;
-            if (user !== null && this.sockets.get(socket.id) === socket) {      // not if it closed while authenticating (remove() ran)
-                let set = this.byUser.get(user);
+            socket.user = user;
+            if (indexed !== null && this.sockets.get(socket.id) === socket) {      // not if it closed while authenticating (remove() ran)
+                let set = this.byUser.get(indexed);
                 if (!set) {
                     set = new Set();
-                    this.byUser.set(user, set);
+                    this.byUser.set(indexed, set);
                 }
 
                 set.add(socket);
@@ -341,18 +348,54 @@ export class Listener {
     }
 
     // Re-checks credentials with the auth strategy (server.auth.verify) once per minAuthVerifyInterval.
-    // Resolves false when they no longer verify; the caller tells the client and closes.
+    // Resolves false when they no longer verify (or the strategy did not answer within verifyTimeout); the
+    // caller tells the client and closes. Every message that arrives while a check is pending waits for it.
     // The sweep forces it: credentials that stop verifying are caught within one interval, not two.
     // Synchronous `true` when no check is due, so that most messages pay no await for it.
     verify(socket: Socket, force = false): true | Promise<boolean> {
 
-        const interval = this.settings.auth ? this.settings.auth.minAuthVerifyInterval : false;
-        if (!interval || !socket.auth.isAuthenticated || (!force && Date.now() - socket.verifiedAt < interval)) {
+        const config = this.settings.auth;
+        if (!config || !config.minAuthVerifyInterval || !socket.auth.isAuthenticated) {
             return true;
         }
 
-        socket.verifiedAt = Date.now();
-        return this.server.auth.verify(socket as any).then(() => true, () => false);
+        if (socket.verifying) {
+            return socket.verifying;
+        }
+
+        if (!force && Date.now() - socket.verifiedAt < config.minAuthVerifyInterval) {
+            return true;
+        }
+
+        const credentials = socket.auth.credentials;
+        const check = this.verifyWithin(socket, config.verifyTimeout).then((verified) => {
+
+            socket.verifying = null;
+            if (socket.auth.credentials !== credentials) {
+                return true;                                   // replaced meanwhile by a reauth, which verified the new ones
+            }
+
+            if (verified) {
+                socket.verifiedAt = Date.now();
+            }
+
+            return verified;
+        });
+
+        socket.verifying = check;
+        return check;
+    }
+
+    private verifyWithin(socket: Socket, timeout: number): Promise<boolean> {
+
+        let timer: NodeJS.Timeout;
+        const expired = new Promise<boolean>((resolve) => {
+
+            timer = setTimeout(() => resolve(false), timeout);
+        });
+
+        const verified = this.server.auth.verify(socket as any).then(() => true, () => false);
+        return Promise.race([verified, expired]).finally(() => clearTimeout(timer));
     }
 
     private scheduleVerify(): void {
@@ -364,16 +407,31 @@ export class Listener {
 
         this.verifyTimer = setTimeout(async () => {
 
-            for (const socket of [...this.sockets.values()]) {
-                if (!await this.verify(socket, true)) {
-                    socket.close(CloseCode.authExpired, 'Credential verification failed');
-                }
-            }
-
+            await this.sweepCredentials();
             if (!this.stopped) {
                 this.scheduleVerify();
             }
         }, interval);
+    }
+
+    // Every socket, at most verifyConcurrency checks at a time: a slow strategy delays revocation by one
+    // verify latency, not by one per socket.
+    private async sweepCredentials(): Promise<void> {
+
+        const sockets = [...this.sockets.values()];
+        let next = 0;
+        const worker = async (): Promise<void> => {
+
+            while (next < sockets.length) {
+                const socket = sockets[next++]!;
+                const verified = this.verify(socket, true);
+                if (verified !== true && !await verified) {
+                    socket.close(CloseCode.authExpired, 'Credential verification failed');
+                }
+            }
+        };
+
+        await Promise.all(Array.from({ length: Math.min(verifyConcurrency, sockets.length) }, worker));
     }
 
     // The hello reply's extension block: what was accepted, and per history path where the socket stands.
@@ -700,6 +758,17 @@ export class Listener {
         return filtered;
     }
 }
+
+// The key a user is indexed and targeted under: as in nes, any truthy user, so 42 and '42' are one user
+// (and the same on every node, where envelopes carry it as a string).
+export const userKey = (user: unknown): string | null => {
+
+    if (typeof user === 'string') {
+        return user || null;
+    }
+
+    return typeof user === 'number' && user !== 0 && Number.isFinite(user) ? String(user) : null;
+};
 
 const refuse = (socket: Duplex, statusCode: number): void => {
 

@@ -72,6 +72,9 @@ export class Socket {
     awaitingPong = false;
     inFlight = 0;
     verifiedAt = 0;
+    verifying: Promise<boolean> | null = null;          // a credential check under way: every message waits for it
+    credentialsVersion = 0;                             // counts credential changes (hello, reauth)
+    identityVersion = 0;                                // counts changes of user or strategy
     recovery = false;                            // negotiated the recovery extension
     expiry = false;                              // negotiated the expiry extension
     expiresAt: number | null = null;
@@ -89,6 +92,7 @@ export class Socket {
     private held: Map<string, Prepared[]> | null = null;        // live pubs held while a path catches up
     private floors: Map<string, Position> | null = null;       // per path: the last pub replayed or released
     private expiryTimer: NodeJS.Timeout | null = null;
+    private credentialsFailed = false;
     private rateWindow = 0;
     private rateCount = 0;
 
@@ -522,10 +526,9 @@ export class Socket {
                 throw this.notReady();
             }
 
-            const verified = this.listener.verify(this);
+            const verified = this.credentialsFailed ? false : this.listener.verify(this);
             if (verified !== true && !await verified) {
-                this.sendError(Boom.forbidden('Credential verification failed'), message.type, message.id);
-                this.close(CloseCode.authExpired, 'Credential verification failed');
+                this.refuseCredentials(message.type, message.id);
                 return;
             }
 
@@ -548,6 +551,16 @@ export class Socket {
     private notReady(): Boom.Boom {
 
         return Boom.badRequest('Connection is not initialized');
+    }
+
+    // Every message that waited on the failed check gets its 403 (they resume together), then the socket closes.
+    private refuseCredentials(type: string, id: MessageId): void {
+
+        this.sendError(Boom.forbidden('Credential verification failed'), type, id);
+        if (!this.credentialsFailed) {
+            this.credentialsFailed = true;
+            setImmediate(() => this.close(CloseCode.authExpired, 'Credential verification failed'));
+        }
     }
 
     private async hello(request: HelloRequest): Promise<void> {
@@ -638,6 +651,7 @@ export class Socket {
 
     private async reauth(request: ReauthRequest): Promise<void> {
 
+        const identity = this.identityVersion;
         try {
             await this.listener.authenticate(this, request.auth, true);
         }
@@ -647,8 +661,10 @@ export class Socket {
             return;
         }
 
-        // New credentials may not hold every subscription the old ones did.
-        for (const path of this.listener.subscriptions.unauthorized(this)) {
+        // New credentials may not hold every subscription the old ones did; another user (or strategy) holds
+        // none of what onSubscribe granted the previous one.
+        const lost = identity === this.identityVersion ? this.listener.subscriptions.unauthorized(this) : [...this.subscriptions.keys()];
+        for (const path of lost) {
             await this.revoke(path, null);
         }
 

@@ -204,7 +204,17 @@ export class Subscriptions {
         this.authorize(socket, route, params);
 
         if (route.onSubscribe) {
+            const { credentialsVersion, identityVersion } = socket;
             await route.onSubscribe(socket, path, params);
+
+            // A reauth while onSubscribe ran: the subscription must hold for the credentials now current.
+            if (socket.identityVersion !== identityVersion) {
+                throw Boom.forbidden('Credentials changed while subscribing');
+            }
+
+            if (socket.credentialsVersion !== credentialsVersion) {
+                this.authorize(socket, route, params);
+            }
         }
 
         if (!socket.isOpen()) {                                            // closed while onSubscribe ran
@@ -322,7 +332,8 @@ export class Subscriptions {
     private deliverFiltered(topic: Topic, envelope: PublishEnvelope, pub: Prepared): void | Promise<void> {
 
         if (topic.pending) {
-            return this.track(topic, topic.pending.then(() => this.filterAndSend(topic, envelope, pub)));
+            const run = () => this.filterAndSend(topic, envelope, pub);
+            return this.track(topic, topic.pending.then(run, run));
         }
 
         const result = this.filterAndSend(topic, envelope, pub);
@@ -378,7 +389,11 @@ export class Subscriptions {
             }
 
             if (typeof decision === 'object' && 'override' in decision) {
-                socket.sendPrepared(preparePub(envelope, decision.override));
+                const override = this.prepareOverride(envelope, decision.override);
+                if (override) {
+                    socket.sendPrepared(override);
+                }
+
                 continue;
             }
 
@@ -409,9 +424,23 @@ export class Subscriptions {
                 return;                                                     // revoked (or closed) while the filter ran
             }
 
-            if (decision) {
-                socket.sendPrepared(preparePub(envelope, typeof decision === 'object' && 'override' in decision ? decision.override : envelope.message), true);
+            const prepared = !decision ? null : typeof decision === 'object' && 'override' in decision ? this.prepareOverride(envelope, decision.override) : preparePub(envelope, envelope.message);
+            if (prepared) {
+                socket.sendPrepared(prepared, true);
             }
+        }
+    }
+
+    // An override the filter made for one socket: one that cannot be serialised (a BigInt, a cycle) is that
+    // socket's loss alone, logged like a failing filter (the publish itself went out).
+    private prepareOverride(envelope: PublishEnvelope, override: unknown): Prepared | null {
+
+        try {
+            return preparePub(envelope, override);
+        }
+        catch (err) {
+            this.logFilterError(envelope, err);
+            return null;
         }
     }
 
@@ -419,13 +448,18 @@ export class Subscriptions {
     // publish that is being watched on this node (see watch()).
     private filterFailed(err: unknown, envelope: PublishEnvelope): false {
 
-        this.server.log(['pulse', 'filter', 'error'], { path: envelope.path, error: err });
+        this.logFilterError(envelope, err);
         const watched = this.watched.get(envelope);
         if (watched && watched.error === undefined && isProgrammerError(err)) {
             watched.error = err;
         }
 
         return false;
+    }
+
+    private logFilterError(envelope: PublishEnvelope, error: unknown): void {
+
+        this.server.log(['pulse', 'filter', 'error'], { path: envelope.path, error });
     }
 
     // The publish of `envelope` from this node: the first programmer error of a filter run here for it is
