@@ -19,7 +19,9 @@ import type { SubscriptionOptions, SubscriptionOptions as PulseSubscriptionOptio
 
 export type { Broker, BrokerSink, PublishEnvelope, BroadcastEnvelope, HistoryOptions, Recovery } from './broker';
 export { MemoryBroker } from './brokers/memory';
+export type { MemoryBrokerOptions } from './brokers/memory';
 export { CloseCode } from './protocol';
+import { isWellFormed } from './protocol';
 export type { Socket, SocketAuth, SocketInfo } from './server/socket';
 export type { SubscriptionOptions, FilterOptions, FilterResult } from './server/subscriptions';
 
@@ -37,6 +39,7 @@ export interface PluginOptions {
     onUpgrade?: (request: IncomingMessage) => boolean | Promise<boolean>;
     auth?: false | Partial<Auth.AuthSettings>;
     headers?: string[] | '*' | null;
+    tunnelHeaders?: string[];                // connection headers (host, x-forwarded-*, ...) a tunnelled request may set itself
     payload?: { maxChunkChars?: number | false };
     heartbeat?: false | { interval: number; timeout: number };
     maxConnections?: number | false;
@@ -101,6 +104,7 @@ const defaults = {
         expiryNotice: 10000
     },
     headers: null,
+    tunnelHeaders: [],
     payload: { maxChunkChars: false },
     heartbeat: { interval: 15000, timeout: 5000 },
     maxConnections: false,
@@ -147,6 +151,7 @@ const schema = Joi.object({
         expiryNotice: Joi.number().integer().min(0)
     }).allow(false).required(),
     headers: Joi.array().items(Joi.string().lowercase()).min(1).allow('*', null),
+    tunnelHeaders: Joi.array().items(Joi.string()),
     payload: Joi.object({
         maxChunkChars: Joi.number().integer().min(1).allow(false)
     }),
@@ -187,6 +192,7 @@ const settle = (options: PluginOptions): Settings & { broker?: Broker } => {
         settings.headers = settings.headers.map((field: string) => field.toLowerCase());
     }
 
+    settings.tunnelHeaders = settings.tunnelHeaders.map((field: string) => field.toLowerCase());
     if (typeof settings.origin === 'string') {
         settings.origin = [settings.origin];
     }
@@ -201,6 +207,10 @@ const settle = (options: PluginOptions): Settings & { broker?: Broker } => {
     }
 
     if (settings.auth && settings.auth.type !== 'direct' && !settings.auth.password) {
+        if (broker && !(broker instanceof MemoryBroker)) {
+            throw new Error(`Invalid hapi-pulse configuration: auth.password is required for ${settings.auth.type} auth with a broker (every node must unseal what another sealed)`);
+        }
+
         settings.auth.password = randomBytes(32).toString('base64url');         // sealed only for this process
     }
 
@@ -228,10 +238,10 @@ const listenerOf = (server: Server): Listener => {
 
 declare module '@hapi/hapi' {
     interface Server {
-        broadcast(message: unknown, options?: { user?: string }): Promise<void>;
+        broadcast(message: unknown, options?: { user?: string | number }): Promise<void>;
         subscription<Message = any, Internal = unknown>(path: string, options?: SubscriptionOptions<Message, Internal>): void;
-        publish(path: string, message: unknown, options?: { internal?: unknown; user?: string }): Promise<void>;
-        eachSocket(each: (socket: Socket) => unknown, options?: { subscription?: string; user?: string }): Promise<void>;
+        publish(path: string, message: unknown, options?: { internal?: unknown; user?: string | number }): Promise<void>;
+        eachSocket(each: (socket: Socket) => unknown, options?: { subscription?: string; user?: string | number }): Promise<void>;
         pulseStats(): PulseStats;
     }
 
@@ -261,7 +271,7 @@ export const plugin: Plugin<PluginOptions> = {
         server.ext('onPreStart', () => listener.start());
         server.ext('onPreStop', () => listener.stop());
 
-        server.decorate('server', 'broadcast', function (this: Server, message: unknown, opts?: { user?: string }) {
+        server.decorate('server', 'broadcast', function (this: Server, message: unknown, opts?: { user?: string | number }) {
 
             return listenerOf(this).broadcast(message, opts);
         });
@@ -271,13 +281,14 @@ export const plugin: Plugin<PluginOptions> = {
             listenerOf(this).subscriptions.add(path, opts);
         });
 
-        server.decorate('server', 'publish', function (this: Server, path: string, message: unknown, opts?: { internal?: unknown; user?: string }) {
+        server.decorate('server', 'publish', function (this: Server, path: string, message: unknown, opts?: { internal?: unknown; user?: string | number }) {
 
             Hoek.assert(typeof path === 'string' && path[0] === '/', 'Missing or invalid subscription path:', path || 'empty');
+            Hoek.assert(isWellFormed(path), 'Subscription path must be well-formed Unicode:', path);
             return listenerOf(this).publish(path, message, opts);
         });
 
-        server.decorate('server', 'eachSocket', function (this: Server, each: (socket: Socket) => unknown, opts?: { subscription?: string; user?: string }) {
+        server.decorate('server', 'eachSocket', function (this: Server, each: (socket: Socket) => unknown, opts?: { subscription?: string; user?: string | number }) {
 
             return listenerOf(this).eachSocket(each, opts);
         });

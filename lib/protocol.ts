@@ -184,6 +184,10 @@ export class ProtocolError extends Error {
 const methodToken = /^[A-Za-z][A-Za-z0-9!#$%&'*+.^_`|~-]*$/;
 const headerToken = /^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/;                     // RFC 9110 token
 
+// No lone surrogate: a path that is not well-formed Unicode cannot cross Redis (or any UTF-8 hop) intact.
+const loneSurrogate = /\p{Cs}/u;
+export const isWellFormed = (value: string): boolean => !loneSurrogate.test(value);
+
 const isObject = (value: unknown): value is Record<string, unknown> => {
 
     return value !== null && typeof value === 'object' && !Array.isArray(value);
@@ -201,6 +205,10 @@ const checkPath = (value: unknown, field: string, limits: Limits, type: string, 
 
     if (value[0] !== '/' && !routeIdAllowed) {
         throw new ProtocolError(`Message ${field} must start with /`, field, type, id);
+    }
+
+    if (!isWellFormed(value)) {
+        throw new ProtocolError(`Message ${field} must be well-formed Unicode`, field, type, id);
     }
 
     return value;

@@ -32,7 +32,8 @@ describe('recovery extension', () => {
         await srv.publish('/item/1', 'a');
         await srv.publish('/plain', 'p');
         await until(() => pubs(first).length === 2);
-        expect(pubs(first)[0]).to.equal({ type: 'pub', path: '/item/1', message: 'a', position: { epoch: start.epoch, offset: 1 } });
+        const epoch = pubs(first)[0].position.epoch;                       // the history starts with the first publish
+        expect(pubs(first)[0]).to.equal({ type: 'pub', path: '/item/1', message: 'a', position: { epoch, offset: 1 } });
         expect(pubs(first)[1]).to.equal({ type: 'pub', path: '/plain', message: 'p' });
         first.close();
         await until(() => first.closed !== null);
@@ -42,9 +43,9 @@ describe('recovery extension', () => {
         }
 
         const second = await Peer.open(url(srv));
-        const back = await second.hello({ subs: ['/item/1'], pulse: { recovery: true, positions: { '/item/1': { epoch: start.epoch, offset: 1 } } } });
+        const back = await second.hello({ subs: ['/item/1'], pulse: { recovery: true, positions: { '/item/1': { epoch, offset: 1 } } } });
         expect(back.pulse.recovered).to.equal({ '/item/1': true });
-        expect(back.pulse.positions['/item/1']).to.equal({ epoch: start.epoch, offset: 11 });
+        expect(back.pulse.positions['/item/1']).to.equal({ epoch, offset: 11 });
         await srv.publish('/item/1', 'live');
         await until(() => pubs(second).length === 11);
         expect(pubs(second).map((pub) => pub.message)).to.equal([...Array.from({ length: 10 }, (_, i) => `missed-${i}`), 'live']);
@@ -61,11 +62,13 @@ describe('recovery extension', () => {
         await srv.start();
 
         const peer = await Peer.open(url(srv));
-        const hello = await peer.hello({ subs: ['/feed'], pulse: { recovery: true } });
-        const epoch = hello.pulse.positions['/feed'].epoch;
+        await peer.hello({ subs: ['/feed'], pulse: { recovery: true } });
         for (let i = 0; i < 6; ++i) {
             await srv.publish('/feed', i);
         }
+
+        await until(() => pubs(peer).length === 6);
+        const epoch = pubs(peer)[0].position.epoch;
 
         const late = await Peer.open(url(srv));
         await late.hello({ pulse: { recovery: true } });

@@ -5,9 +5,17 @@
 // older than its ttl: it is deleted, and the next publish or recovery of that path starts a new stream
 // under a new epoch, offsets from 1. Expired streams are dropped when their path is used again, and by
 // one unref'd sweep timer (between start() and stop()) for the paths nobody uses any more.
+//
+// A stream is made by a publish only: recovering (subscribing to) a path nobody published to stores
+// nothing. Its position then names this process and the moment (`<epoch>~<ms>`, offset 0), so that a
+// later resume knows whether the stream that may exist by then started after it. At most `maxStreams`
+// streams are kept: a publish that needs one more drops the least recently published one, as if it had
+// expired.
 
 import { randomBytes } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
+
+import { assert } from '@hapi/hoek';
 
 import type { BroadcastEnvelope, Broker, BrokerSink, HistoryOptions, PublishEnvelope, Recovery } from '../broker';
 import type { Position } from '../protocol';
@@ -17,8 +25,13 @@ interface Entry {
     at: number;
 }
 
+export interface MemoryBrokerOptions {
+    maxStreams?: number;                 // paths whose history is kept at once, default 10000
+}
+
 interface Stream {
     epoch: string;
+    created: number;
     offset: number;                      // offset of the newest publish (0: none yet)
     size: number;                        // this path's history settings, from its last publish or its creation
     ttl: number;
@@ -40,11 +53,21 @@ export class MemoryBroker implements Broker {
     // never reuses the epoch of its previous incarnation.
     readonly epoch = randomBytes(6).toString('base64url');
 
+    readonly maxStreams: number;
+
     private sink: BrokerSink | null = null;
+    private lastEviction = -Infinity;                   // when the cap last dropped a stream
     private streams = new Map<string, Stream>();
     private expiries = 0;
     private shortest = maxSweep;                        // shortest ttl seen, bounded by maxSweep
     private timer: NodeJS.Timeout | null = null;
+
+    constructor(options: MemoryBrokerOptions = {}) {
+
+        const { maxStreams = 10000 } = options;
+        assert(Number.isInteger(maxStreams) && maxStreams > 0, 'Invalid MemoryBroker maxStreams');
+        this.maxStreams = maxStreams;
+    }
 
     // Number of paths whose history is currently held (expired ones are dropped by the next sweep or
     // use of their path). Read-only; for monitoring and tests.
@@ -93,13 +116,25 @@ export class MemoryBroker implements Broker {
         return Promise.resolve();
     }
 
-    // A path without a (live) stream gets an empty one, so that the position returned stays valid for
-    // the next publishes; it expires like any other.
     recover(path: string, since: Position | null, history: HistoryOptions): Promise<Recovery> {
 
         const time = now();
-        const stream = this.live(path, time) ?? this.create(path, history, time);
+        const stream = this.live(path, time);
+        const empty = since ? this.emptySince(since, time, history) : null;
+        if (!stream) {
+            const position = { epoch: `${this.epoch}~${Math.floor(time)}`, offset: 0 };
+            return Promise.resolve(!since || empty !== null && empty !== false ? { recovered: true, entries: [], position } : { recovered: false, position });
+        }
+
         const position = { epoch: stream.epoch, offset: stream.offset };
+        if (empty !== null) {
+            if (empty === false || stream.created < empty) {
+                return Promise.resolve({ recovered: false, position });
+            }
+
+            since = { epoch: stream.epoch, offset: 0 };                          // the stream started after that position
+        }
+
         if (!since) {
             return Promise.resolve({ recovered: true, entries: [], position });
         }
@@ -116,11 +151,37 @@ export class MemoryBroker implements Broker {
         return Promise.resolve({ recovered: true, entries: entries.slice(first).map((entry) => entry.envelope), position });
     }
 
+    // For a position given while the path had no stream: the time it was given, or false when what came
+    // after it cannot be known (another process, older than the ttl so a stream may have come and gone, or
+    // the cap dropped a stream since). Null for any other position.
+    private emptySince(since: Position, time: number, history: HistoryOptions): number | false | null {
+
+        const at = since.epoch.indexOf('~');
+        if (at === -1) {
+            return null;
+        }
+
+        const given = Number(since.epoch.slice(at + 1));
+        if (since.epoch.slice(0, at) !== this.epoch || since.offset !== 0 || !(given <= time) || time - given > history.ttl || this.lastEviction >= given) {
+            return false;
+        }
+
+        return given;
+    }
+
     // Sets the envelope's position and keeps the envelope itself (no copy): it must not change afterwards.
     private append(envelope: PublishEnvelope, history: HistoryOptions): void {
 
         const time = now();
-        const stream = this.live(envelope.path, time) ?? this.create(envelope.path, history, time);
+        let stream = this.live(envelope.path, time);
+        if (stream) {
+            this.streams.delete(envelope.path);                                  // most recently published last
+            this.streams.set(envelope.path, stream);
+        }
+        else {
+            stream = this.create(envelope.path, history, time);
+        }
+
         stream.size = history.size;
         stream.ttl = history.ttl;
         this.seen(history.ttl);
@@ -145,8 +206,13 @@ export class MemoryBroker implements Broker {
 
     private create(path: string, history: HistoryOptions, time: number): Stream {
 
+        if (this.streams.size >= this.maxStreams) {
+            this.drop(this.streams.keys().next().value!);
+            this.lastEviction = time;
+        }
+
         const epoch = this.expiries ? `${this.epoch}.${this.expiries}` : this.epoch;
-        const stream: Stream = { epoch, offset: 0, size: history.size, ttl: history.ttl, touched: time, entries: [], head: 0 };
+        const stream: Stream = { epoch, created: time, offset: 0, size: history.size, ttl: history.ttl, touched: time, entries: [], head: 0 };
         this.streams.set(path, stream);
         this.seen(history.ttl);
         return stream;

@@ -57,15 +57,15 @@ interface Healing {
 // The meta hash (epoch, offset) marks a history incarnation: when it is gone, so is the stream.
 const publishScript = `
 local stream, meta = KEYS[1], KEYS[2]
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local epoch = redis.call('HGET', meta, 'epoch')
 if not epoch then
     epoch = ARGV[6]
     redis.call('DEL', stream)
-    redis.call('HSET', meta, 'epoch', epoch)
+    redis.call('HSET', meta, 'epoch', epoch, 'created', now)
 end
 local offset = redis.call('HINCRBY', meta, 'offset', 1)
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local json = ARGV[3]
 local entry = string.sub(json, 1, -2) .. ',"position":{"epoch":"' .. epoch .. '","offset":' .. string.format('%d', offset) .. '}}'
 redis.call('XADD', stream, 'MAXLEN', '~', ARGV[4], '0-' .. string.format('%d', offset), 't', now, 'e', entry)
@@ -75,23 +75,51 @@ redis.call('PUBLISH', ARGV[1], ARGV[2] .. '\\n' .. entry)
 return { epoch, offset }
 `;
 
-// KEYS: stream, meta. ARGV: since epoch ('' for none), since offset, size, ttl, fresh epoch.
+// KEYS: stream, meta, run. ARGV: since epoch ('' for none), since offset, size, ttl, fresh run id.
 // Returns { epoch, offset, recovered (1 / 0), entry JSON... }.
+// A path nobody published to stores nothing: its position is \`~<run>:<ms>\` at offset 0, naming this Redis
+// run (the run key, lost with the data when Redis restarts without persistence) and this moment. A resume
+// from such a position gets the stream made after it, if no older than the ttl (so none came and went).
 const recoverScript = `
 local stream, meta = KEYS[1], KEYS[2]
-local epoch = redis.call('HGET', meta, 'epoch')
-if not epoch then
-    epoch = ARGV[5]
-    redis.call('DEL', stream)
-    redis.call('HSET', meta, 'epoch', epoch, 'offset', 0)
-    redis.call('PEXPIRE', meta, ARGV[4])
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local current = redis.call('HMGET', meta, 'epoch', 'offset', 'created')
+local epoch, offset = current[1], tonumber(current[2]) or 0
+local sinceEpoch = ARGV[1]
+local since = tonumber(ARGV[2])
+local run, given
+if not epoch or string.sub(sinceEpoch, 1, 1) == '~' then
+    run = redis.call('GET', KEYS[3])
+    if not run then
+        run = ARGV[5]
+        redis.call('SET', KEYS[3], run)
+    end
+    if sinceEpoch ~= '' then
+        local sinceRun, at = string.match(sinceEpoch, '^~([^:]*):(%d+)$')
+        given = tonumber(at)
+        if sinceRun ~= run or since ~= 0 or not given or given > now or now - given > tonumber(ARGV[4]) then
+            given = nil
+        end
+    end
 end
-local offset = tonumber(redis.call('HGET', meta, 'offset'))
-if ARGV[1] == '' then
+if not epoch then
+    local empty = '~' .. run .. ':' .. string.format('%d', now)
+    if sinceEpoch == '' or given then
+        return { empty, 0, 1 }
+    end
+    return { empty, 0, 0 }
+end
+if string.sub(sinceEpoch, 1, 1) == '~' then
+    if not given or (tonumber(current[3]) or 0) < given then
+        return { epoch, offset, 0 }
+    end
+    sinceEpoch = epoch
+end
+if sinceEpoch == '' then
     return { epoch, offset, 1 }
 end
-local since = tonumber(ARGV[2])
-if ARGV[1] ~= epoch or since > offset then
+if sinceEpoch ~= epoch or since > offset then
     return { epoch, offset, 0 }
 end
 local missed = offset - since
@@ -663,7 +691,7 @@ export class RedisBroker implements Broker {
 
     async recover(path: string, since: Position | null, history: HistoryOptions): Promise<Recovery> {
 
-        const reply = await this.script(scripts.recover, [this.streamKey(path), this.metaKey(path)], [since ? since.epoch : '', since ? `${since.offset}` : '0', `${history.size}`, `${history.ttl}`, freshEpoch()]) as [string, number, number, ...string[]];
+        const reply = await this.script(scripts.recover, [this.streamKey(path), this.metaKey(path), `${this.prefix}run`], [since ? since.epoch : '', since ? `${since.offset}` : '0', `${history.size}`, `${history.ttl}`, freshEpoch()]) as [string, number, number, ...string[]];
         const [epoch, offset, recovered, ...entries] = reply;
         const position = { epoch, offset: Number(offset) };
         if (!Number(recovered)) {

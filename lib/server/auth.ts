@@ -157,22 +157,38 @@ const unexpired = (authenticated: Authenticated, message: string): Authenticated
 };
 
 // Credentials from the sealed cookie sent with the upgrade request.
-export const fromCookie = async (server: Server, config: AuthSettings, cookies: string | undefined): Promise<Authenticated | null> => {
+// Only for cookie auth, and only the auth cookie is read: other cookies (malformed, or a sibling
+// subdomain's) never matter.
+export const fromCookie = async (config: AuthSettings, cookies: string | undefined): Promise<Authenticated | null> => {
 
-    if (!cookies) {
+    const sealed = config.type === 'cookie' ? cookieValue(cookies, config.cookie) : null;
+    if (sealed === null) {
         return null;
     }
 
-    let states: Record<string, unknown>;
+    let state: Authenticated;
     try {
-        ({ states } = await (server.states as unknown as { parse(cookies: string): Promise<{ states: Record<string, unknown> }> }).parse(cookies));
+        state = await Iron.unseal(sealed, config.password, config.iron ?? Iron.defaults) as Authenticated;
     }
     catch {
         throw Boom.unauthorized('Invalid nes authentication cookie');
     }
 
-    const state = states[config.cookie] as Authenticated | undefined;
     return state && typeof state === 'object' && state.credentials ? unexpired(state, 'Invalid nes authentication cookie') : null;
+};
+
+// The first value of cookie `name` in a Cookie header, unquoted.
+const cookieValue = (header: string | undefined, name: string): string | null => {
+
+    for (const pair of header?.split(';') ?? []) {
+        const at = pair.indexOf('=');
+        if (at !== -1 && pair.slice(0, at).trim() === name) {
+            const value = pair.slice(at + 1).trim();
+            return value.length > 1 && value[0] === '"' && value.endsWith('"') ? value.slice(1, -1) : value;
+        }
+    }
+
+    return null;
 };
 
 // Never null: the protocol parser drops a null hello auth and refuses a reauth without auth.

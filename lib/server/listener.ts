@@ -14,7 +14,7 @@ import { CloseCode, defaultLimits } from '../protocol';
 import type { Limits as ProtocolLimits, MessageId, Position, TunnelRequest } from '../protocol';
 import * as Auth from './auth';
 import { Prepared } from './prepared';
-import { Socket } from './socket';
+import { Socket, isIdentityHeader } from './socket';
 import { Subscriptions } from './subscriptions';
 
 export interface Catchup {
@@ -39,6 +39,7 @@ export interface Settings {
     onUpgrade?: (request: IncomingMessage) => boolean | Promise<boolean>;
     auth: Auth.AuthSettings | false;
     headers: string[] | '*' | null;
+    tunnelHeaders: string[];
     payload: { maxChunkChars: number | false };
     heartbeat: false | { interval: number; timeout: number };
     maxConnections: number | false;
@@ -48,6 +49,7 @@ export interface Settings {
 }
 
 const counter = { min: 10000, max: 99999 };
+const invalidUser = 'Invalid user: must be a non-empty string or a number';
 const verifyConcurrency = 64;                            // credential checks a sweep runs at once
 
 // A message that cannot be serialised (a cycle, a BigInt) fails the publish or broadcast with a rejection, whatever
@@ -261,7 +263,7 @@ export class Listener {
             return;
         }
 
-        let authenticated = await Auth.fromCookie(this.server, config, socket.cookies);
+        let authenticated = isReauth ? null : await Auth.fromCookie(config, socket.upgradeHeaders.cookie);   // a reauth carries its credentials
         if (authenticated && auth !== undefined && !isReauth) {
             throw Boom.badRequest('Connection already authenticated');
         }
@@ -553,7 +555,11 @@ export class Listener {
     }
 
     // While this node stops, publishes still reach the other nodes (its own sockets are closing).
-    publish(path: string, message: unknown, options: { internal?: unknown; user?: string } = {}): Promise<void> {
+    publish(path: string, message: unknown, options: { internal?: unknown; user?: string | number } = {}): Promise<void> {
+
+        if (options.user !== undefined && userKey(options.user) === null) {
+            return Promise.reject(new Error(invalidUser));
+        }
 
         if (!this.brokerUp) {
             return this.refused();
@@ -575,7 +581,7 @@ export class Listener {
         }
 
         if (options.user !== undefined) {
-            envelope.user = options.user;
+            envelope.user = userKey(options.user)!;
         }
 
         if (!match.route.filter) {
@@ -591,7 +597,11 @@ export class Listener {
         });
     }
 
-    broadcast(message: unknown, options: { user?: string } = {}): Promise<void> {
+    broadcast(message: unknown, options: { user?: string | number } = {}): Promise<void> {
+
+        if (options.user !== undefined && userKey(options.user) === null) {
+            throw new Error(invalidUser);
+        }
 
         if (options.user !== undefined && !(this.settings.auth && this.settings.auth.index)) {
             throw new Error('Socket auth indexing is disabled');
@@ -603,7 +613,7 @@ export class Listener {
 
         const envelope: BroadcastEnvelope = { message };
         if (options.user !== undefined) {
-            envelope.user = options.user;
+            envelope.user = userKey(options.user)!;
         }
 
         return rejectThrown(() => this.broker.broadcast(envelope));
@@ -632,7 +642,7 @@ export class Listener {
     }
 
     // Misuse throws at once, as in nes (which checks this synchronously)
-    eachSocket(each: (socket: Socket) => unknown, options: { subscription?: string; user?: string } = {}): Promise<void> {
+    eachSocket(each: (socket: Socket) => unknown, options: { subscription?: string; user?: string | number } = {}): Promise<void> {
 
         if (this.stopped) {
             return Promise.resolve();
@@ -645,7 +655,7 @@ export class Listener {
         return this.visit(each, options);
     }
 
-    private async visit(each: (socket: Socket) => unknown, options: { subscription?: string; user?: string }): Promise<void> {
+    private async visit(each: (socket: Socket) => unknown, options: { subscription?: string; user?: string | number }): Promise<void> {
 
         if (!options.subscription) {
             for (const socket of [...this.sockets.values()]) {
@@ -664,7 +674,7 @@ export class Listener {
             throw new Error('Subscription auth indexing is disabled');
         }
 
-        for (const socket of [...topic.recipients(options.user)]) {
+        for (const socket of [...topic.recipients(options.user === undefined ? undefined : String(options.user))]) {
             await each(socket);
         }
     }
@@ -702,7 +712,7 @@ export class Listener {
                 method,
                 url: path,
                 payload: request.payload as any,
-                headers: request.headers,
+                headers: this.tunnelHeaders(socket, request.headers),
                 auth: socket.auth.isAuthenticated ? { credentials: socket.auth.credentials as any, artifacts: socket.auth.artifacts as any, strategy: socket.auth.strategy! } : undefined,
                 validate: false,
                 plugins: { nes: { socket } },
@@ -716,6 +726,22 @@ export class Listener {
         }
 
         return this.encodeResponse(request.id, res.statusCode, res.result, res.headers);
+    }
+
+    // What identifies the connection (host, forwarded addresses, cookies) comes from the upgrade request;
+    // the message may set such a header only where the application allows it (tunnelHeaders). Framing
+    // headers (content-length, transfer-encoding) are shot's to compute.
+    private tunnelHeaders(socket: Socket, given: Record<string, string> | undefined): Record<string, string> {
+
+        const headers: Record<string, string> = { ...socket.upgradeHeaders };
+        for (const name in given) {
+            const lower = name.toLowerCase();
+            if (!isConnectionHeader(lower) || this.settings.tunnelHeaders.includes(lower)) {
+                headers[lower] = given[name]!;
+            }
+        }
+
+        return headers;
     }
 
     private encodeResponse(id: MessageId, statusCode: number, result: unknown, headers: Record<string, unknown>): string {
@@ -769,6 +795,10 @@ export const userKey = (user: unknown): string | null => {
 
     return typeof user === 'number' && user !== 0 && Number.isFinite(user) ? String(user) : null;
 };
+
+const framingHeaders = new Set(['content-length', 'transfer-encoding', 'connection', 'upgrade', 'keep-alive', 'te', 'trailer', 'expect']);
+
+const isConnectionHeader = (name: string): boolean => isIdentityHeader(name) || framingHeaders.has(name);
 
 const refuse = (socket: Duplex, statusCode: number): void => {
 

@@ -51,6 +51,12 @@ const onClose = function (this: SocketWs): void {
     void socket.listener.remove(socket);                           // never rejects: handler errors are logged there
 };
 
+const identityHeaders = new Set(['host', 'cookie', 'forwarded', 'via', 'x-real-ip', 'x-client-ip', 'true-client-ip', 'cf-connecting-ip']);
+
+// Headers that say who the connection is (host, cookies, forwarded addresses): tunnelled requests inherit
+// them from the upgrade request.
+export const isIdentityHeader = (name: string): boolean => identityHeaders.has(name) || name.startsWith('x-forwarded-');
+
 const OPEN = 1;
 
 const maxTimer = 2 ** 31 - 1;                   // setTimeout's longest delay
@@ -78,7 +84,8 @@ export class Socket {
     recovery = false;                            // negotiated the recovery extension
     expiry = false;                              // negotiated the expiry extension
     expiresAt: number | null = null;
-    readonly cookies: string | undefined;
+    readonly upgradeHeaders: Record<string, string> = {};     // what tunnelled requests inherit: host, cookie, x-forwarded-*
+    private reservedSubs = 0;                                   // subs past the limit check, not yet recorded
 
     private state = State.connected;
     private helloTimer: NodeJS.Timeout | null = null;
@@ -100,7 +107,13 @@ export class Socket {
 
         this.id = id;
         this.server = listener.server;
-        this.cookies = req.headers.cookie;
+        for (const name in req.headers) {
+            const value = req.headers[name];
+            if (typeof value === 'string' && isIdentityHeader(name)) {
+                this.upgradeHeaders[name] = value;
+            }
+        }
+
         this.info = {
             remoteAddress: req.socket.remoteAddress!,
             remotePort: req.socket.remotePort!,
@@ -338,6 +351,14 @@ export class Socket {
 
         this.floors ??= new Map();
         this.floors.set(path, { epoch: position.epoch, offset: floor });
+    }
+
+    // Unsubscribed (or revoked): nothing is kept for the path.
+    forget(path: string): void {
+
+        if (this.floors?.delete(path) && !this.floors.size) {
+            this.floors = null;
+        }
     }
 
     private belowFloor(prepared: Prepared): boolean {
@@ -713,11 +734,26 @@ export class Socket {
 
     private async subscribe(request: SubRequest): Promise<void> {
 
-        if (!this.subscriptions.has(request.path) && this.subscriptions.size >= this.listener.limits.maxSubscriptions) {
-            throw Boom.tooManyRequests('Too many subscriptions');
+        // The slot is taken before any await, so that a burst cannot overshoot the limit.
+        const fresh = !this.subscriptions.has(request.path);
+        if (fresh) {
+            if (this.subscriptions.size + this.reservedSubs >= this.listener.limits.maxSubscriptions) {
+                throw Boom.tooManyRequests('Too many subscriptions');
+            }
+
+            ++this.reservedSubs;
         }
 
-        const catchup = await this.listener.subscribeFor(this, request.path, request.position);
+        let catchup: Catchup | null;
+        try {
+            catchup = await this.listener.subscribeFor(this, request.path, request.position);
+        }
+        finally {
+            if (fresh) {
+                --this.reservedSubs;
+            }
+        }
+
         if (!catchup || !this.recovery) {
             this.sendText(JSON.stringify({ type: 'sub', id: request.id, path: request.path }));
             if (catchup) {

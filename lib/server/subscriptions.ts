@@ -406,8 +406,8 @@ export class Subscriptions {
 
         const filter = topic.route.filter;
         for (const envelope of envelopes) {
-            if (envelope.user !== undefined && envelope.user !== socket.user) {
-                continue;
+            if (envelope.path !== topic.path || envelope.user !== undefined && envelope.user !== socket.user) {
+                continue;                                                   // never another path's, nor another user's
             }
 
             let decision: FilterResult = true;
@@ -509,6 +509,7 @@ export class Subscriptions {
     private detach(socket: Socket, topic: Topic): void {
 
         socket.subscriptions.delete(topic.path);
+        socket.forget(topic.path);
         topic.delete(socket);
         if (!topic.sockets.size) {                   // an empty topic is always the registered one: nothing joins it after
             this.topics.delete(topic.path);
