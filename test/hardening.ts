@@ -9,6 +9,7 @@ import * as Boom from '@hapi/boom';
 import * as Code from '@hapi/code';
 import type * as Hapi from '@hapi/hapi';
 import * as Lab from '@hapi/lab';
+import * as Iron from '@hapi/iron';
 import { createClient } from '@redis/client';
 
 import { CloseCode, MemoryBroker } from '../lib';
@@ -72,19 +73,25 @@ const control = (): Control => ({ revoked: new Set(), hang: new Set(), delay: 0,
 const json = (ctl: Control = control()) => (srv: Hapi.Server): void => {
 
     srv.auth.scheme('json', () => ({
-        authenticate: (request: Hapi.Request, h: Hapi.ResponseToolkit) => {
+        authenticate: async (request: Hapi.Request, h: Hapi.ResponseToolkit) => {
 
             const header = request.headers.authorization;
             if (!header) {
                 throw Boom.unauthorized(null, 'Json');
             }
 
-            return h.authenticated({ credentials: JSON.parse(header as string) });
+            const credentials = JSON.parse(header as string);
+            if (credentials.slow) {
+                await wait(credentials.slow);
+            }
+
+            return h.authenticated({ credentials });
         },
         verify: async (auth: { credentials: { user: unknown } }) => {
 
             ++ctl.verified;
-            if (ctl.hang.has(auth.credentials.user)) {
+            const user = auth.credentials.user;                      // the credentials being checked, whatever happens meanwhile
+            if (ctl.hang.has(user)) {
                 await new Promise(() => { });
             }
 
@@ -92,7 +99,7 @@ const json = (ctl: Control = control()) => (srv: Hapi.Server): void => {
                 await wait(ctl.delay);
             }
 
-            if (ctl.revoked.has(auth.credentials.user)) {
+            if (ctl.revoked.has(user)) {
                 throw Boom.unauthorized('Revoked');
             }
         }
@@ -320,6 +327,25 @@ describe('hardening (issue 12)', () => {
             expect(replies.every((reply) => reply.statusCode === 403)).to.be.true();
         });
 
+        it('does not close a socket whose reauth completed while the sweep checked its previous credentials', async () => {
+
+            const ctl = control();
+            ctl.delay = 300;
+            const srv = await start({ auth: { type: 'direct', minAuthVerifyInterval: 100 }, heartbeat: false }, json(ctl), (s) => {
+
+                s.route({ method: 'GET', path: '/me', handler: (request) => request.auth.credentials });
+            });
+
+            const peer = await open(srv, { auth: as({ user: 'old' }) });
+            ctl.revoked.add('old');
+            const reauth = peer.reply({ type: 'reauth', id: 2, auth: as({ user: 'new', slow: 200 }) });
+            await until(() => ctl.verified === 1);                            // the sweep checks 'old' while the reauth runs
+            expect(await reauth).to.equal({ type: 'reauth', id: 2 });
+            await wait(350);                                                  // the check of 'old' failed meanwhile
+            expect(peer.closed).to.be.null();
+            expect((await peer.reply({ type: 'request', id: 3, method: 'GET', path: '/me' })).payload).to.equal({ user: 'new', slow: 200 });
+        });
+
         it('sweeps sockets concurrently, and counts a verification that never settles as failed', async () => {
 
             const ctl = control();
@@ -396,7 +422,18 @@ describe('hardening (issue 12)', () => {
         it('revokes every subscription when a reauth changes the user, and one still in onSubscribe fails', async () => {
 
             const g = gated();
-            const srv = await start({ auth: { type: 'direct' } }, json(), (s) => {
+            const srv = await start({ auth: { type: 'direct', route: { strategies: ['json', 'other'], mode: 'optional' } } }, (s) => {
+
+                json()(s);
+                s.auth.scheme('other', () => ({
+                    authenticate: (request: Hapi.Request, h: Hapi.ResponseToolkit) => {
+
+                        const user = request.headers['x-other'];
+                        return user ? h.authenticated({ credentials: { user } }) : h.unauthenticated(Boom.unauthorized(null, 'Other'));
+                    }
+                }));
+                s.auth.strategy('other', 'other');
+            }, (s) => {
 
                 s.subscription('/feed/{user}', {
                     onSubscribe: (socket, _path, params) => {
@@ -437,11 +474,15 @@ describe('hardening (issue 12)', () => {
             await wait(50);
             expect(pubs(peer)).to.equal([]);
 
-            // The same user again keeps what it holds.
+            // The same user again keeps what it holds; the same user through another strategy does not.
             expect((await peer.reply({ type: 'sub', id: 6, path: '/public' })).type).to.equal('sub');
             expect(await peer.reply({ type: 'reauth', id: 7, auth: as({ user: 'mallory', scope: ['x'] }) })).to.equal({ type: 'reauth', id: 7 });
             await srv.publish('/public', 'kept');
             await until(() => pubs(peer).length === 1);
+
+            const before = peer.frames.length;
+            expect(await peer.reply({ type: 'reauth', id: 8, auth: { headers: { 'x-other': 'mallory' } } })).to.equal({ type: 'reauth', id: 8 });
+            expect(peer.frames.slice(before).map((frame) => JSON.parse(frame)).filter((frame) => frame.type === 'revoke').map((frame) => frame.path)).to.equal(['/public']);
         });
     });
 
@@ -575,7 +616,7 @@ describe('hardening (issue 12)', () => {
 
         it('never matter to token and direct auth, and only the auth cookie matters to cookie auth', async () => {
 
-            const junk = 'other="bad; x=a b';
+            const junk = 'other="bad; x=a b; flag';
             const token = await start({ auth: { type: 'token', password, route: 'json' } }, json());
             const res = await token.inject({ url: '/nes/auth', headers: { authorization: JSON.stringify({ user: 'john' }) } });
             const tokenPeer = await Peer.open(url(token), { headers: { cookie: junk } });
@@ -587,7 +628,7 @@ describe('hardening (issue 12)', () => {
             later(() => directPeer.close());
             expect((await directPeer.hello({ auth: as({ user: 'john' }) })).type).to.equal('hello');
 
-            const cookie = await start({ auth: { type: 'cookie', password, isSecure: false, route: 'json' } }, json(), (s) => {
+            const cookie = await start({ auth: { type: 'cookie', password, iron: Iron.defaults, isSecure: false, route: 'json' } }, json(), (s) => {
 
                 s.route({ method: 'GET', path: '/me', options: { auth: false, state: { parse: false }, handler: (request) => request.auth.credentials } });
             });
@@ -631,6 +672,7 @@ describe('hardening (issue 12)', () => {
                 await expect(server({ auth: { type }, broker })).to.reject(`Invalid hapi-pulse configuration: auth.password is required for ${type} auth with a broker (every node must unseal what another sealed)`);
                 await server({ auth: { type, password: 'a-password-that-is-at-least-32-characters-long!' }, broker });
                 await server({ auth: { type } });
+                await server({ auth: { type }, broker: new MemoryBroker() });            // one process: its own password works
             }
 
             await server({ auth: { type: 'direct' }, broker });
@@ -832,7 +874,28 @@ describe('hardening (issue 12)', () => {
 
             const back = await open(srv, { subs: ['/room/1'], pulse: { recovery: true, positions: { '/room/1': position } } });
             expect(frames(back)[0].pulse.recovered).to.equal({ '/room/1': false });
-            expect(() => new MemoryBroker({ maxStreams: 0 })).to.throw('Invalid MemoryBroker maxStreams');
+            for (const maxStreams of [0, 1.5]) {
+                expect(() => new MemoryBroker({ maxStreams })).to.throw('Invalid MemoryBroker maxStreams');
+            }
+        });
+
+        it('recovers from a position given before the first publish only when it can vouch for what came since', async () => {
+
+            const broker = new MemoryBroker({ maxStreams: 1 });
+            const history = { size: 10, ttl: 60000 };
+            const at = (time: number) => ({ epoch: `${broker.epoch}~${Math.floor(time)}`, offset: 0 });
+
+            await broker.publish({ path: '/old', message: 1 }, history);
+            await wait(5);
+            const afterCreation = at(performance.now());
+            expect((await broker.recover('/old', afterCreation, history)).recovered).to.be.false();      // the stream is older than the position
+            expect((await broker.recover('/none', at(performance.now() + 60000), history)).recovered).to.be.false();     // from the future
+
+            const quiet = (await broker.recover('/quiet', null, history)).position;
+            expect((await broker.recover('/quiet', quiet, history)).recovered).to.be.true();
+            await wait(2);
+            await broker.publish({ path: '/other', message: 1 }, history);          // the cap drops /old
+            expect((await broker.recover('/quiet', quiet, history)).recovered).to.be.false();
         });
 
         it('stores nothing in Redis for paths subscribed then left without a publish, and still recovers across nodes', { skip: !redisAvailable }, async () => {

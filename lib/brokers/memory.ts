@@ -123,7 +123,7 @@ export class MemoryBroker implements Broker {
         const empty = since ? this.emptySince(since, time, history) : null;
         if (!stream) {
             const position = { epoch: `${this.epoch}~${Math.floor(time)}`, offset: 0 };
-            return Promise.resolve(!since || empty !== null && empty !== false ? { recovered: true, entries: [], position } : { recovered: false, position });
+            return Promise.resolve(!since || typeof empty === 'number' ? { recovered: true, entries: [], position } : { recovered: false, position });
         }
 
         const position = { epoch: stream.epoch, offset: stream.offset };
@@ -246,7 +246,7 @@ export class MemoryBroker implements Broker {
         const { entries } = stream;
         const oldest = time - stream.ttl;
         let head = Math.max(stream.head, entries.length - stream.size);
-        while (head < entries.length && entries[head]!.at < oldest) {
+        while (entries[head]!.at < oldest) {                                 // stops at the newest: it is the stream's last activity, so not expired
             ++head;
         }
 

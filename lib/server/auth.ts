@@ -174,17 +174,16 @@ export const fromCookie = async (config: AuthSettings, cookies: string | undefin
         throw Boom.unauthorized('Invalid nes authentication cookie');
     }
 
-    return state && typeof state === 'object' && state.credentials ? unexpired(state, 'Invalid nes authentication cookie') : null;
+    return (state as Authenticated | null)?.credentials ? unexpired(state, 'Invalid nes authentication cookie') : null;
 };
 
-// The first value of cookie `name` in a Cookie header, unquoted.
+// The first value of cookie `name` in a Cookie header.
 const cookieValue = (header: string | undefined, name: string): string | null => {
 
     for (const pair of header?.split(';') ?? []) {
         const at = pair.indexOf('=');
         if (at !== -1 && pair.slice(0, at).trim() === name) {
-            const value = pair.slice(at + 1).trim();
-            return value.length > 1 && value[0] === '"' && value.endsWith('"') ? value.slice(1, -1) : value;
+            return pair.slice(at + 1).trim();
         }
     }
 

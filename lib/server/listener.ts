@@ -264,7 +264,7 @@ export class Listener {
         }
 
         let authenticated = isReauth ? null : await Auth.fromCookie(config, socket.upgradeHeaders.cookie);   // a reauth carries its credentials
-        if (authenticated && auth !== undefined && !isReauth) {
+        if (authenticated && auth !== undefined) {
             throw Boom.badRequest('Connection already authenticated');
         }
 
@@ -356,8 +356,8 @@ export class Listener {
     // Synchronous `true` when no check is due, so that most messages pay no await for it.
     verify(socket: Socket, force = false): true | Promise<boolean> {
 
-        const config = this.settings.auth;
-        if (!config || !config.minAuthVerifyInterval || !socket.auth.isAuthenticated) {
+        const interval = this.settings.auth ? this.settings.auth.minAuthVerifyInterval : false;
+        if (!interval || !socket.auth.isAuthenticated) {
             return true;
         }
 
@@ -365,16 +365,16 @@ export class Listener {
             return socket.verifying;
         }
 
-        if (!force && Date.now() - socket.verifiedAt < config.minAuthVerifyInterval) {
+        if (!force && Date.now() - socket.verifiedAt < interval) {
             return true;
         }
 
         const credentials = socket.auth.credentials;
-        const check = this.verifyWithin(socket, config.verifyTimeout).then((verified) => {
+        const check = this.verifyWithin(socket, (this.settings.auth as Auth.AuthSettings).verifyTimeout).then((verified) => {
 
             socket.verifying = null;
             if (socket.auth.credentials !== credentials) {
-                return true;                                   // replaced meanwhile by a reauth, which verified the new ones
+                return true;                                   // replaced meanwhile by a reauth that was already under way
             }
 
             if (verified) {

@@ -109,8 +109,8 @@ export class Socket {
         this.server = listener.server;
         for (const name in req.headers) {
             const value = req.headers[name];
-            if (typeof value === 'string' && isIdentityHeader(name)) {
-                this.upgradeHeaders[name] = value;
+            if (isIdentityHeader(name)) {
+                this.upgradeHeaders[name] = value as string;                // Node joins repeated ones (only set-cookie is a list)
             }
         }
 
@@ -547,7 +547,7 @@ export class Socket {
                 throw this.notReady();
             }
 
-            const verified = this.credentialsFailed ? false : this.listener.verify(this);
+            const verified = this.listener.verify(this);
             if (verified !== true && !await verified) {
                 this.refuseCredentials(message.type, message.id);
                 return;
