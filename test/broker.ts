@@ -421,11 +421,12 @@ for (const flavour of flavours) {
             const broker = flavour.make();
             await broker.start(recorder());
 
-            const history = { size: 10, ttl: 200 };
+            // Margins of 400 ms on either side: a loaded machine may stretch every wait.
+            const history = { size: 10, ttl: 1000 };
             await broker.publish({ path: '/aging', message: 'a' }, history);
-            await wait(120);
+            await wait(700);
             await broker.publish({ path: '/aging', message: 'b' }, history);
-            await wait(120);                                                     // 'a' is past the ttl, 'b' is not
+            await wait(700);                                                     // 'a' is past the ttl, 'b' is not
 
             const { position } = await broker.recover('/aging', null, history);
             expect(position.offset).to.equal(2);
