@@ -282,10 +282,12 @@ describe('hostile input', () => {
 
         it('refuses tampered, truncated, expired and foreign tokens with 401', async () => {
 
-            const srv = await server({ auth: { type: 'token', password, ttl: 100 } }, 'pulse', auth());
+            const ttl = 1000;                                                               // room to use the token on a loaded machine
+            const srv = await server({ auth: { type: 'token', password, ttl } }, 'pulse', auth());
             srv.route({ method: 'GET', path: '/me', handler: (request) => request.auth.credentials.user });
             await srv.start();
 
+            const issued = Date.now();
             const res = await srv.inject({ url: '/nes/auth', headers: { authorization: 'User john' } });
             const token = (res.result as { token: string }).token;
             const foreign = await Iron.seal({ credentials: { user: 'john', scope: ['user-john'] } }, otherPassword, Iron.defaults);
@@ -311,7 +313,7 @@ describe('hostile input', () => {
 
             expect((await attempt(unsealedWrong)).statusCode).to.equal(401);               // sealed by us, but not credentials
 
-            await wait(150);                                                                // past the ttl (iron alone allows 60 s of skew)
+            await wait(issued + ttl + 50 - Date.now());                                     // past the ttl (iron alone allows 60 s of skew)
             expect((await attempt(token)).payload.message).to.equal('Invalid token');
 
             good.close();

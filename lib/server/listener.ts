@@ -407,12 +407,11 @@ export class Listener {
             return;
         }
 
-        this.verifyTimer = setTimeout(async () => {
+        // Every interval, whatever the previous sweep still waits on: a slow check delays no other socket's.
+        this.verifyTimer = setTimeout(() => {
 
-            await this.sweepCredentials();
-            if (!this.stopped) {
-                this.scheduleVerify();
-            }
+            this.scheduleVerify();
+            void this.sweepCredentials();                      // never rejects: verify() settles to a boolean
         }, interval);
     }
 
