@@ -608,6 +608,7 @@ describe('Compatibility with @hapi/nes: client', () => {
             const trace = record(client);
             const credentials = await outcome(client.connect({ auth: basic('john', 'wrong') }));
             const override = client.overrideReconnectionAuth(basic('john'));
+            await until(() => trace.length === 1);                 // the close may come after the rejection
             closes[`${flavour} ${kind}`] = trace.map((entry: any) => [entry[2].code, entry[2].reason]);
             for (const entry of trace as any[]) {
                 const { code: _code, explanation: _explanation, reason: _reason, ...rest } = entry[2];

@@ -66,9 +66,23 @@ interface Control {
     hang: Set<unknown>;
     delay: number;
     verified: number;
+    verifyGate: Promise<void> | null;                  // checks wait on it while set
+    authGate: Promise<void> | null;                    // authentications of credentials with `gated` wait on it
+    authenticating: number;
 }
 
-const control = (): Control => ({ revoked: new Set(), hang: new Set(), delay: 0, verified: 0 });
+const control = (): Control => ({ revoked: new Set(), hang: new Set(), delay: 0, verified: 0, verifyGate: null, authGate: null, authenticating: 0 });
+
+const gate = (): { promise: Promise<void>; open: () => void } => {
+
+    let open!: () => void;
+    const promise = new Promise<void>((resolve) => {
+
+        open = resolve;
+    });
+
+    return { promise, open };
+};
 
 const json = (ctl: Control = control()) => (srv: Hapi.Server): void => {
 
@@ -81,8 +95,9 @@ const json = (ctl: Control = control()) => (srv: Hapi.Server): void => {
             }
 
             const credentials = JSON.parse(header as string);
-            if (credentials.slow) {
-                await wait(credentials.slow);
+            if (credentials.gated) {
+                ++ctl.authenticating;
+                await ctl.authGate;
             }
 
             return h.authenticated({ credentials });
@@ -98,6 +113,8 @@ const json = (ctl: Control = control()) => (srv: Hapi.Server): void => {
             if (ctl.delay) {
                 await wait(ctl.delay);
             }
+
+            await ctl.verifyGate;
 
             if (ctl.revoked.has(user)) {
                 throw Boom.unauthorized('Revoked');
@@ -331,20 +348,29 @@ describe('hardening (issue 12)', () => {
         it('does not close a socket whose reauth completed while the sweep checked its previous credentials', async () => {
 
             const ctl = control();
-            ctl.delay = 300;
-            const srv = await start({ auth: { type: 'direct', minAuthVerifyInterval: 100 }, heartbeat: false }, json(ctl), (s) => {
+            const srv = await start({ auth: { type: 'direct', minAuthVerifyInterval: 50 }, heartbeat: false }, json(ctl), (s) => {
 
                 s.route({ method: 'GET', path: '/me', handler: (request) => request.auth.credentials });
             });
 
+            const auth = gate();
+            ctl.authGate = auth.promise;
             const peer = await open(srv, { auth: as({ user: 'old' }) });
+            const reauth = peer.reply({ type: 'reauth', id: 2, auth: as({ user: 'new', gated: true }) }, 5000);
+            await until(() => ctl.authenticating === 1);                  // the reauth is under way (past its own check)
+
+            const check = gate();
+            ctl.verifyGate = check.promise;
             ctl.revoked.add('old');
-            const reauth = peer.reply({ type: 'reauth', id: 2, auth: as({ user: 'new', slow: 200 }) });
-            await until(() => ctl.verified === 1);                            // the sweep checks 'old' while the reauth runs
+            const checked = ctl.verified;
+            await until(() => ctl.verified > checked);                    // the sweep checks 'old', held until the reauth is done
+            auth.open();
             expect(await reauth).to.equal({ type: 'reauth', id: 2 });
-            await wait(350);                                                  // the check of 'old' failed meanwhile
+            check.open();                                                 // the check of 'old' fails now
+            ctl.verifyGate = null;
+            await wait(150);
             expect(peer.closed).to.be.null();
-            expect((await peer.reply({ type: 'request', id: 3, method: 'GET', path: '/me' })).payload).to.equal({ user: 'new', slow: 200 });
+            expect((await peer.reply({ type: 'request', id: 3, method: 'GET', path: '/me' })).payload).to.equal({ user: 'new', gated: true });
         });
 
         it('sweeps sockets concurrently, and counts a verification that never settles as failed', async () => {
