@@ -1,9 +1,11 @@
 // Shared test fixtures: servers with our plugin or with @hapi/nes, and a raw WebSocket peer that
 // records every frame so tests can assert on the exact wire format.
 
+import * as AsyncHooks from 'node:async_hooks';
 import { spawn, spawnSync } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import * as Net from 'node:net';
+import * as Path from 'node:path';
 
 import * as Basic from '@hapi/basic';
 import * as Hapi from '@hapi/hapi';
@@ -56,6 +58,45 @@ export const until = async (check: () => boolean, timeout = 3000, what = 'condit
 
         await wait(5);
     }
+};
+
+// Timers that lib/ code starts from now on, and how many of them are still pending. Counting every timer in
+// the process would mix in those of other tests and libraries, which come and go on their own schedule.
+const libraryDirs = [Path.resolve(__dirname, '../lib') + Path.sep, Path.resolve(__dirname, '../../lib') + Path.sep];
+
+const startedByLibrary = (stack: string): boolean => {
+
+    // Past the message and the hook itself, the first frame outside node's internals called setTimeout / setInterval.
+    const caller = stack.split('\n').slice(2).find((frame) => !frame.includes('node:'));
+    return libraryDirs.some((dir) => caller?.includes(dir) ?? false);
+};
+
+export const libraryTimers = (): { pending: () => number; stop: () => void } => {
+
+    const pending = new Set<number>();
+    const hook = AsyncHooks.createHook({
+        init(id, type) {
+
+            if (type !== 'Timeout') {
+                return;
+            }
+
+            const limit = Error.stackTraceLimit;
+            Error.stackTraceLimit = 20;
+            const stack = new Error().stack!;
+            Error.stackTraceLimit = limit;
+            if (startedByLibrary(stack)) {
+                pending.add(id);
+            }
+        },
+        destroy(id) {                                       // a timer that fired or was cleared
+
+            pending.delete(id);
+        }
+    });
+
+    hook.enable();
+    return { pending: () => pending.size, stop: () => hook.disable() };
 };
 
 // A raw protocol peer: sends exactly what it is told, keeps every frame it receives.

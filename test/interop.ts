@@ -263,7 +263,7 @@ describe('@hapi/nes client against hapi-pulse', () => {
 
     it('chunks long messages and keeps heartbeats', async () => {
 
-        const srv = await server({ payload: { maxChunkChars: 16 }, heartbeat: { interval: 50, timeout: 30 } });
+        const srv = await server({ payload: { maxChunkChars: 16 }, heartbeat: { interval: 600, timeout: 500 } });
         srv.route({ method: 'GET', path: '/long', handler: () => ({ text: 'x'.repeat(100) }) });
         srv.subscription('/long');
         await srv.start();
@@ -287,7 +287,16 @@ describe('@hapi/nes client against hapi-pulse', () => {
             disconnected = true;
         };
 
-        await wait(300);                                        // several heartbeats come and go
+        // Counted by the pongs the client sends: once the third went out, two heartbeat checks have passed.
+        let pongs = 0;
+        const send = client._send;
+        client._send = (request: { type: string }, track: boolean) => {
+
+            pongs += request.type === 'ping' ? 1 : 0;
+            return send.call(client, request, track);
+        };
+
+        await until(() => pongs >= 3 || disconnected, 6000, 'three heartbeats');
         expect(disconnected).to.be.false();
         expect((await client.request('/long')).statusCode).to.equal(200);
 
@@ -297,7 +306,8 @@ describe('@hapi/nes client against hapi-pulse', () => {
 
     it('rejects a client that does not answer heartbeats', async () => {
 
-        const srv = await server({ heartbeat: { interval: 40, timeout: 20 } });
+        // The client gives up on its own interval + timeout after a ping: far later than the server's check.
+        const srv = await server({ heartbeat: { interval: 400, timeout: 100 } });
         await srv.start();
 
         const client = new Nes.Client(url(srv));

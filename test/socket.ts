@@ -5,7 +5,7 @@ import * as Lab from '@hapi/lab';
 
 import type { Socket } from '../lib';
 import { CloseCode } from '../lib';
-import { Peer, server, url, until, wait } from './helpers';
+import { libraryTimers, Peer, server, url, until, wait } from './helpers';
 
 const { expect } = Code;
 const lab = Lab.script();
@@ -240,13 +240,27 @@ describe('review fixes', () => {
 
     it('keeps no expiry timer for a socket that left while its hello was authenticating', async () => {
 
-        const timers = () => process.getActiveResourcesInfo().filter((kind) => kind === 'Timeout').length;
+        let authenticating!: () => void;
+        const started = new Promise<void>((resolve) => {
+
+            authenticating = resolve;
+        });
+
+        let release!: () => void;
+        const gate = new Promise<void>((resolve) => {
+
+            release = resolve;
+        });
+
+        let authenticated = false;
         const srv = await server({ auth: { type: 'direct' }, heartbeat: false }, 'pulse', (hapi) => {
 
             hapi.auth.scheme('slow', () => ({
                 authenticate: async (_request, h) => {
 
-                    await wait(100);
+                    authenticating();
+                    await gate;
+                    authenticated = true;
                     return h.authenticated({ credentials: { user: 'late', expiresAt: Date.now() + 3600 * 1000 } });
                 }
             }));
@@ -254,15 +268,22 @@ describe('review fixes', () => {
             hapi.auth.default('slow');
         });
         await srv.start();
-        const before = timers();
+        const timers = libraryTimers();
+        try {
+            const peer = await Peer.open(url(srv));
+            peer.send({ type: 'hello', id: 1, version: '2', auth: { headers: {} } });
+            await started;
+            peer.ws.terminate();
+            await until(() => srv.pulseStats().sockets === 0);
+            release();                                                  // authentication finishes after the socket left
+            await until(() => authenticated);
+            await wait(50);                                             // the hello resumes after the strategy returned
+            await until(() => timers.pending() === 0, 3000, 'no timer left by the library');
+        }
+        finally {
+            timers.stop();
+        }
 
-        const peer = await Peer.open(url(srv));
-        peer.send({ type: 'hello', id: 1, version: '2', auth: { headers: {} } });
-        await wait(20);
-        peer.ws.terminate();
-        await until(() => srv.pulseStats().sockets === 0);
-        await wait(150);                                                // authentication finishes after the socket left
-        expect(timers()).to.be.at.most(before);
         await srv.stop();
     });
 });
