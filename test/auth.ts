@@ -8,7 +8,7 @@ import * as Iron from '@hapi/iron';
 import * as Lab from '@hapi/lab';
 
 import { CloseCode } from '../lib';
-import { Peer, server, url, until } from './helpers';
+import { libraryTimers, Peer, server, url, until } from './helpers';
 
 const { expect } = Code;
 const lab = Lab.script();
@@ -274,8 +274,7 @@ describe('auth', () => {
 
         it('does not schedule another sweep once the server stopped during one', async () => {
 
-            const timeouts = (): number => process.getActiveResourcesInfo().filter((kind) => kind === 'Timeout').length;
-            const baseline = timeouts();
+            const timers = libraryTimers();
 
             let open!: () => void;
             const gate = new Promise<void>((resolve) => {
@@ -293,7 +292,13 @@ describe('auth', () => {
             await srv.stop();
             open();
 
-            await until(() => timeouts() <= baseline, 3000, 'no listener timer left');
+            try {
+                await until(() => timers.pending() === 0, 3000, 'no listener timer left');
+            }
+            finally {
+                timers.stop();
+            }
+
             expect(verified).to.equal(['john']);
         });
     });
