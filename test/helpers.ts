@@ -60,36 +60,35 @@ export const until = async (check: () => boolean, timeout = 3000, what = 'condit
     }
 };
 
-// Timers that lib/ code starts from now on, and how many of them are still pending. Counting every timer in
-// the process would mix in those of other tests and libraries, which come and go on their own schedule.
+// Timers that lib/ code starts from now on (and, with tcp, every TCP socket and server opened from now on), and
+// how many are still pending. Counting every handle in the process would mix in those of other tests and
+// libraries, which come and go on their own schedule.
 const libraryDirs = [Path.resolve(__dirname, '../lib') + Path.sep, Path.resolve(__dirname, '../../lib') + Path.sep];
 
-const startedByLibrary = (stack: string): boolean => {
+const startedByLibrary = (): boolean => {
 
-    // Past the message and the hook itself, the first frame outside node's internals called setTimeout / setInterval.
-    const caller = stack.split('\n').slice(2).find((frame) => !frame.includes('node:'));
+    const limit = Error.stackTraceLimit;
+    Error.stackTraceLimit = 20;
+    const stack = new Error().stack!;
+    Error.stackTraceLimit = limit;
+
+    // Past the message, this function and the hook, the first frame outside node's internals called setTimeout.
+    const caller = stack.split('\n').slice(3).find((frame) => !frame.includes('node:'));
     return libraryDirs.some((dir) => caller?.includes(dir) ?? false);
 };
 
-export const libraryTimers = (): { pending: () => number; stop: () => void } => {
+export const libraryTimers = (options: { tcp?: boolean } = {}): { pending: () => number; stop: () => void } => {
 
     const pending = new Set<number>();
     const hook = AsyncHooks.createHook({
         init(id, type) {
 
-            if (type !== 'Timeout') {
-                return;
-            }
-
-            const limit = Error.stackTraceLimit;
-            Error.stackTraceLimit = 20;
-            const stack = new Error().stack!;
-            Error.stackTraceLimit = limit;
-            if (startedByLibrary(stack)) {
+            const tcp = options.tcp && (type === 'TCPWRAP' || type === 'TCPSERVERWRAP');
+            if (tcp || (type === 'Timeout' && startedByLibrary())) {
                 pending.add(id);
             }
         },
-        destroy(id) {                                       // a timer that fired or was cleared
+        destroy(id) {                                       // a timer that fired or was cleared, a handle closed
 
             pending.delete(id);
         }
