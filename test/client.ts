@@ -829,12 +829,23 @@ for (const kind of ['nes', 'pulse'] as const) {
 
             it('answers server pings and stays connected', async () => {
 
-                const harness = await start({ heartbeat: { interval: 60, timeout: 50 } });
+                const harness = await start({ heartbeat: { interval: 600, timeout: 500 } });       // room for a slow pong
                 const c = client(harness.url);
                 let disconnects = 0;
                 c.onDisconnect = () => ++disconnects;
                 await c.connect();
-                await wait(300);
+
+                // Counted by the pongs sent: once the third went out, two heartbeat checks have passed.
+                let pongs = 0;
+                const ws = (c as any)._ws;
+                const send = ws.send.bind(ws);
+                ws.send = (data: string) => {
+
+                    pongs += JSON.parse(data).type === 'ping' ? 1 : 0;
+                    send(data);
+                };
+
+                await until(() => pongs >= 3 || disconnects > 0, 6000);
                 expect(disconnects).to.equal(0);
                 expect((await c.request('/')).payload).to.equal('hello');
             });

@@ -328,19 +328,33 @@ describe('listener', () => {
 
         it('does not time out a socket whose request is still in flight', async () => {
 
-            const srv = await server({ heartbeat: { interval: 40, timeout: 20 } });
+            let pings = 0;
+            let answering = true;
+            const srv = await server({ heartbeat: { interval: 400, timeout: 300 } });
             srv.route({ method: 'GET', path: '/slow', handler: async () => {
 
-                await wait(300);
+                answering = false;                                               // from now on the peer never answers a ping
+                const from = pings;
+                await until(() => pings >= from + 3, 5000, 'several sweeps');
                 return 'done';
             } });
             await srv.start();
 
-            const peer = await Peer.open(url(srv));                             // never answers a ping
+            const peer = await Peer.open(url(srv));
+            peer.ws.on('message', (data) => {
+
+                if (JSON.parse(data.toString()).type === 'ping') {
+                    ++pings;
+                    if (answering) {
+                        peer.send({ type: 'ping' });
+                    }
+                }
+            });
+
             await peer.hello();
-            const reply = await peer.reply({ type: 'request', id: 2, method: 'GET', path: '/slow' });
+            const reply = await peer.reply({ type: 'request', id: 2, method: 'GET', path: '/slow' }, 8000);
             expect(reply).to.include({ statusCode: 200, payload: 'done' });      // several sweeps went by meanwhile
-            expect((await peer.closedWith()).code).to.equal(CloseCode.heartbeatTimeout);
+            expect((await peer.closedWith(3000)).code).to.equal(CloseCode.heartbeatTimeout);
             await srv.stop();
         });
     });
