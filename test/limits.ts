@@ -152,12 +152,13 @@ describe('limits', () => {
             const peer = await Peer.open(url(srv));
             await peer.hello();
             for (let i = 0; i < 5; ++i) {
-                await wait(60);
-                peer.send({ type: 'ping', id: 2 });
-                peer.send({ type: 'ping', id: 3 });
+                await wait(60);                                             // since the server read the last pair
+                const replies = peer.frames.length;
+                peer.send({ type: 'sub', id: 2, path: '/none' });
+                peer.send({ type: 'sub', id: 3, path: '/none' });
+                await peer.count(replies + 2);
             }
 
-            await wait(20);
             expect(peer.closed).to.be.null();
             peer.close();
             await srv.stop();

@@ -1,6 +1,7 @@
 // The listener through the public API: registration options, server.publish / broadcast / eachSocket,
 // upgrades while stopping, tunnelled response encoding, heartbeat and recovery edge cases.
 
+import type { IncomingMessage } from 'node:http';
 import * as Net from 'node:net';
 
 import * as Boom from '@hapi/boom';
@@ -244,10 +245,12 @@ describe('listener', () => {
             let calls = 0;
             let connections = 0;
             const srv = await server({
-                onUpgrade: async () => {
+                onUpgrade: async (request: IncomingMessage) => {
 
-                    ++calls;
-                    await wait(200);
+                    if (++calls === 1) {
+                        await until(() => request.socket.destroyed, 5000, 'the client to leave');
+                    }
+
                     return true;
                 },
                 onConnection: () => {
