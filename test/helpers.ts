@@ -60,35 +60,37 @@ export const until = async (check: () => boolean, timeout = 3000, what = 'condit
     }
 };
 
-// Timers that lib/ code starts from now on (and, with tcp, every TCP socket and server opened from now on), and
-// how many are still pending. Counting every handle in the process would mix in those of other tests and
-// libraries, which come and go on their own schedule.
-const libraryDirs = [Path.resolve(__dirname, '../lib') + Path.sep, Path.resolve(__dirname, '../../lib') + Path.sep];
+// Timers that lib/ code starts from now on, and how many of them are still pending. Counting every timer in
+// the process would mix in those of other tests and libraries, which come and go on their own schedule.
+const libraryDir = Path.resolve(__dirname, '../lib') + Path.sep;
 
 const startedByLibrary = (): boolean => {
 
+    // Raw call sites: cheap, and the compiled paths (no source maps involved)
+    const prepare = Error.prepareStackTrace;
     const limit = Error.stackTraceLimit;
+    Error.prepareStackTrace = (_error, sites) => sites;
     Error.stackTraceLimit = 20;
-    const stack = new Error().stack!;
+    const sites = new Error().stack as unknown as NodeJS.CallSite[];
+    Error.prepareStackTrace = prepare;
     Error.stackTraceLimit = limit;
 
-    // Past the message, this function and the hook, the first frame outside node's internals called setTimeout.
-    const caller = stack.split('\n').slice(3).find((frame) => !frame.includes('node:'));
-    return libraryDirs.some((dir) => caller?.includes(dir) ?? false);
+    // Past this function and the hook, the first frame outside node's internals called setTimeout / setInterval.
+    const caller = sites.slice(2).find((site) => !(site.getFileName() ?? 'node:').startsWith('node:'));
+    return caller?.getFileName()?.startsWith(libraryDir) ?? false;
 };
 
-export const libraryTimers = (options: { tcp?: boolean } = {}): { pending: () => number; stop: () => void } => {
+export const libraryTimers = (): { pending: () => number; stop: () => void } => {
 
     const pending = new Set<number>();
     const hook = AsyncHooks.createHook({
         init(id, type) {
 
-            const tcp = options.tcp && (type === 'TCPWRAP' || type === 'TCPSERVERWRAP');
-            if (tcp || (type === 'Timeout' && startedByLibrary())) {
+            if (type === 'Timeout' && startedByLibrary()) {
                 pending.add(id);
             }
         },
-        destroy(id) {                                       // a timer that fired or was cleared, a handle closed
+        destroy(id) {                                       // a timer that fired or was cleared
 
             pending.delete(id);
         }

@@ -6,12 +6,29 @@ import * as Code from '@hapi/code';
 import type * as Hapi from '@hapi/hapi';
 import * as Lab from '@hapi/lab';
 
-import { libraryTimers, Nes, Peer, server, url, until, wait } from './helpers';
+import { Nes, Peer, server, url, until, wait } from './helpers';
 
 const { expect } = Code;
 const lab = Lab.script();
 export { lab };
 const { describe, it } = lab;
+
+// Handles the process holds, by kind (timers, TCP sockets, servers).
+const resources = (): Record<string, number> => {
+
+    const counts: Record<string, number> = {};
+    for (const kind of process.getActiveResourcesInfo()) {
+        counts[kind] = (counts[kind] ?? 0) + 1;
+    }
+
+    return counts;
+};
+
+const settled = (baseline: Record<string, number>): boolean => {
+
+    const now = resources();
+    return ['Timeout', 'TCPSocketWrap', 'TCPServerWrap'].every((kind) => (now[kind] ?? 0) <= (baseline[kind] ?? 0));
+};
 
 const auth = (srv: Hapi.Server): void => {
 
@@ -35,7 +52,7 @@ describe('lifecycle', () => {
 
     it('leaves no socket, subscription, user entry or timer behind after thousands of cycles', { timeout: 60000 }, async () => {
 
-        const handles = libraryTimers({ tcp: true });
+        const baseline = resources();
         const events = { connected: 0, disconnected: 0, subscribed: 0, unsubscribed: 0 };
         const srv = await server({
             auth: { type: 'direct', index: true, maxConnectionsPerUser: 1000, timeout: 1000, route: { mode: 'optional' } },
@@ -137,15 +154,14 @@ describe('lifecycle', () => {
         expect(events.unsubscribed).to.be.at.most(events.subscribed);
 
         await srv.stop();
-        await until(() => handles.pending() === 0, 5000, 'handles to close');
-        handles.stop();
+        await until(() => settled(baseline), 5000, 'handles to close');
     });
 
     describe('server.stop()', () => {
 
         it('lets in-flight requests finish, then closes every socket with 1001', async () => {
 
-            const handles = libraryTimers({ tcp: true });
+            const baseline = resources();
             const srv = await server({ closeTimeout: 2000 });
             let started = 0;
             srv.route({ method: 'GET', path: '/slow', handler: async () => {
@@ -182,13 +198,12 @@ describe('lifecycle', () => {
             await client.disconnect();                                               // stop the stock client reconnecting
             await expect(Peer.open(url(srv))).to.reject();
             expect(srv.pulseStats().sockets).to.equal(0);
-            await until(() => handles.pending() === 0, 5000, 'handles to close');
-            handles.stop();
+            await until(() => settled(baseline), 5000, 'handles to close');
         });
 
         it('is bounded: requests that never finish and clients that never read do not hold it', async () => {
 
-            const handles = libraryTimers({ tcp: true });
+            const baseline = resources();
             const srv = await server({ closeTimeout: 100 });
             srv.route({ method: 'GET', path: '/forever', handler: () => new Promise(() => { }) });
             await srv.start();
@@ -207,8 +222,7 @@ describe('lifecycle', () => {
             expect((await busy.closedWith()).code).to.equal(1001);
             (deaf.ws as any)._socket.resume();
             await until(() => deaf.closed !== null);
-            await until(() => handles.pending() === 0, 5000, 'handles to close');
-            handles.stop();
+            await until(() => settled(baseline), 5000, 'handles to close');
         });
 
         it('refuses upgrades after stop and can start again', async () => {
