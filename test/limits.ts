@@ -272,13 +272,16 @@ describe('limits', () => {
 
         it('closes a socket that does not say hello in time (4000)', async () => {
 
-            const srv = await server({ auth: { type: 'direct', timeout: 50 } });
+            // Long enough that the bad frame is answered first on a loaded machine
+            const srv = await server({ auth: { type: 'direct', timeout: 1000 } });
             await srv.start();
 
+            const opening = Date.now();
             const peer = await Peer.open(url(srv));
             peer.send('null');
             expect((await peer.next()).statusCode).to.equal(400);
-            expect(await peer.closedWith()).to.equal({ code: 4000, reason: 'Hello timeout' });
+            expect(await peer.closedWith(5000)).to.equal({ code: 4000, reason: 'Hello timeout' });
+            expect(Date.now() - opening).to.be.at.least(1000 - 10);          // at the timeout, not before
             await until(() => srv.pulseStats().sockets === 0);
             await srv.stop();
         });
