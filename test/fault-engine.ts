@@ -73,6 +73,7 @@ class FaultNode {
 
         const config: NodeConfig = { ...this.config, port: this.port, redis: this.link.url };
         const child = fork(Path.join(__dirname, 'fault-node.js'), [JSON.stringify(config)], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
+        child.on('error', () => { });                                       // a send racing its exit: settled above
         const ready = new Promise<void>((resolve, reject) => {
 
             child.once('exit', () => reject(new Error(`node ${this.index} exited while starting`)));
@@ -82,9 +83,7 @@ class FaultNode {
                     resolve();
                 }
                 else if (report.type === 'done') {
-                    const settle = this.pending.get(report.id);
-                    this.pending.delete(report.id);
-                    settle?.(report.error ?? null);
+                    this.settle(report.id, report.error ?? null);
                 }
                 else {
                     this.onLog(this.index, report.tags, report.path);
@@ -109,6 +108,13 @@ class FaultNode {
         this.child = child;
     }
 
+    private settle(id: number, error: string | null): void {
+
+        const settle = this.pending.get(id);
+        this.pending.delete(id);
+        settle?.(error);
+    }
+
     // Resolves with null once the node did it, or with the error (a node gone counts as an error).
     request(command: Request): Promise<string | null> {
 
@@ -121,7 +127,7 @@ class FaultNode {
         return new Promise((resolve) => {
 
             this.pending.set(id, resolve);
-            child.send({ ...command, id } as Command);
+            child.send({ ...command, id } as Command, (err) => err && this.settle(id, 'node exited'));     // exiting meanwhile
         });
     }
 
