@@ -1153,18 +1153,9 @@ for (const kind of ['nes', 'pulse'] as const) {
             it('retries a hello refused by a transient server error (502, 503, 504), keeping every subscription and position', async () => {
 
                 const hellos: any[] = [];
-                const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
-                await once(wss, 'listening');
-                defer(() => {
-
-                    wss.clients.forEach((ws) => ws.terminate());
-                    wss.close();
-                });
 
                 const refusals = [502, 503, 504];
-                wss.on('connection', (ws) => ws.on('message', (data) => {
-
-                    const message = JSON.parse(data.toString());
+                const server = await raw((ws, message) => {
                     if (message.type !== 'hello') {
                         return;
                     }
@@ -1184,9 +1175,9 @@ for (const kind of ['nes', 'pulse'] as const) {
                     }
 
                     ws.send(JSON.stringify({ type: 'hello', id: message.id, socket: 's', pulse: { recovery: true, expiry: false } }));
-                }));
+                }, { skip: true });
 
-                const c = client(`ws://127.0.0.1:${(wss.address() as Net.AddressInfo).port}`, { recovery: true });
+                const c = client(server.url, { recovery: true });
                 const errors: PulseError[] = [];
                 c.onError = (err) => errors.push(err);
                 const seen: unknown[] = [];
@@ -1212,26 +1203,17 @@ for (const kind of ['nes', 'pulse'] as const) {
             it('rejects connect() on a transient hello error and keeps trying in the background', async () => {
 
                 let hellos = 0;
-                const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
-                await once(wss, 'listening');
-                defer(() => {
 
-                    wss.clients.forEach((ws) => ws.terminate());
-                    wss.close();
-                });
-
-                wss.on('connection', (ws) => ws.on('message', (data) => {
-
-                    const message = JSON.parse(data.toString());
+                const server = await raw((ws, message) => {
                     if (++hellos === 1) {
                         ws.send(JSON.stringify({ type: 'hello', id: message.id, statusCode: 503, payload: { error: 'Service Unavailable', message: 'Busy' } }));
                         return;
                     }
 
                     ws.send(JSON.stringify({ type: 'hello', id: message.id, socket: 's' }));
-                }));
+                }, { skip: true });
 
-                const c = client(`ws://127.0.0.1:${(wss.address() as Net.AddressInfo).port}`);
+                const c = client(server.url);
                 await c.subscribe('/a', () => { });
                 let connected = false;
                 c.onConnect = () => (connected = true);
@@ -1245,17 +1227,8 @@ for (const kind of ['nes', 'pulse'] as const) {
             it('stops reconnecting when a later hello fails', async () => {
 
                 let hellos = 0;
-                const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
-                await once(wss, 'listening');
-                defer(() => {
 
-                    wss.clients.forEach((ws) => ws.terminate());
-                    wss.close();
-                });
-
-                wss.on('connection', (ws) => ws.on('message', (data) => {
-
-                    const message = JSON.parse(data.toString());
+                const server = await raw((ws, message) => {
                     if (++hellos === 1) {
                         ws.send(JSON.stringify({ type: 'hello', id: message.id, socket: 's' }));
                         setTimeout(() => ws.close(), 10);
@@ -1263,9 +1236,9 @@ for (const kind of ['nes', 'pulse'] as const) {
                     }
 
                     ws.send(JSON.stringify({ type: 'hello', id: message.id, statusCode: 401, payload: { error: 'Unauthorized', message: 'Expired' } }));
-                }));
+                }, { skip: true });
 
-                const c = client(`ws://127.0.0.1:${(wss.address() as Net.AddressInfo).port}`);
+                const c = client(server.url);
                 const errors: PulseError[] = [];
                 c.onError = (err) => errors.push(err);
                 await c.connect({ delay: 5 });

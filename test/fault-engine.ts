@@ -296,32 +296,18 @@ export const runFaults = async (seed: number, scale: Scale = small): Promise<Res
             }
 
             const auth = { headers: { 'x-user': user } };
-            if (kind === 'pulse') {
-                const client = new Client(address, { recovery: true });
-                client.onError = () => { };
-                client.onConnect = connected;
-                client.onDisconnect = disconnected;
-                client.onUpdate = (message: any) => state.updates.push(message.seq);
-                for (const path of paths) {
-                    await client.subscribe(path, onMessage(path));
-                }
-
-                await client.connect({ auth, delay: 50, maxDelay: 500 });
-                state.close = () => client.disconnect();
+            // Both clients have the same nes-shaped API: only the constructor differs.
+            const client: NesClient = kind === 'pulse' ? new Client(address, { recovery: true }) : new Nes.Client(address);
+            client.onError = () => { };
+            client.onConnect = connected;
+            client.onDisconnect = disconnected;
+            client.onUpdate = (message: any) => state.updates.push(message.seq);
+            for (const path of paths) {
+                await client.subscribe(path, onMessage(path));
             }
-            else {
-                const client: NesClient = new Nes.Client(address);
-                client.onError = () => { };
-                client.onConnect = connected;
-                client.onDisconnect = disconnected;
-                client.onUpdate = (message: any) => state.updates.push(message.seq);
-                for (const path of paths) {
-                    await client.subscribe(path, onMessage(path));
-                }
 
-                await client.connect({ auth, delay: 50, maxDelay: 500 });
-                state.close = () => client.disconnect();
-            }
+            await client.connect({ auth, delay: 50, maxDelay: 500 });
+            state.close = () => client.disconnect();
 
             tracked.push(state);
         }
