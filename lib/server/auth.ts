@@ -244,9 +244,9 @@ export interface Credentialed {
 // The user index, kept by the listener.
 export interface UserIndex<S extends Credentialed> {
     count(user: string): number;
-    // Applies a change of credentials: the socket leaves its user's indexes before `apply`, and joins its
-    // (possibly new) user's after.
-    rekey(socket: S, apply: () => void): void;
+    // Applies a change of credentials: the socket leaves its user's indexes before `apply`, and is indexed
+    // under `indexed` after (null: not indexed).
+    rekey(socket: S, indexed: string | null, apply: () => void): void;
 }
 
 const verifyConcurrency = 64;                            // credential checks a sweep runs at once
@@ -318,7 +318,8 @@ export class Authenticator<S extends Credentialed> {
         }
 
         const user = userKey(authenticated.credentials.user);
-        if (config.index && user !== null && user !== socket.user && config.maxConnectionsPerUser && this.users.count(user) >= config.maxConnectionsPerUser) {
+        const indexed = config.index ? user : null;
+        if (indexed !== null && indexed !== socket.user && config.maxConnectionsPerUser && this.users.count(indexed) >= config.maxConnectionsPerUser) {
             throw Boom.serverUnavailable('Too many connections for the authenticated user');
         }
 
@@ -327,7 +328,7 @@ export class Authenticator<S extends Credentialed> {
         }
 
         ++socket.credentialsVersion;
-        this.users.rekey(socket, () => {
+        this.users.rekey(socket, indexed, () => {
 
             socket.auth.isAuthenticated = true;
             socket.auth.credentials = authenticated.credentials;

@@ -105,7 +105,7 @@ export class Listener implements SocketHost {
 
         this.authenticator = new Auth.Authenticator(server, settings.auth, {
             count: (user) => this.byUser.get(user)?.size ?? 0,
-            rekey: (socket, apply) => this.rekey(socket, apply)
+            rekey: (socket, indexed, apply) => this.rekey(socket, indexed, apply)
         });
 
         this.tunnel = new Tunnel(server, { endpoint: settings.auth ? settings.auth.endpoint : null, headers: settings.headers, tunnelHeaders: settings.tunnelHeaders });
@@ -259,14 +259,13 @@ export class Listener implements SocketHost {
     // ---- User index ----
 
     // A socket's credentials change (hello, reauth): it leaves its user's indexes (here and per topic) before,
-    // and joins its user's after, unless it closed while authenticating (remove() ran).
-    private rekey(socket: Socket, apply: () => void): void {
+    // and joins `indexed`'s after, unless it closed while authenticating (remove() ran).
+    private rekey(socket: Socket, indexed: string | null, apply: () => void): void {
 
         this.subscriptions.reindex(socket, () => {
 
             this.unindex(socket);
             apply();
-            const indexed = this.settings.auth && this.settings.auth.index ? socket.user : null;
             if (indexed !== null && this.sockets.get(socket.id) === socket) {
                 let set = this.byUser.get(indexed);
                 if (!set) {
