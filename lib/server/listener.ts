@@ -10,12 +10,11 @@ import type { Server } from '@hapi/hapi';
 import { WebSocketServer } from 'ws';
 import type { WebSocket } from 'ws';
 
-import type { BroadcastEnvelope, Broker, PublishEnvelope } from '../broker';
+import type { BroadcastEnvelope, Broker, HistoryOptions, PublishEnvelope, Recovery } from '../broker';
 import { CloseCode, defaultLimits } from '../protocol';
 import type { Position } from '../protocol';
 import * as Auth from './auth';
 import { userKey } from './auth';
-import type { Catchup } from './catchup';
 import { Prepared } from './prepared';
 import { Socket } from './socket';
 import type { SocketConfig, SocketHost } from './socket';
@@ -305,73 +304,12 @@ export class Listener implements SocketHost {
         }, interval);
     }
 
-    // The hello reply's extension block: what was accepted, and per history path where the socket stands.
-    acknowledge(socket: Socket, catchups: Catchup[]): Record<string, unknown> {
-
-        const pulse: Record<string, unknown> = { recovery: socket.recovery, expiry: socket.expiry };
-        if (socket.recovery && catchups.length) {
-            const positions: Record<string, Position> = {};
-            const recovered: Record<string, boolean> = {};
-            for (const catchup of catchups) {
-                positions[catchup.path] = catchup.recovery.position;
-                if (catchup.since) {
-                    recovered[catchup.path] = catchup.recovery.recovered;
-                }
-            }
-
-            pulse.positions = positions;
-            pulse.recovered = recovered;
-        }
-
-        if (socket.expiry && socket.expiresAt !== null) {
-            pulse.expiresAt = socket.expiresAt;
-        }
-
-        return pulse;
-    }
-
     // ---- Recovery ----
 
-    // Subscribes; on a history path also holds live pubs and reads where the path stands: the socket's floor, so
-    // that it never receives a publish older than its subscription (a broker healing a gap delivers late), and
-    // for a recovery socket what it missed.
-    async subscribeFor(socket: Socket, path: string, since: Position | undefined): Promise<Catchup | null> {
+    // Where a history path stands, and what came after `since` (see catchup.ts).
+    recover(path: string, since: Position | null, history: HistoryOptions): Promise<Recovery> {
 
-        // Already subscribed (or catching up): a repeated sub changes nothing, and replays nothing.
-        const history = !socket.subscriptions.has(path) ? this.subscriptions.history(path) : null;
-        if (!history) {
-            await this.subscriptions.subscribe(socket, path);
-            return null;
-        }
-
-        socket.hold(path);
-        try {
-            await this.subscriptions.subscribe(socket, path);
-            // What is held with an offset up to the position read was published before the reply (a broker healing
-            // a gap delivers old publishes late): the socket starts after it.
-            const recovery = await this.broker.recover(path, socket.recovery ? since ?? null : null, history);
-            return { path, since, recovery };
-        }
-        catch (err) {
-            // A failed sub leaves nothing behind: a repeated one is handled like a first one.
-            socket.release(path, null);
-            await this.subscriptions.unsubscribe(socket, path);
-            throw err;
-        }
-    }
-
-    // After the reply: missed publishes in order, then the live ones held meanwhile, none twice.
-    async catchUp(socket: Socket, catchups: Catchup[]): Promise<void> {
-
-        for (const { path, since, recovery } of catchups) {
-            const topic = socket.subscriptions.get(path);
-            if (topic && since && recovery.recovered) {
-                await this.subscriptions.replay(socket, topic, recovery.entries);
-            }
-
-            // Unsubscribed (or revoked) meanwhile: what was held is dropped.
-            socket.release(path, socket.subscriptions.get(path) === topic && topic ? recovery.position : null);
-        }
+        return this.broker.recover(path, since, history);
     }
 
     // ---- Heartbeat: one sweep for every socket ----

@@ -12,6 +12,7 @@ import { CloseCode, chunk, parseClientMessage, transientStatus, version } from '
 import type { ProtocolError } from '../protocol';
 import type { ClientMessage, HelloRequest, Limits as ProtocolLimits, MessageId, Position, ReauthRequest, SubRequest, TunnelRequest, UnsubRequest } from '../protocol';
 import type { Authenticator, SocketAuth } from './auth';
+import * as Catchups from './catchup';
 import type { Catchup } from './catchup';
 import type { Prepared } from './prepared';
 import type { Subscriptions, Topic } from './subscriptions';
@@ -39,7 +40,7 @@ export interface SocketConfig {
 }
 
 // What a socket needs of the server that accepted it (the listener).
-export interface SocketHost {
+export interface SocketHost extends Catchups.RecoverySource<Socket> {
     readonly server: Server;
     readonly config: SocketConfig;
     readonly subscriptions: Subscriptions;
@@ -47,9 +48,6 @@ export interface SocketHost {
     readonly tunnel: Tunnel;
     flushLater(socket: Socket): void;                       // write the gathered frames on the next tick
     remove(socket: Socket): Promise<void>;                  // ws reported the close; never rejects
-    subscribeFor(socket: Socket, path: string, since: Position | undefined): Promise<Catchup | null>;
-    catchUp(socket: Socket, catchups: Catchup[]): Promise<void>;
-    acknowledge(socket: Socket, catchups: Catchup[]): Record<string, unknown>;
 }
 
 const enum State { connected, helloing, ready, closed }
@@ -112,8 +110,7 @@ export class Socket {
     private pending: Buffer[] | null = null;                     // frames gathered this tick
     private pendingBytes = 0;
     private pathQueue: Map<string, Promise<void>> | null = null;   // sub/unsub still running, per path
-    private held: Map<string, Prepared[]> | null = null;        // live pubs held while a path catches up
-    private floors: Map<string, Position> | null = null;       // per path: the last pub replayed or released
+    catchups: Map<string, Catchup> | null = null;                // history paths catching up, or with a floor
     private expiryTimer: NodeJS.Timeout | null = null;
     private credentialsFailed = false;
     private rateWindow = 0;
@@ -227,22 +224,18 @@ export class Socket {
         this.write(text);
     }
 
-    sendPrepared(prepared: Prepared, replayed = false): void {
+    // A live pub of a subscribed path: held while the path catches up, dropped when recovery sent it already.
+    deliver(prepared: Prepared): void {
+
+        if (this.catchups === null || Catchups.admit(this, prepared)) {
+            this.sendPrepared(prepared);
+        }
+    }
+
+    sendPrepared(prepared: Prepared): void {
 
         if (!this.isOpen()) {
             return;
-        }
-
-        if (!replayed && prepared.path !== null) {
-            const held = this.held?.get(prepared.path);
-            if (held) {
-                held.push(prepared);
-                return;
-            }
-
-            if (this.floors !== null && this.belowFloor(prepared)) {
-                return;
-            }
         }
 
         const max = this.host.config.maxChunkChars;
@@ -325,71 +318,6 @@ export class Socket {
         this.ws.send(data, asText);
     }
 
-    // Recovery: live pubs of `path` wait while the missed ones are read and replayed.
-    hold(path: string): void {
-
-        this.held ??= new Map();
-        this.held.set(path, []);
-    }
-
-    // Sends what was held with an offset after `position` (older ones were replayed), then goes live.
-    // A live copy of a replayed pub can still come later (queued behind an async filter, or a broker
-    // message slower than the history read): the floor drops those until a newer pub goes by.
-    release(path: string, position: Position | null): void {
-
-        const held = this.held?.get(path);
-        if (!held) {
-            return;
-        }
-
-        this.held!.delete(path);
-        if (!this.held!.size) {
-            this.held = null;
-        }
-
-        if (position === null) {
-            return;
-        }
-
-        let floor = position.offset;
-        for (const prepared of held) {
-            if (prepared.offset > floor) {
-                this.sendPrepared(prepared, true);
-                floor = prepared.offset;
-            }
-        }
-
-        this.floors ??= new Map();
-        this.floors.set(path, { epoch: position.epoch, offset: floor });
-    }
-
-    // Unsubscribed (or revoked): nothing is kept for the path.
-    forget(path: string): void {
-
-        if (this.floors?.delete(path) && !this.floors.size) {
-            this.floors = null;
-        }
-    }
-
-    private belowFloor(prepared: Prepared): boolean {
-
-        const floor = this.floors!.get(prepared.path!);
-        if (!floor) {
-            return false;
-        }
-
-        if (prepared.epoch === floor.epoch && prepared.offset <= floor.offset) {
-            return true;
-        }
-
-        this.floors!.delete(prepared.path!);
-        if (!this.floors!.size) {
-            this.floors = null;
-        }
-
-        return false;
-    }
-
     // Credentials expiry: sockets that negotiated the extension are warned `notice` ms ahead so they can
     // reauth; at expiry the socket is closed unless a reauth moved the expiry.
     expireAt(expiresAt: number | null, notice: number): void {
@@ -448,8 +376,7 @@ export class Socket {
         this.clearHelloTimer();
         clearTimeout(this.killTimer!);
         clearTimeout(this.expiryTimer!);
-        this.held = null;
-        this.floors = null;
+        this.catchups = null;
         this.gone = true;
         this.markRemoved?.();
     }
@@ -627,7 +554,7 @@ export class Socket {
 
             for (const path of request.subs ?? []) {                 // validation capped subs at maxSubscriptions
                 try {
-                    const catchup = await this.host.subscribeFor(this, path, request.pulse?.positions?.[path]);
+                    const catchup = await Catchups.subscribe(this.host, this, path, request.pulse?.positions?.[path]);
                     if (catchup) {
                         catchups.push(catchup);
                     }
@@ -646,7 +573,7 @@ export class Socket {
         catch (err) {
             // A failed hello ends the connection once the error has been delivered.
             for (const catchup of catchups) {
-                this.release(catchup.path, null);
+                Catchups.release(this, catchup, null);
             }
 
             if (this.isOpen()) {
@@ -670,7 +597,7 @@ export class Socket {
         };
 
         if (request.pulse) {
-            response.pulse = this.host.acknowledge(this, catchups);
+            response.pulse = this.acknowledge(catchups);
         }
 
         this.sendText(JSON.stringify(response));
@@ -682,7 +609,33 @@ export class Socket {
             return;
         }
 
-        await this.host.catchUp(this, catchups);
+        await Catchups.catchUp(this.host, this, catchups);
+    }
+
+    // The hello reply's extension block: what was accepted, and per history path where the socket stands.
+    private acknowledge(catchups: Catchup[]): Record<string, unknown> {
+
+        const pulse: Record<string, unknown> = { recovery: this.recovery, expiry: this.expiry };
+        if (this.recovery && catchups.length) {
+            const positions: Record<string, Position> = {};
+            const recovered: Record<string, boolean> = {};
+            for (const catchup of catchups) {
+                const report = catchup.report();
+                positions[catchup.path] = report.position;
+                if (report.recovered !== undefined) {
+                    recovered[catchup.path] = report.recovered;
+                }
+            }
+
+            pulse.positions = positions;
+            pulse.recovered = recovered;
+        }
+
+        if (this.expiry && this.expiresAt !== null) {
+            pulse.expiresAt = this.expiresAt;
+        }
+
+        return pulse;
     }
 
     private async reauth(request: ReauthRequest): Promise<void> {
@@ -761,7 +714,7 @@ export class Socket {
 
         let catchup: Catchup | null;
         try {
-            catchup = await this.host.subscribeFor(this, request.path, request.position);
+            catchup = await Catchups.subscribe(this.host, this, request.path, request.position);
         }
         finally {
             if (fresh) {
@@ -772,19 +725,14 @@ export class Socket {
         if (!catchup || !this.recovery) {
             this.sendText(JSON.stringify({ type: 'sub', id: request.id, path: request.path }));
             if (catchup) {
-                await this.host.catchUp(this, [catchup]);
+                await Catchups.catchUp(this.host, this, [catchup]);
             }
 
             return;
         }
 
-        const pulse: Record<string, unknown> = { position: catchup.recovery.position };
-        if (catchup.since) {
-            pulse.recovered = catchup.recovery.recovered;
-        }
-
-        this.sendText(JSON.stringify({ type: 'sub', id: request.id, path: request.path, pulse }));
-        await this.host.catchUp(this, [catchup]);
+        this.sendText(JSON.stringify({ type: 'sub', id: request.id, path: request.path, pulse: catchup.report() }));
+        await Catchups.catchUp(this.host, this, [catchup]);
     }
 
     private async unsubscribe(request: UnsubRequest): Promise<void> {
