@@ -90,11 +90,11 @@ export const catchUp = async <S extends CatchingUp>(source: RecoverySource<S>, s
 // history read): the floor drops those. Null drops what was held (the sub failed or went away).
 export const release = (socket: CatchingUp, catchup: Catchup, position: Position | null): void => {
 
-    const held = catchup.held;
-    if (held === null || socket.catchups?.get(catchup.path) !== catchup) {
-        return;                                                 // released already, or forgotten (unsubscribed, closed)
+    if (socket.catchups?.get(catchup.path) !== catchup) {
+        return;                                                 // forgotten: unsubscribed, or closed
     }
 
+    const held = catchup.held!;                                 // each catchup is released once
     catchup.held = null;
     if (position === null) {
         forget(socket, catchup.path);
