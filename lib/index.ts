@@ -1,18 +1,13 @@
 // The hapi plugin: validates options once, picks the broker, and decorates server and request
 // exactly as @hapi/nes does.
 
-import { randomBytes } from 'node:crypto';
-import type { IncomingMessage } from 'node:http';
-
 import * as Hoek from '@hapi/hoek';
 import type { AppCredentials, AuthArtifacts, AuthCredentials, Plugin, Request, Server, UserCredentials } from '@hapi/hapi';
-import Joi from 'joi';
 
-import type { Broker } from './broker';
-import { MemoryBroker } from './brokers/memory';
 import * as Auth from './server/auth';
 import { Listener } from './server/listener';
-import type { Settings } from './server/listener';
+import { settle } from './settings';
+import type { PluginOptions } from './settings';
 import type { ConnectOptions, DisconnectLog, ErrorType as ClientErrorType, PulseError, RequestOptions, RequestResponse, SubscriptionHandler } from './client';
 import type { Socket, Socket as PulseSocket } from './server/socket';
 import type { SubscriptionOptions, SubscriptionOptions as PulseSubscriptionOptions } from './server/subscriptions';
@@ -20,6 +15,7 @@ import type { SubscriptionOptions, SubscriptionOptions as PulseSubscriptionOptio
 export type { Broker, BrokerSink, PublishEnvelope, BroadcastEnvelope, HistoryOptions, Recovery } from './broker';
 export { MemoryBroker } from './brokers/memory';
 export type { MemoryBrokerOptions } from './brokers/memory';
+export type { PluginOptions } from './settings';
 export { CloseCode } from './protocol';
 import { isWellFormed } from './protocol';
 export type { Socket, SocketAuth, SocketInfo } from './server/socket';
@@ -31,23 +27,6 @@ export type {
     ClientAuth, ClientAuthProvider, ClientOptions, ConnectOptions, DisconnectLog, ErrorType, MessageResponse, NesError,
     RequestOptions, RequestResponse, SubscriptionFlags, SubscriptionHandler
 } from './client';
-
-export interface PluginOptions {
-    onConnection?: Settings['onConnection'];
-    onDisconnection?: Settings['onDisconnection'];
-    onMessage?: Settings['onMessage'];
-    onUpgrade?: (request: IncomingMessage) => boolean | Promise<boolean>;
-    auth?: false | Partial<Auth.AuthSettings>;
-    headers?: string[] | '*' | null;
-    tunnelHeaders?: string[];                // connection headers (host, x-forwarded-*, ...) a tunnelled request may set itself
-    payload?: { maxChunkChars?: number | false };
-    heartbeat?: false | { interval: number; timeout: number };
-    maxConnections?: number | false;
-    origin?: string | string[];
-    limits?: Partial<Settings['limits']>;
-    closeTimeout?: number;
-    broker?: Broker;
-}
 
 // The type names of @hapi/nes's `Nes` namespace, so that code typed against nes compiles unchanged.
 export namespace Nes {
@@ -82,140 +61,7 @@ export namespace Nes {
 
 type PulsePluginOptions = PluginOptions;
 
-const MiB = 1024 * 1024;
 const nesVersion = '14.0.1';                            // the @hapi/nes release this plugin stands in for
-
-const defaults = {
-    auth: {
-        endpoint: '/nes/auth',
-        id: 'nes.auth',
-        type: 'direct',
-        cookie: 'nes',
-        isSecure: true,
-        isHttpOnly: true,
-        isSameSite: 'Strict',
-        path: '/',
-        domain: null,
-        ttl: null,
-        index: false,
-        timeout: 5000,
-        maxConnectionsPerUser: false,
-        verifyTimeout: 5000,
-        expiryNotice: 10000
-    },
-    headers: null,
-    tunnelHeaders: [],
-    payload: { maxChunkChars: false },
-    heartbeat: { interval: 15000, timeout: 5000 },
-    maxConnections: false,
-    limits: {
-        maxPayload: MiB,
-        maxInFlight: 100,
-        maxSubscriptions: 1000,
-        maxPathLength: 1024,
-        maxBufferedBytes: 8 * MiB,
-        rate: false
-    },
-    closeTimeout: 5000
-};
-
-const schema = Joi.object({
-    onConnection: Joi.function(),
-    onDisconnection: Joi.function(),
-    onMessage: Joi.function(),
-    onUpgrade: Joi.function(),
-    auth: Joi.object({
-        endpoint: Joi.string().required(),
-        id: Joi.string(),
-        type: Joi.valid('cookie', 'token', 'direct').required(),
-        route: [Joi.object(), Joi.string(), Joi.valid(false)],
-        cookie: Joi.string().required(),
-        isSecure: Joi.boolean(),
-        isHttpOnly: Joi.boolean(),
-        isSameSite: Joi.valid('Strict', 'Lax', false),
-        path: Joi.string().allow(null),
-        domain: Joi.string().allow(null),
-        ttl: Joi.number().integer().min(1).allow(null),
-        iron: Joi.object(),
-        password: Joi.alternatives([Joi.string(), Joi.binary(), Joi.object()]),
-        index: Joi.boolean(),
-        timeout: Joi.number().integer().min(1).allow(false),
-        maxConnectionsPerUser: Joi.number().integer().min(1).allow(false).when('index', { is: true, otherwise: Joi.valid(false) }),
-        minAuthVerifyInterval: Joi.number().integer().allow(false).when('...heartbeat', {
-            is: false,
-            then: Joi.number().min(1),
-            otherwise: Joi.number().min(Joi.ref('...heartbeat.interval'))
-        }),
-        verifyTimeout: Joi.number().integer().min(1),
-        expiry: Joi.function(),
-        expiryNotice: Joi.number().integer().min(0)
-    }).allow(false).required(),
-    headers: Joi.array().items(Joi.string().lowercase()).min(1).allow('*', null),
-    tunnelHeaders: Joi.array().items(Joi.string()),
-    payload: Joi.object({
-        maxChunkChars: Joi.number().integer().min(1).allow(false)
-    }),
-    heartbeat: Joi.object({
-        interval: Joi.number().integer().min(1).required(),
-        timeout: Joi.number().integer().min(1).less(Joi.ref('interval')).required()
-    }).allow(false),
-    maxConnections: Joi.number().integer().min(1).allow(false),
-    origin: Joi.array().items(Joi.string()).single().min(1),
-    limits: Joi.object({
-        maxPayload: Joi.number().integer().min(1024),
-        maxInFlight: Joi.number().integer().min(1),
-        maxSubscriptions: Joi.number().integer().min(1),
-        maxPathLength: Joi.number().integer().min(1),
-        maxBufferedBytes: Joi.number().integer().min(1024),
-        rate: Joi.object({
-            messages: Joi.number().integer().min(1).required(),
-            interval: Joi.number().integer().min(1).required()
-        }).allow(false)
-    }),
-    closeTimeout: Joi.number().integer().min(1),
-    broker: Joi.object({
-        start: Joi.function().required(),
-        stop: Joi.function().required(),
-        publish: Joi.function().required(),
-        broadcast: Joi.function().required(),
-        subscribe: Joi.function().required(),
-        unsubscribe: Joi.function().required(),
-        recover: Joi.function().required()
-    }).unknown()
-});
-
-const settle = (options: PluginOptions): Settings & { broker?: Broker } => {
-
-    const { broker, ...rest } = options;
-    const settings = Hoek.applyToDefaults(defaults, rest as any) as any;
-    if (Array.isArray(settings.headers)) {
-        settings.headers = settings.headers.map((field: string) => field.toLowerCase());
-    }
-
-    settings.tunnelHeaders = settings.tunnelHeaders.map((field: string) => field.toLowerCase());
-    if (typeof settings.origin === 'string') {
-        settings.origin = [settings.origin];
-    }
-
-    if (settings.auth && settings.auth.minAuthVerifyInterval === undefined) {
-        settings.auth.minAuthVerifyInterval = settings.heartbeat ? settings.heartbeat.interval : defaults.heartbeat.interval;
-    }
-
-    const result = schema.validate({ ...settings, broker });
-    if (result.error) {
-        throw new Error(`Invalid hapi-pulse configuration: ${result.error.message}`);
-    }
-
-    if (settings.auth && settings.auth.type !== 'direct' && !settings.auth.password) {
-        if (broker && !(broker instanceof MemoryBroker)) {
-            throw new Error(`Invalid hapi-pulse configuration: auth.password is required for ${settings.auth.type} auth with a broker (every node must unseal what another sealed)`);
-        }
-
-        settings.auth.password = randomBytes(32).toString('base64url');         // sealed only for this process
-    }
-
-    return broker ? { ...settings, broker } : settings;
-};
 
 // Registry sizes of this server's node (read-only): open sockets, indexed users, subscribed paths, socket-path
 // subscriptions and upgrades still waiting on onUpgrade. For dashboards, and for tests that prove nothing leaks.
@@ -265,7 +111,7 @@ export const plugin: Plugin<PluginOptions> = {
             Auth.registerEndpoint(server, settings.auth);
         }
 
-        const listener = new Listener(server, settings, settings.broker ?? new MemoryBroker());
+        const listener = new Listener(server, settings, settings.broker);
         listeners.set(server.listener, listener);
 
         server.ext('onPreStart', () => listener.start());

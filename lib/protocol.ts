@@ -155,7 +155,7 @@ export type ServerMessage = HelloResponse | ServerResponse | PingMessage | Updat
 export const defaultLimits = {
     maxPathLength: 1024,
     maxIdLength: 64,
-    maxSubs: 1000,
+    maxSubscriptions: 1000,
     maxHeaders: 100,
     maxHeaderLength: 8192,
     maxMethodLength: 32
@@ -280,8 +280,8 @@ export const validateClientMessage = (raw: unknown, limits: Limits = defaultLimi
             }
 
             if (raw.subs !== undefined) {
-                if (!Array.isArray(raw.subs) || raw.subs.length > limits.maxSubs) {
-                    throw new ProtocolError(`Message subs must be an array of at most ${limits.maxSubs} paths`, 'subs', type, id);
+                if (!Array.isArray(raw.subs) || raw.subs.length > limits.maxSubscriptions) {
+                    throw new ProtocolError(`Message subs must be an array of at most ${limits.maxSubscriptions} paths`, 'subs', type, id);
                 }
 
                 hello.subs = raw.subs.map((path) => checkPath(path, 'subs', limits, type, id));
@@ -392,8 +392,8 @@ const validateExtensions = (value: unknown, limits: Limits, id: MessageId): Hell
         }
 
         const paths = Object.keys(value.positions);
-        if (paths.length > limits.maxSubs) {
-            throw new ProtocolError(`Message pulse.positions has more than ${limits.maxSubs} paths`, 'pulse.positions', 'hello', id);
+        if (paths.length > limits.maxSubscriptions) {
+            throw new ProtocolError(`Message pulse.positions has more than ${limits.maxSubscriptions} paths`, 'pulse.positions', 'hello', id);
         }
 
         result.positions = {};

@@ -84,7 +84,7 @@ describe('protocol', () => {
             expect(fails({ type: 'hello', id: 1, version: '2', subs: ['a'] })).to.include({ message: 'Message subs must start with /', field: 'subs' });
             expect(fails({ type: 'hello', id: 1, version: '2', subs: [''] })).to.include({ field: 'subs' });
             expect(fails({ type: 'hello', id: 1, version: '2', subs: ['/' + 'a'.repeat(1024)] })).to.include({ message: 'Message subs is longer than 1024 characters' });
-            expect(fails({ type: 'hello', id: 1, version: '2', subs: ['/a', '/b', '/c'] }, { ...defaultLimits, maxSubs: 2 })).to.include({ message: 'Message subs must be an array of at most 2 paths' });
+            expect(fails({ type: 'hello', id: 1, version: '2', subs: ['/a', '/b', '/c'] }, { ...defaultLimits, maxSubscriptions: 2 })).to.include({ message: 'Message subs must be an array of at most 2 paths' });
         });
 
         it('checks hello extensions', () => {
@@ -102,7 +102,7 @@ describe('protocol', () => {
             expect(fails({ type: 'hello', id: 1, version: '2', pulse: { positions: { '/a': { epoch: 'e', offset: -1 } } } })).to.include({ field: 'pulse.positions' });
             expect(fails({ type: 'hello', id: 1, version: '2', pulse: { positions: { '/a': { epoch: 'e', offset: 0.5 } } } })).to.include({ field: 'pulse.positions' });
             expect(fails({ type: 'hello', id: 1, version: '2', pulse: { positions: { '/a': null } } })).to.include({ field: 'pulse.positions' });
-            expect(fails({ type: 'hello', id: 1, version: '2', pulse: { positions: { '/a': position, '/b': position } } }, { ...defaultLimits, maxSubs: 1 })).to.include({ field: 'pulse.positions', message: 'Message pulse.positions has more than 1 paths' });
+            expect(fails({ type: 'hello', id: 1, version: '2', pulse: { positions: { '/a': position, '/b': position } } }, { ...defaultLimits, maxSubscriptions: 1 })).to.include({ field: 'pulse.positions', message: 'Message pulse.positions has more than 1 paths' });
         });
 
         it('checks reauth', () => {

@@ -7,7 +7,6 @@ import { Router } from '@hapi/call';
 import type { Server } from '@hapi/hapi';
 
 import type { HistoryOptions, PublishEnvelope } from '../broker';
-import { forget } from './catchup';
 import { Prepared } from './prepared';
 import type { Socket } from './socket';
 
@@ -319,7 +318,7 @@ export class Subscriptions {
         const pub = preparePub(envelope, envelope.message);
         if (!topic.route.filter) {
             for (const socket of topic.recipients(envelope.user)) {
-                socket.deliver(pub);
+                socket.sendPrepared(pub);
             }
 
             return;
@@ -392,13 +391,13 @@ export class Subscriptions {
             if (typeof decision === 'object' && 'override' in decision) {
                 const override = this.prepareOverride(envelope, decision.override);
                 if (override) {
-                    socket.deliver(override);
+                    socket.sendPrepared(override);
                 }
 
                 continue;
             }
 
-            socket.deliver(pub);
+            socket.sendPrepared(pub);
         }
     }
 
@@ -427,7 +426,7 @@ export class Subscriptions {
 
             const prepared = !decision ? null : typeof decision === 'object' && 'override' in decision ? this.prepareOverride(envelope, decision.override) : preparePub(envelope, envelope.message);
             if (prepared) {
-                socket.sendPrepared(prepared);
+                socket.sendPrepared(prepared, true);
             }
         }
     }
@@ -510,7 +509,7 @@ export class Subscriptions {
     private detach(socket: Socket, topic: Topic): void {
 
         socket.subscriptions.delete(topic.path);
-        forget(socket, topic.path);
+        socket.forget(topic.path);
         topic.delete(socket);
         if (!topic.sockets.size) {                   // an empty topic is always the registered one: nothing joins it after
             this.topics.delete(topic.path);
