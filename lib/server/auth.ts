@@ -1,13 +1,21 @@
-// Connection authentication: the auth endpoint (direct / cookie / token) and turning what a client
-// presents (hello auth, reauth auth, the upgrade cookie) into socket credentials.
+// Connection authentication: the auth endpoint (direct / cookie / token), turning what a client presents
+// (hello auth, reauth auth, the upgrade cookie) into socket credentials, their expiry, and re-verifying them.
 
 import * as Boom from '@hapi/boom';
 import * as Iron from '@hapi/iron';
-import type { Request, ResponseToolkit, Server } from '@hapi/hapi';
+import type { AuthArtifacts, Request, ResponseToolkit, Server } from '@hapi/hapi';
 
+import { CloseCode } from '../protocol';
 import type { AuthSettings } from '../settings';
 
 export type { AuthSettings };
+
+export interface SocketAuth {
+    isAuthenticated: boolean;
+    credentials: Record<string, any> | null;
+    artifacts: AuthArtifacts | null;
+    strategy?: string;
+}
 
 // What a successful authentication yields, as stored in cookies and tokens.
 export interface Authenticated {
@@ -78,7 +86,7 @@ export const registerEndpoint = (server: Server, config: AuthSettings): void => 
 };
 
 // Whether a connection must authenticate: the auth endpoint's own route auth decides (as in nes).
-export const isRequired = (server: Server, config: AuthSettings): boolean => {
+const isRequired = (server: Server, config: AuthSettings): boolean => {
 
     const route = server.lookup(config.id)!;                // registered by registerEndpoint()
     const auth = (server.auth as unknown as { lookup(route: unknown): { mode: string } | null }).lookup(route);
@@ -197,4 +205,197 @@ const readHeaders = (auth: unknown): Record<string, string> => {
     }
 
     return headers;
+};
+
+// What authentication reads and sets on a socket.
+export interface Credentialed {
+    readonly auth: SocketAuth;
+    readonly info: { remoteAddress: string; 'x-forwarded-for'?: string };
+    readonly upgradeHeaders: Record<string, string>;
+    user: string | null;
+    credentialsVersion: number;                 // counts credential changes (hello, reauth)
+    identityVersion: number;                    // counts changes of user or strategy
+    verifiedAt: number;
+    verifying: Promise<boolean> | null;         // a credential check under way: every message waits for it
+    expireAt(expiresAt: number | null, notice: number): void;
+    close(code: number, reason: string): void;
+}
+
+// The user index, kept by the listener.
+export interface UserIndex<S extends Credentialed> {
+    count(user: string): number;
+    // Applies a change of credentials: the socket leaves its user's indexes before `apply`, and is indexed
+    // under `indexed` after (null: not indexed).
+    rekey(socket: S, indexed: string | null, apply: () => void): void;
+}
+
+const verifyConcurrency = 64;                            // credential checks a sweep runs at once
+
+// The key a user is indexed and targeted under: as in nes, any truthy user, so 42 and '42' are one user
+// (and the same on every node, where envelopes carry it as a string).
+export const userKey = (user: unknown): string | null => {
+
+    if (typeof user === 'string') {
+        return user || null;
+    }
+
+    return typeof user === 'number' && user !== 0 && Number.isFinite(user) ? String(user) : null;
+};
+
+export class Authenticator<S extends Credentialed> {
+
+    private required: boolean | null = null;
+
+    constructor(private readonly server: Server, readonly config: AuthSettings | false, private readonly users: UserIndex<S>) { }
+
+    // Whether a connection must authenticate: read once, after every route is registered.
+    private isRequired(config: AuthSettings): boolean {
+
+        return (this.required ??= isRequired(this.server, config));
+    }
+
+    // A hello (or a reauth, which always carries its credentials): sets the socket's credentials, or throws.
+    async authenticate(socket: S, auth: unknown, isReauth: boolean): Promise<void> {
+
+        const config = this.config;
+        if (!config) {
+            if (auth !== undefined) {                          // the parser turns a null hello auth into none
+                throw Boom.badRequest('Authentication is not enabled');
+            }
+
+            return;
+        }
+
+        let authenticated = isReauth ? null : await fromCookie(config, socket.upgradeHeaders.cookie);   // a reauth carries its credentials
+        if (authenticated && auth !== undefined) {
+            throw Boom.badRequest('Connection already authenticated');
+        }
+
+        if (auth !== undefined) {
+            authenticated = await fromClient(this.server, config, auth, socket.info.remoteAddress, socket.info['x-forwarded-for']);
+        }
+
+        if (!authenticated) {
+            if (isReauth) {                                    // a reauth always carries auth (the parser checks)
+                throw Boom.unauthorized('Reauthentication yielded no credentials');
+            }
+
+            if (this.isRequired(config)) {                     // a hello: the socket has no credentials yet
+                throw Boom.unauthorized('Connection requires authentication');
+            }
+
+            return;
+        }
+
+        this.setCredentials(config, socket, authenticated);
+    }
+
+    private setCredentials(config: AuthSettings, socket: S, authenticated: Authenticated): void {
+
+        const expiresAt = expiryOf(config, authenticated);
+        if (expiresAt !== null && expiresAt <= Date.now()) {
+            throw Boom.unauthorized('Credentials expired');
+        }
+
+        const user = userKey(authenticated.credentials.user);
+        const indexed = config.index ? user : null;
+        if (indexed !== null && indexed !== socket.user && config.maxConnectionsPerUser && this.users.count(indexed) >= config.maxConnectionsPerUser) {
+            throw Boom.serverUnavailable('Too many connections for the authenticated user');
+        }
+
+        if (socket.auth.isAuthenticated && (user !== socket.user || authenticated.strategy !== socket.auth.strategy)) {
+            ++socket.identityVersion;
+        }
+
+        ++socket.credentialsVersion;
+        this.users.rekey(socket, indexed, () => {
+
+            socket.auth.isAuthenticated = true;
+            socket.auth.credentials = authenticated.credentials;
+            socket.auth.artifacts = authenticated.artifacts as AuthArtifacts | null;       // as the strategy returned them (nes types them so)
+            socket.auth.strategy = authenticated.strategy;
+            socket.user = user;
+        });
+
+        socket.verifiedAt = Date.now();
+        socket.expireAt(expiresAt, config.expiryNotice);
+    }
+
+    // Re-checks credentials with the auth strategy (server.auth.verify) once per minAuthVerifyInterval.
+    // Resolves false when they no longer verify (or the strategy did not answer within verifyTimeout); the
+    // caller tells the client and closes. Every message that arrives while a check is pending waits for it.
+    // The sweep forces it: credentials that stop verifying are caught within one interval, not two.
+    // Synchronous `true` when no check is due, so that most messages pay no await for it.
+    verify(socket: Credentialed, force = false): true | Promise<boolean> {
+
+        const interval = this.config ? this.config.minAuthVerifyInterval : false;
+        if (!interval || !socket.auth.isAuthenticated) {
+            return true;
+        }
+
+        if (socket.verifying) {
+            return socket.verifying;
+        }
+
+        if (!force && Date.now() - socket.verifiedAt < interval) {
+            return true;
+        }
+
+        const credentials = socket.auth.credentials;
+        const check = this.verifyWithin(socket, (this.config as AuthSettings).verifyTimeout).then((verified) => {
+
+            socket.verifying = null;
+            if (socket.auth.credentials !== credentials) {
+                return true;                                   // replaced meanwhile by a reauth that was already under way
+            }
+
+            if (verified) {
+                socket.verifiedAt = Date.now();
+            }
+
+            return verified;
+        });
+
+        socket.verifying = check;
+        return check;
+    }
+
+    private verifyWithin(socket: Credentialed, timeout: number): Promise<boolean> {
+
+        let timer: NodeJS.Timeout;
+        const expired = new Promise<boolean>((resolve) => {
+
+            timer = setTimeout(() => resolve(false), timeout);
+        });
+
+        const verified = this.server.auth.verify(socket as any).then(() => true, () => false);
+        return Promise.race([verified, expired]).finally(() => clearTimeout(timer));
+    }
+
+    // Every socket, at most verifyConcurrency checks at a time: a slow strategy delays revocation by one
+    // verify latency, not by one per socket. Never rejects: verify() settles to a boolean.
+    async sweep(sockets: S[]): Promise<void> {
+
+        let next = 0;
+        const worker = async (): Promise<void> => {
+
+            while (next < sockets.length) {
+                const socket = sockets[next++]!;
+                const verified = this.verify(socket, true);
+                if (verified !== true && !await verified) {
+                    socket.close(CloseCode.authExpired, 'Credential verification failed');
+                }
+            }
+        };
+
+        await Promise.all(Array.from({ length: Math.min(verifyConcurrency, sockets.length) }, worker));
+    }
+}
+
+// The earlier of the sealed token / cookie ttl and auth.expiry(credentials) (default: credentials.expiresAt).
+const expiryOf = (config: AuthSettings, authenticated: Authenticated): number | null => {
+
+    const candidates = [authenticated.expiresAt, config.expiry ? config.expiry(authenticated.credentials) : authenticated.credentials.expiresAt];
+    const times = candidates.filter((value): value is number => typeof value === 'number' && Number.isFinite(value));
+    return times.length ? Math.min(...times) : null;
 };

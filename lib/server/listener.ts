@@ -1,32 +1,30 @@
 // Owns the WebSocket server: accepts upgrades (origin, limits, the application's hook), keeps the
-// socket registry and user index, runs one heartbeat sweep for all sockets, and shuts down cleanly.
+// socket registry and user index, runs one heartbeat sweep for all sockets, batches writes per tick, fans
+// publishes out, and shuts down cleanly. Sockets see it only as their SocketHost.
 
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 
 import * as Boom from '@hapi/boom';
-import type { AuthArtifacts, Server } from '@hapi/hapi';
+import type { Server } from '@hapi/hapi';
 import { WebSocketServer } from 'ws';
 import type { WebSocket } from 'ws';
 
-import type { BroadcastEnvelope, Broker, PublishEnvelope, Recovery } from '../broker';
-import type { Limits, Settings } from '../settings';
+import type { BroadcastEnvelope, Broker, HistoryOptions, PublishEnvelope, Recovery } from '../broker';
+import type { Settings } from '../settings';
 import { CloseCode, defaultLimits } from '../protocol';
-import type { Limits as ProtocolLimits, MessageId, Position, TunnelRequest } from '../protocol';
+import type { Position } from '../protocol';
 import * as Auth from './auth';
+import { userKey } from './auth';
 import { Prepared } from './prepared';
-import { Socket, isIdentityHeader } from './socket';
+import { Socket } from './socket';
+import type { SocketConfig, SocketHost } from './socket';
 import { Subscriptions } from './subscriptions';
-
-export interface Catchup {
-    path: string;
-    since: Position | undefined;
-    recovery: Recovery;
-}
+import { Tunnel } from './tunnel';
 
 const counter = { min: 10000, max: 99999 };
 const invalidUser = 'Invalid user: must be a non-empty string or a number';
-const verifyConcurrency = 64;                            // credential checks a sweep runs at once
+const defaultHelloTimeout = 5000;                        // without auth settings
 
 // A message that cannot be serialised (a cycle, a BigInt) fails the publish or broadcast with a rejection, whatever
 // the broker, never with a synchronous throw.
@@ -47,19 +45,16 @@ const destroyOnError = function (this: Duplex): void {
 };
 
 
-export class Listener {
+export class Listener implements SocketHost {
 
     readonly sockets = new Map<string, Socket>();
     readonly byUser = new Map<string, Set<Socket>>();
     readonly subscriptions: Subscriptions;
-    readonly protocolLimits: ProtocolLimits;
-    readonly maxChunkChars: number | false;
-    readonly heartbeat: false | { interval: number; timeout: number };
-    readonly limits: Limits;
-    readonly closeTimeout: number;
+    readonly config: SocketConfig;
+    readonly authenticator: Auth.Authenticator<Socket>;
+    readonly tunnel: Tunnel;
 
     private readonly wss: WebSocketServer;
-    private readonly authRequired: (config: Auth.AuthSettings) => boolean;
     private stopped = true;
     private brokerUp = false;                              // from broker.start() to broker.stop(): publishes go through
     private started = false;
@@ -72,11 +67,23 @@ export class Listener {
 
     constructor(readonly server: Server, readonly settings: Settings, readonly broker: Broker) {
 
-        this.limits = settings.limits;
-        this.protocolLimits = { ...defaultLimits, maxPathLength: settings.limits.maxPathLength, maxSubscriptions: settings.limits.maxSubscriptions };
-        this.maxChunkChars = settings.payload.maxChunkChars;
-        this.heartbeat = settings.heartbeat ? { interval: settings.heartbeat.interval, timeout: settings.heartbeat.timeout } : false;
-        this.closeTimeout = settings.closeTimeout;
+        this.config = {
+            helloTimeout: settings.auth ? settings.auth.timeout : defaultHelloTimeout,
+            heartbeat: settings.heartbeat ? { interval: settings.heartbeat.interval, timeout: settings.heartbeat.timeout } : false,
+            maxChunkChars: settings.payload.maxChunkChars,
+            closeTimeout: settings.closeTimeout,
+            limits: settings.limits,
+            protocolLimits: { ...defaultLimits, maxPathLength: settings.limits.maxPathLength, maxSubscriptions: settings.limits.maxSubscriptions },
+            onConnection: settings.onConnection,
+            onMessage: settings.onMessage
+        };
+
+        this.authenticator = new Auth.Authenticator(server, settings.auth, {
+            count: (user) => this.byUser.get(user)?.size ?? 0,
+            rekey: (socket, indexed, apply) => this.rekey(socket, indexed, apply)
+        });
+
+        this.tunnel = new Tunnel(server, { endpoint: settings.auth ? settings.auth.endpoint : null, headers: settings.headers, tunnelHeaders: settings.tunnelHeaders });
 
         this.wss = new WebSocketServer({ noServer: true, maxPayload: settings.limits.maxPayload, perMessageDeflate: false, clientTracking: false });
         this.subscriptions = new Subscriptions(server, {
@@ -88,8 +95,6 @@ export class Listener {
             }
         });
 
-        let required: boolean | null = null;
-        this.authRequired = (config) => (required ??= Auth.isRequired(server, config));
         server.listener.on('upgrade', this.onUpgradeEvent);
     }
 
@@ -118,7 +123,7 @@ export class Listener {
         clearTimeout(this.verifyTimer!);
 
         // Let tunnelled requests in flight finish (bounded), then send everyone elsewhere.
-        const deadline = Date.now() + this.closeTimeout;
+        const deadline = Date.now() + this.config.closeTimeout;
         while (Date.now() < deadline && [...this.sockets.values()].some((socket) => socket.inFlight)) {
             await new Promise((resolve) => setTimeout(resolve, 10));
         }
@@ -226,71 +231,17 @@ export class Listener {
         return id;
     }
 
-    // ---- Authentication ----
+    // ---- User index ----
 
-    async authenticate(socket: Socket, auth: unknown, isReauth: boolean): Promise<void> {
+    // A socket's credentials change (hello, reauth): it leaves its user's indexes (here and per topic) before,
+    // and joins `indexed`'s after, unless it closed while authenticating (remove() ran).
+    private rekey(socket: Socket, indexed: string | null, apply: () => void): void {
 
-        const config = this.settings.auth;
-        if (!config) {
-            if (auth !== undefined) {                          // the parser turns a null hello auth into none
-                throw Boom.badRequest('Authentication is not enabled');
-            }
-
-            return;
-        }
-
-        let authenticated = isReauth ? null : await Auth.fromCookie(config, socket.upgradeHeaders.cookie);   // a reauth carries its credentials
-        if (authenticated && auth !== undefined) {
-            throw Boom.badRequest('Connection already authenticated');
-        }
-
-        if (auth !== undefined) {
-            authenticated = await Auth.fromClient(this.server, config, auth, socket.info.remoteAddress, socket.info['x-forwarded-for']);
-        }
-
-        if (!authenticated) {
-            if (isReauth) {                                    // a reauth always carries auth (the parser checks)
-                throw Boom.unauthorized('Reauthentication yielded no credentials');
-            }
-
-            if (this.authRequired(config)) {                   // a hello: the socket has no credentials yet
-                throw Boom.unauthorized('Connection requires authentication');
-            }
-
-            return;
-        }
-
-        this.setCredentials(socket, authenticated);
-    }
-
-    private setCredentials(socket: Socket, authenticated: Auth.Authenticated): void {
-
-        const config = this.settings.auth as Auth.AuthSettings;
-        const expiresAt = this.expiryOf(config, authenticated);
-        if (expiresAt !== null && expiresAt <= Date.now()) {
-            throw Boom.unauthorized('Credentials expired');
-        }
-
-        const user = userKey(authenticated.credentials.user);
-        const indexed = config.index ? user : null;
-        if (indexed !== null && indexed !== socket.user && config.maxConnectionsPerUser && (this.byUser.get(indexed)?.size ?? 0) >= config.maxConnectionsPerUser) {
-            throw Boom.serverUnavailable('Too many connections for the authenticated user');
-        }
-
-        if (socket.auth.isAuthenticated && (user !== socket.user || authenticated.strategy !== socket.auth.strategy)) {
-            ++socket.identityVersion;
-        }
-
-        ++socket.credentialsVersion;
         this.subscriptions.reindex(socket, () => {
 
             this.unindex(socket);
-            socket.auth.isAuthenticated = true;
-            socket.auth.credentials = authenticated.credentials;
-            socket.auth.artifacts = authenticated.artifacts as AuthArtifacts | null;       // as the strategy returned them (nes types them so)
-            socket.auth.strategy = authenticated.strategy;
-            socket.user = user;
-            if (indexed !== null && this.sockets.get(socket.id) === socket) {      // not if it closed while authenticating (remove() ran)
+            apply();
+            if (indexed !== null && this.sockets.get(socket.id) === socket) {
                 let set = this.byUser.get(indexed);
                 if (!set) {
                     set = new Set();
@@ -300,17 +251,6 @@ export class Listener {
                 set.add(socket);
             }
         });
-
-        socket.verifiedAt = Date.now();
-        socket.expireAt(expiresAt, config.expiryNotice);
-    }
-
-    // The earlier of the sealed token / cookie ttl and auth.expiry(credentials) (default: credentials.expiresAt).
-    private expiryOf(config: Auth.AuthSettings, authenticated: Auth.Authenticated): number | null {
-
-        const candidates = [authenticated.expiresAt, config.expiry ? config.expiry(authenticated.credentials) : authenticated.credentials.expiresAt];
-        const times = candidates.filter((value): value is number => typeof value === 'number' && Number.isFinite(value));
-        return times.length ? Math.min(...times) : null;
     }
 
     private unindex(socket: Socket): void {
@@ -325,57 +265,6 @@ export class Listener {
         }
     }
 
-    // Re-checks credentials with the auth strategy (server.auth.verify) once per minAuthVerifyInterval.
-    // Resolves false when they no longer verify (or the strategy did not answer within verifyTimeout); the
-    // caller tells the client and closes. Every message that arrives while a check is pending waits for it.
-    // The sweep forces it: credentials that stop verifying are caught within one interval, not two.
-    // Synchronous `true` when no check is due, so that most messages pay no await for it.
-    verify(socket: Socket, force = false): true | Promise<boolean> {
-
-        const interval = this.settings.auth ? this.settings.auth.minAuthVerifyInterval : false;
-        if (!interval || !socket.auth.isAuthenticated) {
-            return true;
-        }
-
-        if (socket.verifying) {
-            return socket.verifying;
-        }
-
-        if (!force && Date.now() - socket.verifiedAt < interval) {
-            return true;
-        }
-
-        const credentials = socket.auth.credentials;
-        const check = this.verifyWithin(socket, (this.settings.auth as Auth.AuthSettings).verifyTimeout).then((verified) => {
-
-            socket.verifying = null;
-            if (socket.auth.credentials !== credentials) {
-                return true;                                   // replaced meanwhile by a reauth that was already under way
-            }
-
-            if (verified) {
-                socket.verifiedAt = Date.now();
-            }
-
-            return verified;
-        });
-
-        socket.verifying = check;
-        return check;
-    }
-
-    private verifyWithin(socket: Socket, timeout: number): Promise<boolean> {
-
-        let timer: NodeJS.Timeout;
-        const expired = new Promise<boolean>((resolve) => {
-
-            timer = setTimeout(() => resolve(false), timeout);
-        });
-
-        const verified = this.server.auth.verify(socket as any).then(() => true, () => false);
-        return Promise.race([verified, expired]).finally(() => clearTimeout(timer));
-    }
-
     private scheduleVerify(): void {
 
         const interval = this.settings.auth ? this.settings.auth.minAuthVerifyInterval : false;
@@ -387,104 +276,23 @@ export class Listener {
         this.verifyTimer = setTimeout(() => {
 
             this.scheduleVerify();
-            void this.sweepCredentials();                      // never rejects: verify() settles to a boolean
+            void this.authenticator.sweep([...this.sockets.values()]);  // never rejects
         }, interval);
-    }
-
-    // Every socket, at most verifyConcurrency checks at a time: a slow strategy delays revocation by one
-    // verify latency, not by one per socket.
-    private async sweepCredentials(): Promise<void> {
-
-        const sockets = [...this.sockets.values()];
-        let next = 0;
-        const worker = async (): Promise<void> => {
-
-            while (next < sockets.length) {
-                const socket = sockets[next++]!;
-                const verified = this.verify(socket, true);
-                if (verified !== true && !await verified) {
-                    socket.close(CloseCode.authExpired, 'Credential verification failed');
-                }
-            }
-        };
-
-        await Promise.all(Array.from({ length: Math.min(verifyConcurrency, sockets.length) }, worker));
-    }
-
-    // The hello reply's extension block: what was accepted, and per history path where the socket stands.
-    acknowledge(socket: Socket, catchups: Catchup[]): Record<string, unknown> {
-
-        const pulse: Record<string, unknown> = { recovery: socket.recovery, expiry: socket.expiry };
-        if (socket.recovery && catchups.length) {
-            const positions: Record<string, Position> = {};
-            const recovered: Record<string, boolean> = {};
-            for (const catchup of catchups) {
-                positions[catchup.path] = catchup.recovery.position;
-                if (catchup.since) {
-                    recovered[catchup.path] = catchup.recovery.recovered;
-                }
-            }
-
-            pulse.positions = positions;
-            pulse.recovered = recovered;
-        }
-
-        if (socket.expiry && socket.expiresAt !== null) {
-            pulse.expiresAt = socket.expiresAt;
-        }
-
-        return pulse;
     }
 
     // ---- Recovery ----
 
-    // Subscribes; on a history path also holds live pubs and reads where the path stands: the socket's floor, so
-    // that it never receives a publish older than its subscription (a broker healing a gap delivers late), and
-    // for a recovery socket what it missed.
-    async subscribeFor(socket: Socket, path: string, since: Position | undefined): Promise<Catchup | null> {
+    // Where a history path stands, and what came after `since` (see catchup.ts).
+    recover(path: string, since: Position | null, history: HistoryOptions): Promise<Recovery> {
 
-        // Already subscribed (or catching up): a repeated sub changes nothing, and replays nothing.
-        const history = !socket.subscriptions.has(path) ? this.subscriptions.history(path) : null;
-        if (!history) {
-            await this.subscriptions.subscribe(socket, path);
-            return null;
-        }
-
-        socket.hold(path);
-        try {
-            await this.subscriptions.subscribe(socket, path);
-            // What is held with an offset up to the position read was published before the reply (a broker healing
-            // a gap delivers old publishes late): the socket starts after it.
-            const recovery = await this.broker.recover(path, socket.recovery ? since ?? null : null, history);
-            return { path, since, recovery };
-        }
-        catch (err) {
-            // A failed sub leaves nothing behind: a repeated one is handled like a first one.
-            socket.release(path, null);
-            await this.subscriptions.unsubscribe(socket, path);
-            throw err;
-        }
-    }
-
-    // After the reply: missed publishes in order, then the live ones held meanwhile, none twice.
-    async catchUp(socket: Socket, catchups: Catchup[]): Promise<void> {
-
-        for (const { path, since, recovery } of catchups) {
-            const topic = socket.subscriptions.get(path);
-            if (topic && since && recovery.recovered) {
-                await this.subscriptions.replay(socket, topic, recovery.entries);
-            }
-
-            // Unsubscribed (or revoked) meanwhile: what was held is dropped.
-            socket.release(path, socket.subscriptions.get(path) === topic && topic ? recovery.position : null);
-        }
+        return this.broker.recover(path, since, history);
     }
 
     // ---- Heartbeat: one sweep for every socket ----
 
     private scheduleBeat(): void {
 
-        const heartbeat = this.heartbeat;
+        const heartbeat = this.config.heartbeat;
         if (!heartbeat) {
             return;
         }
@@ -653,127 +461,7 @@ export class Listener {
             await each(socket);
         }
     }
-
-    // ---- Tunnelled requests ----
-
-    async inject(socket: Socket, request: TunnelRequest): Promise<string> {
-
-        let { method, path } = request;
-        if (request.headers && Object.keys(request.headers).some((name) => name.toLowerCase() === 'authorization')) {
-            throw Boom.badRequest('Cannot include an Authorization header');
-        }
-
-        if (path[0] !== '/') {                                       // route id
-            const route = this.server.lookup(path);
-            if (!route) {
-                throw Boom.notFound();
-            }
-
-            if (route.method === '*') {
-                throw Boom.badRequest('Cannot use route id with wildcard method route config');
-            }
-
-            path = route.path;
-            method = route.method;
-        }
-
-        if (this.settings.auth && path.split('?')[0] === this.settings.auth.endpoint) {
-            throw Boom.notFound();
-        }
-
-        let res: Awaited<ReturnType<Server['inject']>>;
-        try {
-            res = await this.server.inject({
-                method,
-                url: path,
-                payload: request.payload as any,
-                headers: this.tunnelHeaders(socket, request.headers),
-                auth: socket.auth.isAuthenticated ? { credentials: socket.auth.credentials as any, artifacts: socket.auth.artifacts as any, strategy: socket.auth.strategy! } : undefined,
-                validate: false,
-                plugins: { nes: { socket } },
-                remoteAddress: socket.info.remoteAddress
-            });
-        }
-        catch {
-            // Handler failures come back as 500 responses; a rejection means the request itself could not be
-            // built (a payload nested too deeply to encode, an unusable url): the client's fault.
-            throw Boom.badRequest('Invalid request');
-        }
-
-        return this.encodeResponse(request.id, res.statusCode, res.result, res.headers);
-    }
-
-    // What identifies the connection (host, forwarded addresses, cookies) comes from the upgrade request;
-    // the message may set such a header only where the application allows it (tunnelHeaders). Framing
-    // headers (content-length, transfer-encoding) are shot's to compute.
-    private tunnelHeaders(socket: Socket, given: Record<string, string> | undefined): Record<string, string> {
-
-        const headers: Record<string, string> = { ...socket.upgradeHeaders };
-        for (const name in given) {
-            const lower = name.toLowerCase();
-            if (!isConnectionHeader(lower) || this.settings.tunnelHeaders.includes(lower)) {
-                headers[lower] = given[name]!;
-            }
-        }
-
-        return headers;
-    }
-
-    private encodeResponse(id: MessageId, statusCode: number, result: unknown, headers: Record<string, unknown>): string {
-
-        const filtered = this.filterHeaders(headers);
-        // A handler that already returned JSON text is sent as is, not encoded twice (as nes does).
-        // hapi always sets a string content-type on a string result.
-        if (typeof result === 'string' && String(headers['content-type']).startsWith('application/json')) {
-            const head = JSON.stringify({ type: 'request', id, statusCode });
-            return head.slice(0, -1) + ',"payload":' + result + (filtered ? ',"headers":' + JSON.stringify(filtered) : '') + '}';
-        }
-
-        try {
-            return JSON.stringify({ type: 'request', id, statusCode, payload: result, headers: filtered });
-        }
-        catch {
-            this.server.log(['pulse', 'serialization', 'error'], 'request');
-            throw Boom.internal('Failed serializing message');
-        }
-    }
-
-    filterHeaders(headers: Record<string, unknown>): Record<string, unknown> | undefined {
-
-        const filter = this.settings.headers;
-        if (!filter) {
-            return undefined;
-        }
-
-        if (filter === '*') {
-            return headers;
-        }
-
-        const filtered: Record<string, unknown> = {};
-        for (const name of Object.keys(headers)) {
-            if (filter.includes(name.toLowerCase())) {
-                filtered[name] = headers[name];
-            }
-        }
-
-        return filtered;
-    }
 }
-
-// The key a user is indexed and targeted under: as in nes, any truthy user, so 42 and '42' are one user
-// (and the same on every node, where envelopes carry it as a string).
-export const userKey = (user: unknown): string | null => {
-
-    if (typeof user === 'string') {
-        return user || null;
-    }
-
-    return typeof user === 'number' && user !== 0 && Number.isFinite(user) ? String(user) : null;
-};
-
-const framingHeaders = new Set(['content-length', 'transfer-encoding', 'connection', 'upgrade', 'keep-alive', 'te', 'trailer', 'expect']);
-
-const isConnectionHeader = (name: string): boolean => isIdentityHeader(name) || framingHeaders.has(name);
 
 const refuse = (socket: Duplex, statusCode: number): void => {
 

@@ -5,27 +5,49 @@ import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 
 import * as Boom from '@hapi/boom';
-import type { AuthArtifacts, Server } from '@hapi/hapi';
+import type { Server } from '@hapi/hapi';
 import type { RawData, WebSocket } from 'ws';
 
 import { CloseCode, chunk, parseClientMessage, transientStatus, version } from '../protocol';
 import type { ProtocolError } from '../protocol';
-import type { ClientMessage, HelloRequest, MessageId, Position, ReauthRequest, SubRequest, TunnelRequest, UnsubRequest } from '../protocol';
-import type { Catchup, Listener } from './listener';
+import type { ClientMessage, HelloRequest, Limits as ProtocolLimits, MessageId, Position, ReauthRequest, SubRequest, TunnelRequest, UnsubRequest } from '../protocol';
+import type { Authenticator, SocketAuth } from './auth';
+import * as Catchups from './catchup';
+import type { Catchup } from './catchup';
 import type { Prepared } from './prepared';
-import type { Topic } from './subscriptions';
+import type { Subscriptions, Topic } from './subscriptions';
+import { identityHeaders } from './tunnel';
+import type { Tunnel } from './tunnel';
 
-export interface SocketAuth {
-    isAuthenticated: boolean;
-    credentials: Record<string, any> | null;
-    artifacts: AuthArtifacts | null;
-    strategy?: string;
-}
+export type { SocketAuth } from './auth';
 
 export interface SocketInfo {
     remoteAddress: string;
     remotePort: number;
     'x-forwarded-for'?: string;
+}
+
+// What a socket reads of the settings.
+export interface SocketConfig {
+    helloTimeout: number | false;
+    heartbeat: false | { interval: number; timeout: number };
+    maxChunkChars: number | false;
+    closeTimeout: number;
+    limits: { maxInFlight: number; maxSubscriptions: number; maxBufferedBytes: number; rate: false | { messages: number; interval: number } };
+    protocolLimits: ProtocolLimits;
+    onConnection?: ((socket: Socket) => void | Promise<void>) | undefined;
+    onMessage?: ((socket: Socket, message: any) => unknown) | undefined;
+}
+
+// What a socket needs of the server that accepted it (the listener).
+export interface SocketHost extends Catchups.RecoverySource<Socket> {
+    readonly server: Server;
+    readonly config: SocketConfig;
+    readonly subscriptions: Subscriptions;
+    readonly authenticator: Authenticator<Socket>;
+    readonly tunnel: Tunnel;
+    flushLater(socket: Socket): void;                       // write the gathered frames on the next tick
+    remove(socket: Socket): Promise<void>;                  // ws reported the close; never rejects
 }
 
 const enum State { connected, helloing, ready, closed }
@@ -47,20 +69,12 @@ const onError = function (this: SocketWs): void {
 
 const onClose = function (this: SocketWs): void {
 
-    const socket = this[kSocket];
-    void socket.listener.remove(socket);                           // never rejects: handler errors are logged there
+    this[kSocket].wsClosed();
 };
-
-const identityHeaders = new Set(['host', 'cookie', 'forwarded', 'via', 'x-real-ip', 'x-client-ip', 'true-client-ip', 'cf-connecting-ip']);
-
-// Headers that say who the connection is (host, cookies, forwarded addresses): tunnelled requests inherit
-// them from the upgrade request.
-export const isIdentityHeader = (name: string): boolean => identityHeaders.has(name) || name.startsWith('x-forwarded-');
 
 const OPEN = 1;
 
 const maxTimer = 2 ** 31 - 1;                   // setTimeout's longest delay
-const defaultHelloTimeout = 5000;
 const asText = { binary: false };
 const batchBytes = 64 * 1024;                  // gathered frames are written early past this many bytes
 
@@ -72,7 +86,7 @@ export class Socket {
     readonly server: Server;
     readonly info: SocketInfo;
 
-    // Internal state, read by the listener and subscriptions.
+    // Internal state, read by the listener, auth and subscriptions.
     readonly subscriptions = new Map<string, Topic>();
     user: string | null = null;
     awaitingPong = false;
@@ -84,7 +98,7 @@ export class Socket {
     recovery = false;                            // negotiated the recovery extension
     expiry = false;                              // negotiated the expiry extension
     expiresAt: number | null = null;
-    readonly upgradeHeaders: Record<string, string> = {};     // what tunnelled requests inherit: host, cookie, x-forwarded-*
+    readonly upgradeHeaders: Record<string, string>;          // what tunnelled requests inherit: host, cookie, x-forwarded-*
     private reservedSubs = 0;                                   // subs past the limit check, not yet recorded
 
     private state = State.connected;
@@ -96,31 +110,24 @@ export class Socket {
     private pending: Buffer[] | null = null;                     // frames gathered this tick
     private pendingBytes = 0;
     private pathQueue: Map<string, Promise<void>> | null = null;   // sub/unsub still running, per path
-    private held: Map<string, Prepared[]> | null = null;        // live pubs held while a path catches up
-    private floors: Map<string, Position> | null = null;       // per path: the last pub replayed or released
+    catchups: Map<string, Catchup> | null = null;                // history paths catching up, or with a floor
     private expiryTimer: NodeJS.Timeout | null = null;
     private credentialsFailed = false;
     private rateWindow = 0;
     private rateCount = 0;
 
-    constructor(private readonly ws: WebSocket, req: IncomingMessage, readonly listener: Listener, id: string) {
+    constructor(private readonly ws: WebSocket, req: IncomingMessage, private readonly host: SocketHost, id: string) {
 
         this.id = id;
-        this.server = listener.server;
-        for (const name in req.headers) {
-            const value = req.headers[name];
-            if (isIdentityHeader(name)) {
-                this.upgradeHeaders[name] = value as string;                // Node joins repeated ones (only set-cookie is a list)
-            }
-        }
-
+        this.server = host.server;
+        this.upgradeHeaders = identityHeaders(req);
         this.info = {
             remoteAddress: req.socket.remoteAddress!,
             remotePort: req.socket.remotePort!,
             'x-forwarded-for': req.headers['x-forwarded-for'] as string | undefined
         };
 
-        const helloTimeout = listener.settings.auth ? listener.settings.auth.timeout : defaultHelloTimeout;
+        const helloTimeout = host.config.helloTimeout;
         if (helloTimeout) {
             this.helloTimer = setTimeout(() => this.close(CloseCode.helloTimeout, 'Hello timeout'), helloTimeout);
         }
@@ -175,7 +182,7 @@ export class Socket {
 
     async revoke(path: string, message?: unknown, options: { ignoreClose?: boolean } = {}): Promise<void> {
 
-        await this.listener.subscriptions.unsubscribe(this, path);
+        await this.host.subscriptions.unsubscribe(this, path);
         if (options.ignoreClose && !this.isOpen()) {
             return;
         }
@@ -205,7 +212,7 @@ export class Socket {
 
     sendText(text: string): void {
 
-        const max = this.listener.maxChunkChars;
+        const max = this.host.config.maxChunkChars;
         if (max && text.length > max) {
             for (const part of chunk(text, max)) {
                 this.write(part);
@@ -217,25 +224,21 @@ export class Socket {
         this.write(text);
     }
 
-    sendPrepared(prepared: Prepared, replayed = false): void {
+    // A live pub of a subscribed path: held while the path catches up, dropped when recovery sent it already.
+    deliver(prepared: Prepared): void {
+
+        if (this.catchups === null || Catchups.admit(this, prepared)) {
+            this.sendPrepared(prepared);
+        }
+    }
+
+    sendPrepared(prepared: Prepared): void {
 
         if (!this.isOpen()) {
             return;
         }
 
-        if (!replayed && prepared.path !== null) {
-            const held = this.held?.get(prepared.path);
-            if (held) {
-                held.push(prepared);
-                return;
-            }
-
-            if (this.floors !== null && this.belowFloor(prepared)) {
-                return;
-            }
-        }
-
-        const max = this.listener.maxChunkChars;
+        const max = this.host.config.maxChunkChars;
         const parts = max ? prepared.chunked(max, this.recovery) : null;
         if (parts) {
             for (const part of parts) {
@@ -254,7 +257,7 @@ export class Socket {
         const frame = prepared.frame(this.recovery);
         if (this.pending === null) {
             this.pending = [frame];
-            this.listener.flushLater(this);
+            this.host.flushLater(this);
         }
         else {
             this.pending.push(frame);
@@ -295,7 +298,7 @@ export class Socket {
     private behind(): boolean {
 
         const buffered = this.ws.bufferedAmount + this.pendingBytes;
-        if (buffered <= this.listener.limits.maxBufferedBytes) {
+        if (buffered <= this.host.config.limits.maxBufferedBytes) {
             return false;
         }
 
@@ -313,71 +316,6 @@ export class Socket {
         // Replies go out at once (a reply per tick gains nothing from batching), after this tick's frames.
         this.flush();
         this.ws.send(data, asText);
-    }
-
-    // Recovery: live pubs of `path` wait while the missed ones are read and replayed.
-    hold(path: string): void {
-
-        this.held ??= new Map();
-        this.held.set(path, []);
-    }
-
-    // Sends what was held with an offset after `position` (older ones were replayed), then goes live.
-    // A live copy of a replayed pub can still come later (queued behind an async filter, or a broker
-    // message slower than the history read): the floor drops those until a newer pub goes by.
-    release(path: string, position: Position | null): void {
-
-        const held = this.held?.get(path);
-        if (!held) {
-            return;
-        }
-
-        this.held!.delete(path);
-        if (!this.held!.size) {
-            this.held = null;
-        }
-
-        if (position === null) {
-            return;
-        }
-
-        let floor = position.offset;
-        for (const prepared of held) {
-            if (prepared.offset > floor) {
-                this.sendPrepared(prepared, true);
-                floor = prepared.offset;
-            }
-        }
-
-        this.floors ??= new Map();
-        this.floors.set(path, { epoch: position.epoch, offset: floor });
-    }
-
-    // Unsubscribed (or revoked): nothing is kept for the path.
-    forget(path: string): void {
-
-        if (this.floors?.delete(path) && !this.floors.size) {
-            this.floors = null;
-        }
-    }
-
-    private belowFloor(prepared: Prepared): boolean {
-
-        const floor = this.floors!.get(prepared.path!);
-        if (!floor) {
-            return false;
-        }
-
-        if (prepared.epoch === floor.epoch && prepared.offset <= floor.offset) {
-            return true;
-        }
-
-        this.floors!.delete(prepared.path!);
-        if (!this.floors!.size) {
-            this.floors = null;
-        }
-
-        return false;
     }
 
     // Credentials expiry: sockets that negotiated the extension are warned `notice` ms ahead so they can
@@ -423,7 +361,12 @@ export class Socket {
         this.state = State.closed;
         this.clearHelloTimer();
         this.ws.close(code, reason);
-        this.killTimer = setTimeout(() => this.ws.terminate(), this.listener.closeTimeout);
+        this.killTimer = setTimeout(() => this.ws.terminate(), this.host.config.closeTimeout);
+    }
+
+    wsClosed(): void {
+
+        void this.host.remove(this);
     }
 
     // Called by the listener once ws reports the close; resolves disconnect().
@@ -433,8 +376,7 @@ export class Socket {
         this.clearHelloTimer();
         clearTimeout(this.killTimer!);
         clearTimeout(this.expiryTimer!);
-        this.held = null;
-        this.floors = null;
+        this.catchups = null;
         this.gone = true;
         this.markRemoved?.();
     }
@@ -454,7 +396,7 @@ export class Socket {
         const message: Record<string, unknown> = {
             statusCode: boom.output.statusCode,
             payload,
-            headers: this.listener.filterHeaders(boom.output.headers as Record<string, unknown>)
+            headers: this.host.tunnel.filterHeaders(boom.output.headers as Record<string, unknown>)
         };
 
         if (type !== undefined) {
@@ -487,7 +429,7 @@ export class Socket {
             return;
         }
 
-        const rate = this.listener.limits.rate;
+        const rate = this.host.config.limits.rate;
         if (rate) {
             const now = Date.now();
             if (now - this.rateWindow >= rate.interval) {
@@ -503,7 +445,7 @@ export class Socket {
 
         let message: ClientMessage;
         try {
-            message = parseClientMessage(data.toString(), this.listener.protocolLimits);
+            message = parseClientMessage(data.toString(), this.host.config.protocolLimits);
         }
         catch (err) {
             const error = err as ProtocolError;
@@ -527,7 +469,7 @@ export class Socket {
             return;
         }
 
-        if (this.inFlight >= this.listener.limits.maxInFlight) {
+        if (this.inFlight >= this.host.config.limits.maxInFlight) {
             this.sendError(Boom.tooManyRequests('Too many requests in flight'), message.type, message.id);
             return;
         }
@@ -547,7 +489,7 @@ export class Socket {
                 throw this.notReady();
             }
 
-            const verified = this.listener.verify(this);
+            const verified = this.host.authenticator.verify(this);
             if (verified !== true && !await verified) {
                 this.refuseCredentials(message.type, message.id);
                 return;
@@ -603,16 +545,16 @@ export class Socket {
                 this.expiry = !!request.pulse.expiry;
             }
 
-            await this.listener.authenticate(this, request.auth, false);
+            await this.host.authenticator.authenticate(this, request.auth, false);
             this.clearHelloTimer();
 
-            if (this.listener.settings.onConnection && this.isOpen()) {        // not for a socket gone mid-hello
-                await this.listener.settings.onConnection(this);
+            if (this.host.config.onConnection && this.isOpen()) {        // not for a socket gone mid-hello
+                await this.host.config.onConnection(this);
             }
 
             for (const path of request.subs ?? []) {                 // validation capped subs at maxSubscriptions
                 try {
-                    const catchup = await this.listener.subscribeFor(this, path, request.pulse?.positions?.[path]);
+                    const catchup = await Catchups.subscribe(this.host, this, path, request.pulse?.positions?.[path]);
                     if (catchup) {
                         catchups.push(catchup);
                     }
@@ -631,7 +573,7 @@ export class Socket {
         catch (err) {
             // A failed hello ends the connection once the error has been delivered.
             for (const catchup of catchups) {
-                this.release(catchup.path, null);
+                Catchups.release(this, catchup, null);
             }
 
             if (this.isOpen()) {
@@ -650,12 +592,12 @@ export class Socket {
         const response: Record<string, unknown> = {
             type: 'hello',
             id: request.id,
-            heartbeat: this.listener.heartbeat,
+            heartbeat: this.host.config.heartbeat,
             socket: this.id
         };
 
         if (request.pulse) {
-            response.pulse = this.listener.acknowledge(this, catchups);
+            response.pulse = this.acknowledge(catchups);
         }
 
         this.sendText(JSON.stringify(response));
@@ -667,14 +609,40 @@ export class Socket {
             return;
         }
 
-        await this.listener.catchUp(this, catchups);
+        await Catchups.catchUp(this.host, this, catchups);
+    }
+
+    // The hello reply's extension block: what was accepted, and per history path where the socket stands.
+    private acknowledge(catchups: Catchup[]): Record<string, unknown> {
+
+        const pulse: Record<string, unknown> = { recovery: this.recovery, expiry: this.expiry };
+        if (this.recovery && catchups.length) {
+            const positions: Record<string, Position> = {};
+            const recovered: Record<string, boolean> = {};
+            for (const catchup of catchups) {
+                const report = catchup.report();
+                positions[catchup.path] = report.position;
+                if (report.recovered !== undefined) {
+                    recovered[catchup.path] = report.recovered;
+                }
+            }
+
+            pulse.positions = positions;
+            pulse.recovered = recovered;
+        }
+
+        if (this.expiry && this.expiresAt !== null) {
+            pulse.expiresAt = this.expiresAt;
+        }
+
+        return pulse;
     }
 
     private async reauth(request: ReauthRequest): Promise<void> {
 
         const identity = this.identityVersion;
         try {
-            await this.listener.authenticate(this, request.auth, true);
+            await this.host.authenticator.authenticate(this, request.auth, true);
         }
         catch (err) {
             this.sendError(err, 'reauth', request.id);
@@ -684,7 +652,7 @@ export class Socket {
 
         // New credentials may not hold every subscription the old ones did; another user (or strategy) holds
         // none of what onSubscribe granted the previous one.
-        const lost = identity === this.identityVersion ? this.listener.subscriptions.unauthorized(this) : [...this.subscriptions.keys()];
+        const lost = identity === this.identityVersion ? this.host.subscriptions.unauthorized(this) : [...this.subscriptions.keys()];
         for (const path of lost) {
             await this.revoke(path, null);
         }
@@ -700,13 +668,13 @@ export class Socket {
 
     private async request(request: TunnelRequest): Promise<void> {
 
-        const reply = await this.listener.inject(this, request);
+        const reply = await this.host.tunnel.inject(this, request);
         this.sendText(reply);
     }
 
     private async message(id: MessageId, message: unknown): Promise<void> {
 
-        const onMessage = this.listener.settings.onMessage;
+        const onMessage = this.host.config.onMessage;
         if (!onMessage) {
             throw Boom.notImplemented();
         }
@@ -737,7 +705,7 @@ export class Socket {
         // The slot is taken before any await, so that a burst cannot overshoot the limit.
         const fresh = !this.subscriptions.has(request.path);
         if (fresh) {
-            if (this.subscriptions.size + this.reservedSubs >= this.listener.limits.maxSubscriptions) {
+            if (this.subscriptions.size + this.reservedSubs >= this.host.config.limits.maxSubscriptions) {
                 throw Boom.tooManyRequests('Too many subscriptions');
             }
 
@@ -746,7 +714,7 @@ export class Socket {
 
         let catchup: Catchup | null;
         try {
-            catchup = await this.listener.subscribeFor(this, request.path, request.position);
+            catchup = await Catchups.subscribe(this.host, this, request.path, request.position);
         }
         finally {
             if (fresh) {
@@ -757,24 +725,19 @@ export class Socket {
         if (!catchup || !this.recovery) {
             this.sendText(JSON.stringify({ type: 'sub', id: request.id, path: request.path }));
             if (catchup) {
-                await this.listener.catchUp(this, [catchup]);
+                await Catchups.catchUp(this.host, this, [catchup]);
             }
 
             return;
         }
 
-        const pulse: Record<string, unknown> = { position: catchup.recovery.position };
-        if (catchup.since) {
-            pulse.recovered = catchup.recovery.recovered;
-        }
-
-        this.sendText(JSON.stringify({ type: 'sub', id: request.id, path: request.path, pulse }));
-        await this.listener.catchUp(this, [catchup]);
+        this.sendText(JSON.stringify({ type: 'sub', id: request.id, path: request.path, pulse: catchup.report() }));
+        await Catchups.catchUp(this.host, this, [catchup]);
     }
 
     private async unsubscribe(request: UnsubRequest): Promise<void> {
 
-        await this.listener.subscriptions.unsubscribe(this, request.path);
+        await this.host.subscriptions.unsubscribe(this, request.path);
         this.sendText(JSON.stringify({ type: 'unsub', id: request.id }));
     }
 }

@@ -7,6 +7,7 @@ import { Router } from '@hapi/call';
 import type { Server } from '@hapi/hapi';
 
 import type { HistoryOptions, PublishEnvelope } from '../broker';
+import { forget } from './catchup';
 import { Prepared } from './prepared';
 import type { Socket } from './socket';
 
@@ -318,7 +319,7 @@ export class Subscriptions {
         const pub = preparePub(envelope, envelope.message);
         if (!topic.route.filter) {
             for (const socket of topic.recipients(envelope.user)) {
-                socket.sendPrepared(pub);
+                socket.deliver(pub);
             }
 
             return;
@@ -391,13 +392,13 @@ export class Subscriptions {
             if (typeof decision === 'object' && 'override' in decision) {
                 const override = this.prepareOverride(envelope, decision.override);
                 if (override) {
-                    socket.sendPrepared(override);
+                    socket.deliver(override);
                 }
 
                 continue;
             }
 
-            socket.sendPrepared(pub);
+            socket.deliver(pub);
         }
     }
 
@@ -426,7 +427,7 @@ export class Subscriptions {
 
             const prepared = !decision ? null : typeof decision === 'object' && 'override' in decision ? this.prepareOverride(envelope, decision.override) : preparePub(envelope, envelope.message);
             if (prepared) {
-                socket.sendPrepared(prepared, true);
+                socket.sendPrepared(prepared);
             }
         }
     }
@@ -509,7 +510,7 @@ export class Subscriptions {
     private detach(socket: Socket, topic: Topic): void {
 
         socket.subscriptions.delete(topic.path);
-        socket.forget(topic.path);
+        forget(socket, topic.path);
         topic.delete(socket);
         if (!topic.sockets.size) {                   // an empty topic is always the registered one: nothing joins it after
             this.topics.delete(topic.path);
