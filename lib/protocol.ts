@@ -150,6 +150,23 @@ export interface BareError extends ErrorFields {
 
 export type ServerMessage = HelloResponse | ServerResponse | PingMessage | UpdateMessage | PubMessage | RevokeMessage | ExpiringMessage | BareError;
 
+// An error reply as the server builds it: the Boom output (its payload without statusCode), the filtered headers,
+// and the type and id of the message it answers, whatever type the client sent.
+export interface ErrorReply {
+    statusCode: number;
+    payload: { error: string; message?: string; [field: string]: unknown };
+    headers: Record<string, unknown> | undefined;
+    type?: string;
+    id?: MessageId;
+    path?: string;                                       // the hello subscription that failed
+}
+
+// A payload that is JSON text already (a handler's JSON string): encode() places it as is.
+export class EncodedPayload {
+
+    constructor(readonly json: string) { }
+}
+
 // ---- Limits used by validation (the server may set tighter ones) ----
 
 export const defaultLimits = {
@@ -434,6 +451,19 @@ export const validateServerMessage = (raw: unknown): ServerMessage => {
 };
 
 // ---- Encoding ----
+
+// Every message the server sends goes through here, the hand-built `pub` fast path aside (server/prepared.ts,
+// tested equal to this). Throws what JSON.stringify throws (a cycle, a BigInt).
+export const encode = (message: ServerMessage | ErrorReply): string => {
+
+    if (message.type === 'request' && message.payload instanceof EncodedPayload) {
+        const { type, id, statusCode, payload, headers } = message;
+        const head = JSON.stringify({ type, id, statusCode });
+        return head.slice(0, -1) + ',"payload":' + payload.json + (headers ? ',"headers":' + JSON.stringify(headers) : '') + '}';
+    }
+
+    return JSON.stringify(message);
+};
 
 // Splits an encoded message into nes chunks: '+' parts then a final '!' part.
 export const chunk = (encoded: string, maxChunkChars: number): string[] => {

@@ -4,7 +4,7 @@
 import * as Code from '@hapi/code';
 import * as Lab from '@hapi/lab';
 
-import { ChunkAssembler, ProtocolError, chunk, defaultLimits, parseClientMessage, validateClientMessage, validateServerMessage } from '../lib/protocol';
+import { ChunkAssembler, EncodedPayload, ProtocolError, chunk, defaultLimits, encode, parseClientMessage, validateClientMessage, validateServerMessage } from '../lib/protocol';
 
 const { expect } = Code;
 const lab = Lab.script();
@@ -189,6 +189,21 @@ describe('protocol', () => {
             expect(() => validateServerMessage({ type: 'pub', message: 1 })).to.throw('Received a pub message without a path');
             expect(() => validateServerMessage({ type: 'revoke' })).to.throw('Received a revoke message without a path');
             expect(() => validateServerMessage({ type: 'pub', path: '/a', position: { epoch: 'e' } })).to.throw(ProtocolError);
+        });
+    });
+
+    describe('encode()', () => {
+
+        it('encodes server messages, placing an already encoded request payload as is', () => {
+
+            expect(encode({ type: 'sub', id: 2, path: '/a', pulse: { position: { epoch: 'e', offset: 3 } } })).to.equal('{"type":"sub","id":2,"path":"/a","pulse":{"position":{"epoch":"e","offset":3}}}');
+            expect(encode({ statusCode: 404, payload: { error: 'Not Found', message: 'Not Found' }, headers: undefined, type: 'bogus', id: 'x' })).to.equal('{"statusCode":404,"payload":{"error":"Not Found","message":"Not Found"},"type":"bogus","id":"x"}');
+
+            const json = new EncodedPayload('{"raw" : [1]}');
+            expect(encode({ type: 'request', id: 1, statusCode: 200, payload: json, headers: { a: 'b' } })).to.equal('{"type":"request","id":1,"statusCode":200,"payload":{"raw" : [1]},"headers":{"a":"b"}}');
+            expect(encode({ type: 'request', id: 1, statusCode: 200, payload: json })).to.equal('{"type":"request","id":1,"statusCode":200,"payload":{"raw" : [1]}}');
+            expect(encode({ type: 'request', id: 1, statusCode: 200, payload: { raw: [1] } })).to.equal('{"type":"request","id":1,"statusCode":200,"payload":{"raw":[1]}}');
+            expect(() => encode({ type: 'update', message: 1n })).to.throw(TypeError);
         });
     });
 

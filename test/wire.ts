@@ -6,6 +6,8 @@ import * as Code from '@hapi/code';
 import type * as Hapi from '@hapi/hapi';
 import * as Lab from '@hapi/lab';
 
+import { chunk, encode } from '../lib/protocol';
+import type { Position } from '../lib/protocol';
 import { Peer, server, url, until, wait } from './helpers';
 import type { Flavour } from './helpers';
 
@@ -170,5 +172,68 @@ describe('wire format', () => {
             peer.send({ type: 'ping', id: 2 });
             await peer.next();
         });
+    });
+
+    // Publishes skip encode() for speed (server/prepared.ts builds the pub text by hand, once for every recipient):
+    // what they send must be what the typed encoding gives.
+    it('sends the hand-built pub frames byte for byte as encode() would', async () => {
+
+        const messages: unknown[] = [{ n: 1, text: 'é "quoted" \\ \u2028' }, [1, 'two', null], 'x'.repeat(300), 0, null, undefined, { toJSON: () => 'custom' }];
+        const run = async (maxChunkChars: number | false) => {
+
+            const srv = await server({ payload: { maxChunkChars } });
+            srv.subscription('/h/{id}', { history: { size: 50 }, filter: (_path, message, { socket }) => (socket.app.override ? { override: { instead: message ?? null } } : true) });
+            await srv.start();
+            const path = '/h/\u00fc"x';
+            await srv.publish(path, 'before anyone listens');                       // the path's history starts its epoch
+
+            const receive = async (pulse?: Record<string, unknown>, override = false): Promise<{ peer: Peer; position: Position | undefined }> => {
+
+                const peer = await Peer.open(url(srv));
+                peer.send({ type: 'hello', id: 1, version: '2', subs: [path], ...(pulse ? { pulse } : {}) });
+                await until(() => peer.frames.length > 0 && (!maxChunkChars || peer.frames[peer.frames.length - 1]![0] === '!'));
+                const hello = JSON.parse(maxChunkChars ? peer.frames.map((frame) => frame.slice(1)).join('') : peer.frames[0]!);
+                peer.frames.splice(0);
+                await srv.eachSocket((socket) => {
+
+                    socket.app.override = socket.id === hello.socket ? override : socket.app.override;
+                });
+
+                return { peer, position: hello.pulse?.positions?.[path] };
+            };
+
+            const plain = (await receive()).peer;
+            const overridden = (await receive(undefined, true)).peer;
+            const { peer: recovering, position } = await receive({ recovery: true });
+            return { srv, plain, recovering, overridden, path, start: position! };
+        };
+
+        for (const maxChunkChars of [false, 16] as const) {
+            const { srv, plain, recovering, overridden, path, start } = await run(maxChunkChars);
+            expect(start.offset).to.equal(1);
+            const expected = { plain: [] as string[], recovering: [] as string[], overridden: [] as string[] };
+            for (let i = 0; i < messages.length; ++i) {
+                const message = messages[i];
+                await srv.publish(path, message);
+                const position: Position = { epoch: start.epoch, offset: start.offset + i + 1 };
+                expected.plain.push(encode({ type: 'pub', path, message }));
+                expected.recovering.push(encode({ type: 'pub', path, message, position }));
+                expected.overridden.push(encode({ type: 'pub', path, message: { instead: message ?? null } }));
+            }
+
+            const frames = (list: string[]) => (maxChunkChars ? list.flatMap((text) => chunk(text, maxChunkChars)) : list);
+            await until(() => plain.frames.length === frames(expected.plain).length && recovering.frames.length === frames(expected.recovering).length && overridden.frames.length === frames(expected.overridden).length);
+            expect(plain.frames).to.equal(frames(expected.plain));
+            expect(recovering.frames).to.equal(frames(expected.recovering));
+            expect(overridden.frames).to.equal(frames(expected.overridden));
+            const text = (peer: Peer) => peer.frames.map((frame) => (maxChunkChars ? frame.slice(1) : frame)).join('');
+            expect(text(recovering)).to.include('"position":{"epoch":');
+            expect(text(overridden)).to.include('{"instead":');
+            expect(text(plain)).to.not.include('"position"');
+            plain.close();
+            recovering.close();
+            overridden.close();
+            await srv.stop();
+        }
     });
 });

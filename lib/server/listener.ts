@@ -12,7 +12,7 @@ import type { WebSocket } from 'ws';
 
 import type { BroadcastEnvelope, Broker, HistoryOptions, PublishEnvelope, Recovery } from '../broker';
 import type { Settings } from '../settings';
-import { CloseCode, defaultLimits } from '../protocol';
+import { CloseCode, defaultLimits, encode } from '../protocol';
 import type { Position } from '../protocol';
 import * as Auth from './auth';
 import { userKey } from './auth';
@@ -37,7 +37,7 @@ const rejectThrown = (send: () => Promise<void>): Promise<void> => {
         return Promise.reject(err);
     }
 };
-const ping = new Prepared(JSON.stringify({ type: 'ping' }));
+const ping = new Prepared(encode({ type: 'ping' }));
 
 const destroyOnError = function (this: Duplex): void {
 
@@ -415,7 +415,7 @@ export class Listener implements SocketHost {
             return;
         }
 
-        const update = new Prepared(JSON.stringify({ type: 'update', message: envelope.message }));
+        const update = new Prepared(encode({ type: 'update', message: envelope.message }));
         const sockets = envelope.user === undefined ? this.sockets.values() : this.byUser.get(envelope.user)?.values() ?? [];
         for (const socket of sockets) {
             if (socket.ready) {                                  // not to sockets still in (or failing) hello

@@ -8,8 +8,8 @@ import * as Boom from '@hapi/boom';
 import type { Server } from '@hapi/hapi';
 import type { RawData, WebSocket } from 'ws';
 
-import { CloseCode, chunk, parseClientMessage, transientStatus, version } from '../protocol';
-import type { ProtocolError } from '../protocol';
+import { CloseCode, chunk, encode, parseClientMessage, transientStatus, version } from '../protocol';
+import type { ErrorReply, HelloResponse, ProtocolError, ServerMessage } from '../protocol';
 import type { ClientMessage, HelloRequest, Limits as ProtocolLimits, MessageId, Position, ReauthRequest, SubRequest, TunnelRequest, UnsubRequest } from '../protocol';
 import type { Authenticator, SocketAuth } from './auth';
 import * as Catchups from './catchup';
@@ -192,7 +192,8 @@ export class Socket {
 
     // ---- Send path ----
 
-    private sendObject(message: object): Promise<void> {
+    // For the application's sends: a message that cannot be encoded rejects, and nothing is sent.
+    private sendObject(message: ServerMessage): Promise<void> {
 
         if (!this.isOpen()) {
             return Promise.reject(Boom.internal('Socket not open'));
@@ -200,7 +201,7 @@ export class Socket {
 
         let text: string;
         try {
-            text = JSON.stringify(message);
+            text = encode(message);
         }
         catch (err) {
             return Promise.reject(err);
@@ -208,6 +209,12 @@ export class Socket {
 
         this.sendText(text);
         return Promise.resolve();
+    }
+
+    // Replies and notices (the server built them: they encode).
+    private reply(message: ServerMessage | ErrorReply): void {
+
+        this.sendText(encode(message));
     }
 
     sendText(text: string): void {
@@ -343,7 +350,7 @@ export class Socket {
                 return;
             }
 
-            this.sendText(JSON.stringify({ type: 'expiring', expiresAt }));
+            this.reply({ type: 'expiring', expiresAt });
             this.expireAt(expiresAt, 0);
         };
 
@@ -393,7 +400,7 @@ export class Socket {
 
         const boom = Boom.boomify(err instanceof Error ? err : new Error(String(err)));
         const { statusCode: _, ...payload } = boom.output.payload;
-        const message: Record<string, unknown> = {
+        const message: ErrorReply = {
             statusCode: boom.output.statusCode,
             payload,
             headers: this.host.tunnel.filterHeaders(boom.output.headers as Record<string, unknown>)
@@ -412,7 +419,7 @@ export class Socket {
             message.path = errorPath;
         }
 
-        this.sendText(JSON.stringify(message));
+        this.reply(message);
     }
 
     // ---- Incoming ----
@@ -589,7 +596,7 @@ export class Socket {
         }
 
         this.state = State.ready;
-        const response: Record<string, unknown> = {
+        const response: HelloResponse = {
             type: 'hello',
             id: request.id,
             heartbeat: this.host.config.heartbeat,
@@ -600,7 +607,7 @@ export class Socket {
             response.pulse = this.acknowledge(catchups);
         }
 
-        this.sendText(JSON.stringify(response));
+        this.reply(response);
 
         // A subscription that failed for now (the broker out of reach): a failed hello would make any nes client
         // give up for good, a close makes it reconnect with backoff and send the same subscriptions again.
@@ -613,9 +620,9 @@ export class Socket {
     }
 
     // The hello reply's extension block: what was accepted, and per history path where the socket stands.
-    private acknowledge(catchups: Catchup[]): Record<string, unknown> {
+    private acknowledge(catchups: Catchup[]): HelloResponse['pulse'] {
 
-        const pulse: Record<string, unknown> = { recovery: this.recovery, expiry: this.expiry };
+        const pulse: NonNullable<HelloResponse['pulse']> = { recovery: this.recovery, expiry: this.expiry };
         if (this.recovery && catchups.length) {
             const positions: Record<string, Position> = {};
             const recovered: Record<string, boolean> = {};
@@ -658,12 +665,7 @@ export class Socket {
         }
 
         // Clients that negotiated expiry learn the new expiry with the reply.
-        const reply: Record<string, unknown> = { type: 'reauth', id: request.id };
-        if (this.expiry) {
-            reply.pulse = { expiresAt: this.expiresAt };
-        }
-
-        this.sendText(JSON.stringify(reply));
+        this.reply(this.expiry ? { type: 'reauth', id: request.id, pulse: { expiresAt: this.expiresAt } } : { type: 'reauth', id: request.id });
     }
 
     private async request(request: TunnelRequest): Promise<void> {
@@ -680,7 +682,7 @@ export class Socket {
         }
 
         const response = await onMessage(this, message);
-        this.sendText(JSON.stringify({ type: 'message', id, message: response }));
+        this.reply({ type: 'message', id, message: response });
     }
 
     // Subs and unsubs of one path take effect in the order they were sent (others run concurrently).
@@ -723,7 +725,7 @@ export class Socket {
         }
 
         if (!catchup || !this.recovery) {
-            this.sendText(JSON.stringify({ type: 'sub', id: request.id, path: request.path }));
+            this.reply({ type: 'sub', id: request.id, path: request.path });
             if (catchup) {
                 await Catchups.catchUp(this.host, this, [catchup]);
             }
@@ -731,13 +733,13 @@ export class Socket {
             return;
         }
 
-        this.sendText(JSON.stringify({ type: 'sub', id: request.id, path: request.path, pulse: catchup.report() }));
+        this.reply({ type: 'sub', id: request.id, path: request.path, pulse: catchup.report() });
         await Catchups.catchUp(this.host, this, [catchup]);
     }
 
     private async unsubscribe(request: UnsubRequest): Promise<void> {
 
         await this.host.subscriptions.unsubscribe(this, request.path);
-        this.sendText(JSON.stringify({ type: 'unsub', id: request.id }));
+        this.reply({ type: 'unsub', id: request.id });
     }
 }

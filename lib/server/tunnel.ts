@@ -6,6 +6,7 @@ import type { IncomingMessage } from 'node:http';
 import * as Boom from '@hapi/boom';
 import type { Server } from '@hapi/hapi';
 
+import { EncodedPayload, encode } from '../protocol';
 import type { MessageId, TunnelRequest } from '../protocol';
 import type { SocketAuth } from './auth';
 
@@ -114,16 +115,11 @@ export class Tunnel {
 
     private encodeResponse(id: MessageId, statusCode: number, result: unknown, headers: Record<string, unknown>): string {
 
-        const filtered = this.filterHeaders(headers);
         // A handler that already returned JSON text is sent as is, not encoded twice (as nes does).
         // hapi always sets a string content-type on a string result.
-        if (typeof result === 'string' && String(headers['content-type']).startsWith('application/json')) {
-            const head = JSON.stringify({ type: 'request', id, statusCode });
-            return head.slice(0, -1) + ',"payload":' + result + (filtered ? ',"headers":' + JSON.stringify(filtered) : '') + '}';
-        }
-
+        const json = typeof result === 'string' && String(headers['content-type']).startsWith('application/json');
         try {
-            return JSON.stringify({ type: 'request', id, statusCode, payload: result, headers: filtered });
+            return encode({ type: 'request', id, statusCode, payload: json ? new EncodedPayload(result) : result, headers: this.filterHeaders(headers) });
         }
         catch {
             this.server.log(['pulse', 'serialization', 'error'], 'request');
