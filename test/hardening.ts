@@ -13,7 +13,7 @@ import * as Iron from '@hapi/iron';
 import { createClient } from '@redis/client';
 
 import { CloseCode, MemoryBroker } from '../lib';
-import { RedisBroker } from '../lib/brokers/redis';
+import { RedisBroker } from '../lib/redis';
 import { Peer, redisAvailable, redisUrl, server, skipWithoutRedis, teardown, url, until, wait } from './helpers';
 
 const { expect } = Code;

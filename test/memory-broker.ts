@@ -1,17 +1,20 @@
-// What only the in-process broker has: its history must stay bounded in memory (the behaviour it
-// shares with the Redis broker is in test/broker.ts).
+// The in-process broker, the reference: the conformance suite every broker passes (test/broker.ts), then
+// what only it has: its history must stay bounded in memory.
 
 import * as Code from '@hapi/code';
 import * as Lab from '@hapi/lab';
 
 import { MemoryBroker } from '../lib/index';
 import type { PublishEnvelope, Recovery } from '../lib/index';
+import { conformance } from './broker';
 import { until, wait } from './helpers';
 
 const { expect } = Code;
 const lab = Lab.script();
 export { lab };
 const { describe, it } = lab;
+
+conformance(lab, 'memory', () => new MemoryBroker(), { inProcess: true });
 
 const messages = (recovery: Recovery): unknown[] => {
 

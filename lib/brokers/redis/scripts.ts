@@ -1,0 +1,238 @@
+// What the Redis broker stores and runs: the names of its keys and channels, and the Lua that writes and
+// reads the history of a path, kept as strings, behind typed wrappers. Each history write or read is one
+// script, so that an offset, its stream entry and its publish are one atomic step.
+
+import { createHash, randomBytes } from 'node:crypto';
+
+import type { HistoryOptions, PublishEnvelope, Recovery } from '../../broker';
+import type { Position } from '../../protocol';
+
+// Sends one command (on the publishing connection) and resolves with Redis's reply.
+export type Command = (args: string[]) => Promise<unknown>;
+
+// What a path missed after a position: the path's current position (epoch '' when it keeps no history
+// any more) and every entry still kept after `since`, or after offset 0 when the epoch is another one.
+export interface Missed {
+    epoch: string;
+    offset: number;
+    entries: PublishEnvelope[];
+}
+
+// Every key and channel of one broker prefix.
+export class Keys {
+
+    readonly broadcast: string;
+    readonly run: string;                                 // names this Redis run (lost with the data on a restart)
+
+    constructor(readonly prefix: string) {
+
+        this.broadcast = `${prefix}b`;
+        this.run = `${prefix}run`;
+    }
+
+    channel(path: string): string {
+
+        return `${this.prefix}p:${path}`;
+    }
+
+    // The path of a channel made by channel().
+    path(channel: string): string {
+
+        return channel.slice(this.prefix.length + 2);
+    }
+
+    stream(path: string): string {
+
+        return `${this.prefix}h:${path}`;
+    }
+
+    meta(path: string): string {
+
+        return `${this.prefix}m:${path}`;
+    }
+}
+
+// KEYS: stream, meta. ARGV: channel, header, envelope JSON (no position), size, ttl, fresh epoch.
+// The meta hash (epoch, offset) marks a history incarnation: when it is gone, so is the stream.
+const publishScript = `
+local stream, meta = KEYS[1], KEYS[2]
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local epoch = redis.call('HGET', meta, 'epoch')
+if not epoch then
+    epoch = ARGV[6]
+    redis.call('DEL', stream)
+    redis.call('HSET', meta, 'epoch', epoch, 'created', now)
+end
+local offset = redis.call('HINCRBY', meta, 'offset', 1)
+local json = ARGV[3]
+local entry = string.sub(json, 1, -2) .. ',"position":{"epoch":"' .. epoch .. '","offset":' .. string.format('%d', offset) .. '}}'
+redis.call('XADD', stream, 'MAXLEN', '~', ARGV[4], '0-' .. string.format('%d', offset), 't', now, 'e', entry)
+redis.call('PEXPIRE', stream, ARGV[5])
+redis.call('PEXPIRE', meta, ARGV[5])
+redis.call('PUBLISH', ARGV[1], ARGV[2] .. '\\n' .. entry)
+return { epoch, offset }
+`;
+
+// KEYS: stream, meta, run. ARGV: since epoch ('' for none), since offset, size, ttl, fresh run id.
+// Returns { epoch, offset, recovered (1 / 0), entry JSON... }.
+// A path nobody published to stores nothing: its position is \`~<run>:<ms>\` at offset 0, naming this Redis
+// run (the run key, lost with the data when Redis restarts without persistence) and this moment. A resume
+// from such a position gets the stream made after it, if no older than the ttl (so none came and went).
+const recoverScript = `
+local stream, meta = KEYS[1], KEYS[2]
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local current = redis.call('HMGET', meta, 'epoch', 'offset', 'created')
+local epoch, offset = current[1], tonumber(current[2]) or 0
+local sinceEpoch = ARGV[1]
+local since = tonumber(ARGV[2])
+local run, given
+if not epoch or string.sub(sinceEpoch, 1, 1) == '~' then
+    run = redis.call('GET', KEYS[3])
+    if not run then
+        run = ARGV[5]
+        redis.call('SET', KEYS[3], run)
+    end
+    if sinceEpoch ~= '' then
+        local sinceRun, at = string.match(sinceEpoch, '^~([^:]*):(%d+)$')
+        given = tonumber(at)
+        if sinceRun ~= run or since ~= 0 or not given or given > now or now - given > tonumber(ARGV[4]) then
+            given = nil
+        end
+    end
+end
+if not epoch then
+    local empty = '~' .. run .. ':' .. string.format('%d', now)
+    if sinceEpoch == '' or given then
+        return { empty, 0, 1 }
+    end
+    return { empty, 0, 0 }
+end
+if string.sub(sinceEpoch, 1, 1) == '~' then
+    if not given or (tonumber(current[3]) or 0) < given then
+        return { epoch, offset, 0 }
+    end
+    sinceEpoch = epoch
+end
+if sinceEpoch == '' then
+    return { epoch, offset, 1 }
+end
+if sinceEpoch ~= epoch or since > offset then
+    return { epoch, offset, 0 }
+end
+local missed = offset - since
+if missed == 0 then
+    return { epoch, offset, 1 }
+end
+if missed > tonumber(ARGV[3]) then
+    return { epoch, offset, 0 }
+end
+local time = redis.call('TIME')
+local oldest = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000) - tonumber(ARGV[4])
+local range = redis.call('XRANGE', stream, '0-' .. string.format('%d', since + 1), '+', 'COUNT', missed)
+if #range ~= missed then
+    return { epoch, offset, 0 }
+end
+local result = { epoch, offset, 1 }
+for i, item in ipairs(range) do
+    if tonumber(item[2][2]) < oldest then
+        return { epoch, offset, 0 }
+    end
+    result[i + 3] = item[2][4]
+end
+return result
+`;
+
+// KEYS: stream, meta. ARGV: epoch, offset of the last publish this node delivered.
+// Returns { epoch ('' when the path has no history any more), offset, entry JSON... }: every entry still
+// kept after that position, or after offset 0 of the current epoch when it is another one.
+const missedScript = `
+local stream, meta = KEYS[1], KEYS[2]
+local current = redis.call('HMGET', meta, 'epoch', 'offset')
+local epoch, offset = current[1], tonumber(current[2]) or 0
+if not epoch then
+    return { '', 0 }
+end
+local since = 0
+if epoch == ARGV[1] then
+    since = tonumber(ARGV[2])
+end
+local result = { epoch, offset }
+if offset <= since then
+    return result
+end
+local range = redis.call('XRANGE', stream, '0-' .. string.format('%d', since + 1), '+', 'COUNT', offset - since)
+for i, item in ipairs(range) do
+    result[i + 2] = item[2][4]
+end
+return result
+`;
+
+interface Script {
+    source: string;
+    sha: string;
+}
+
+const script = (source: string): Script => ({ source, sha: createHash('sha1').update(source).digest('hex') });
+
+const scripts = {
+    publish: script(publishScript),
+    recover: script(recoverScript),
+    missed: script(missedScript)
+};
+
+const freshEpoch = (): string => randomBytes(6).toString('base64url');
+
+// The typed calls of the scripts (and of the one plain read of a path's history), over any connection.
+export class Scripts {
+
+    constructor(private readonly command: Command, private readonly keys: Keys) { }
+
+    // Appends a publish to the history of its path and publishes it (`header` + '\n' + the entry) on the
+    // path's channel; resolves with its position.
+    async publish(path: string, header: string, json: string, history: HistoryOptions): Promise<Position> {
+
+        const [epoch, offset] = await this.run(scripts.publish, [this.keys.stream(path), this.keys.meta(path)], [this.keys.channel(path), header, json, `${history.size}`, `${history.ttl}`, freshEpoch()]) as [string, number];
+        return { epoch, offset: Number(offset) };
+    }
+
+    async recover(path: string, since: Position | null, history: HistoryOptions): Promise<Recovery> {
+
+        const [epoch, offset, recovered, ...entries] = await this.run(scripts.recover, [this.keys.stream(path), this.keys.meta(path), this.keys.run], [since ? since.epoch : '', since ? `${since.offset}` : '0', `${history.size}`, `${history.ttl}`, freshEpoch()]) as [string, number, number, ...string[]];
+        const position = { epoch, offset: Number(offset) };
+        if (!Number(recovered)) {
+            return { recovered: false, position };
+        }
+
+        return { recovered: true, entries: entries.map((entry) => JSON.parse(entry)), position };
+    }
+
+    async missed(path: string, since: Position): Promise<Missed> {
+
+        const [epoch, offset, ...entries] = await this.run(scripts.missed, [this.keys.stream(path), this.keys.meta(path)], [since.epoch, `${since.offset}`]) as [string, number, ...string[]];
+        return { epoch, offset: Number(offset), entries: entries.map((entry) => JSON.parse(entry)) };
+    }
+
+    // Where the history of a path stands now (epoch '' at offset 0 when it keeps none).
+    async position(path: string): Promise<Position> {
+
+        const [epoch, offset] = await this.command(['HMGET', this.keys.meta(path), 'epoch', 'offset']) as [string | null, string | null];
+        return { epoch: epoch ?? '', offset: Number(offset ?? 0) };
+    }
+
+    // By hash first; a Redis that does not know the script yet (a fresh or restarted one) gets its source.
+    private async run(script: Script, keys: string[], args: string[]): Promise<unknown> {
+
+        try {
+            return await this.command(['EVALSHA', script.sha, `${keys.length}`, ...keys, ...args]);
+        }
+        catch (err) {
+            if (!(err as Error).message.includes('NOSCRIPT')) {
+                throw err;
+            }
+
+            return await this.command(['EVAL', script.source, `${keys.length}`, ...keys, ...args]);
+        }
+    }
+}
