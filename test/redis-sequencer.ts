@@ -119,6 +119,19 @@ describe('redis broker sequencer', () => {
         expect(gaps()[0]!.tags).to.equal(['gap']);
         expect(sink.lostPaths).to.equal(['/h']);
 
+        // Publishes that come during a read wait for it, then go out in order
+        history.close();
+        history.append('/h', 7);
+        const eighth = sequencer.accept(history.append('/h', 8));
+        await until(() => history.reads === 3);
+        const ninth = sequencer.accept(history.append('/h', 9));
+        await wait(20);
+        expect(messages()).to.equal([1, 'plain', 2, 3, 4, 5, 6]);
+        history.open();
+        await Promise.all([eighth, ninth]);
+        expect(messages()).to.equal([1, 'plain', 2, 3, 4, 5, 6, 7, 8, 9]);
+        expect(history.reads).to.equal(3);
+
         // A delivery that fails while the history is read is logged, and the rest go on
         const failing = setup();
         failing.sequencer.follow('/f');
@@ -181,10 +194,12 @@ describe('redis broker sequencer', () => {
         history.forget('/h');
         const fresh = history.append('/h', 'new epoch');
 
-        // Subscribing again: the new epoch's first publish comes in the same read as Redis's acknowledgement,
-        // so it reaches the sequencer before resume() does
+        // The connection was lost; the client subscribed again by itself, and the new epoch's first publish came
+        // in the same read as Redis's acknowledgement: it reaches the sequencer before resume() does
         sequencer.interrupt();
         const delivered = sequencer.accept(fresh);
+        await wait(20);
+        expect(messages()).to.equal([1, 2]);
         sequencer.resume('/h');
         await delivered;
         expect(messages()).to.equal([1, 2, 'new epoch']);
@@ -275,5 +290,45 @@ describe('redis broker sequencer', () => {
         await second;
         expect(messages()).to.equal([1, 2]);
         expect(history.reads).to.equal(0);
+    });
+
+    it('keeps holding after a read that was in flight when the connection dropped, until the subscription is back', async () => {
+
+        const { history, sequencer, messages, gaps } = setup();
+        sequencer.follow('/h');
+        await sequencer.accept(history.append('/h', 1));
+        history.close();
+        history.append('/h', 2);
+        const third = sequencer.accept(history.append('/h', 3));
+        await until(() => history.reads === 1);
+
+        sequencer.interrupt();                                               // dropped during the read
+        history.open();
+        await until(() => history.reads === 2);                              // read again: the first may predate the drop
+        await wait(20);
+        expect(messages()).to.equal([1, 2, 3]);
+        history.forget('/h');
+        const fresh = history.append('/h', 'new epoch');
+        const after = sequencer.accept(fresh);                               // came with the acknowledgement
+        await wait(20);
+        expect(messages()).to.equal([1, 2, 3]);
+
+        sequencer.resume('/h');
+        await Promise.all([third, after]);
+        expect(messages()).to.equal([1, 2, 3, 'new epoch']);
+        expect(history.reads).to.equal(3);
+        expect(gaps().map((log) => log.data)).to.equal([{ path: '/h', reason: 'epoch', since: { epoch: 'e1', offset: 3 }, position: fresh.position }]);
+
+        // Stopped during such a read: what was held is settled, nothing delivered
+        history.close();
+        history.append('/h', 'missed');
+        const jumped = sequencer.accept(history.append('/h', 'jumped'));
+        await until(() => history.reads === 4);
+        sequencer.interrupt();
+        sequencer.stop();
+        await jumped;
+        history.open();
+        await wait(20);
+        expect(messages()).to.equal([1, 2, 3, 'new epoch']);
     });
 });

@@ -107,6 +107,8 @@ export class RedisBroker implements Broker {
             this.disconnected();
         });
 
+        sub.on('reconnecting', () => this.sequencer.interrupt());       // lost: what comes before 'ready' is held
+
         sub.on('ready', () => this.resubscribe());
         pub.on('ready', () => [...this.confirming.keys()].forEach((channel) => this.wake(channel)));
         this.channels.set(this.keys.broadcast, false);
@@ -284,11 +286,11 @@ export class RedisBroker implements Broker {
         }
     }
 
-    // After a reconnection: subscribes again, then reads what each history path missed meanwhile.
+    // After a reconnection: subscribes again (node-redis already did, so this resolves at once for the
+    // channels it knew), then reads what each history path missed meanwhile.
     private resubscribe(): void {
 
         this.log(['redis', 'sub', 'ready'], this.url);
-        this.sequencer.interrupt();
         for (const channel of this.channels.keys()) {
             const listening = this.listen(channel);
             if (channel !== this.keys.broadcast) {

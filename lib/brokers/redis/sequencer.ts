@@ -18,12 +18,15 @@ export interface SequencerHost {
 interface Held {
     envelope: PublishEnvelope;
     settle: (delivered: void | Promise<void>) => void;
+    reads: number;                       // reads sent before it came
 }
 
 interface Healing {
     held: Held[];
+    reads: number;                       // sent so far
     again: boolean;                      // read (once more) when the current read ends
     reading: boolean;
+    waiting: boolean;                    // the subscription is lost or not back yet: hold until resume()
 }
 
 // One path this node follows.
@@ -80,7 +83,7 @@ export class Sequencer {
 
         const last = track.last;
         if (track.healing || last && jumps(last, position!)) {
-            return new Promise((settle) => this.hold(envelope.path, track, { envelope, settle }));
+            return new Promise((settle) => this.hold(envelope.path, track, { envelope, settle, reads: track.healing?.reads ?? 0 }));
         }
 
         if (last) {
@@ -98,25 +101,43 @@ export class Sequencer {
         return this.host.deliver(envelope);
     }
 
-    // The subscriptions are being made again after a lost connection: whatever each path missed meanwhile
-    // is unknown until resume(path), once its subscription is acknowledged again.
+    // The subscribing connection is lost: what each path misses from now on is unknown until resume(path).
+    // Every publish is held until then, even one that shows no jump: the client subscribes again by itself
+    // and hands over the publishes that come with Redis's acknowledgement before the broker hears of it, and
+    // the first publish of a new epoch (offset 1) may follow publishes of the old one that were missed.
     interrupt(): void {
 
         for (const track of this.tracks.values()) {
-            if (!track.last && track.baseline) {
-                track.last = { ...track.baseline };                        // nothing delivered before the drop
-            }
-
+            this.promote(track);
             track.baseline = null;
+            if (track.healing) {
+                track.healing.waiting = true;
+                track.healing.again = true;                                // a read in flight may predate the drop
+            }
+            else if (track.last) {
+                track.healing = { held: [], reads: 0, again: true, reading: false, waiting: true };
+            }
         }
     }
 
-    // The subscription of `path` is acknowledged again: reads what it missed.
+    // The subscription of `path` is back: reads what it missed, then releases what was held.
     resume(path: string): void {
 
         const track = this.tracks.get(path);
-        if (track?.last) {
-            this.heal(path, track);
+        if (!track) {
+            return;
+        }
+
+        this.promote(track);
+        if (!track.last) {
+            return;
+        }
+
+        const healing = track.healing ??= { held: [], reads: 0, again: true, reading: false, waiting: false };
+        healing.waiting = false;
+        healing.again = true;
+        if (!healing.reading) {
+            this.read(path, track, healing);
         }
     }
 
@@ -137,22 +158,15 @@ export class Sequencer {
             return;
         }
 
-        track.healing = { held: [item], again: true, reading: false };
+        track.healing = { held: [item], reads: 0, again: true, reading: false, waiting: false };
         this.read(path, track, track.healing);
     }
 
-    private heal(path: string, track: Track): void {
+    // Nothing delivered before a drop: healed from where the path stood when followed.
+    private promote(track: Track): void {
 
-        const healing = track.healing;
-        if (!healing) {
-            track.healing = { held: [], again: true, reading: false };
-            this.read(path, track, track.healing);
-            return;
-        }
-
-        healing.again = true;                                              // the read in flight may predate the reconnection
-        if (!healing.reading) {
-            this.read(path, track, healing);
+        if (!track.last && track.baseline) {
+            track.last = { ...track.baseline };
         }
     }
 
@@ -164,6 +178,7 @@ export class Sequencer {
         while (healing.again && this.tracks.get(path) === track) {
             healing.again = false;
             const last = track.last!;
+            ++healing.reads;
             try {
                 const missed = await this.host.read(path, { ...last });
                 if (this.tracks.get(path) === track) {                     // not left meanwhile
@@ -183,29 +198,37 @@ export class Sequencer {
             }
         }
 
+        healing.reading = false;
+        if (healing.waiting && this.tracks.get(path) === track) {
+            return;                                                        // the connection dropped meanwhile: resume() reads again
+        }
+
         this.release(path, track, healing, failed);
     }
 
     private release(path: string, track: Track, healing: Healing, failed: boolean): void {
 
-        if (track.healing === healing) {
-            track.healing = null;
-        }
+        track.healing = null;
+
+        // Held before the last read was sent, of another epoch than it read: published before it ran, so of an
+        // older epoch (which accept() would take for a gap in the new one). Dropped.
+        const current = this.tracks.get(path) === track;
+        const last = track.last;
+        const held = current && !failed ? healing.held.filter((item) => item.reads === healing.reads || item.envelope.position!.epoch === last!.epoch || item.settle()) : healing.held;
 
         // What is still missing before the first held publish cannot be read: it is lost.
-        const last = track.last;
-        const first = healing.held[0]?.envelope.position;
-        if (this.tracks.get(path) === track && last && first && jumps(last, first)) {
+        const first = held[0]?.envelope.position;
+        if (current && first && jumps(last!, first)) {
             if (!failed) {
-                this.gap({ path, reason: 'missing', since: { ...last }, next: first });
+                this.gap({ path, reason: 'missing', since: { ...last! }, next: first });
             }
 
-            last.epoch = first.epoch;
-            last.offset = first.offset - 1;
+            last!.epoch = first.epoch;
+            last!.offset = first.offset - 1;
         }
 
         // Through accept() again: drops what the read delivered, heals again on a jump after the first.
-        for (const { envelope, settle } of healing.held) {
+        for (const { envelope, settle } of held) {
             settle(this.accept(envelope));
         }
     }
