@@ -33,6 +33,7 @@ let nextRequestId = 1;
 let dropped = 0;
 let proto: Proto = 'nes';
 let port = 0;
+let localAddress: string | undefined;                         // Source address of new sockets (127.0.0.x: more ports)
 
 // Delivery counting
 let mode: 'fan' | 'item' | 'off' = 'off';
@@ -182,7 +183,7 @@ function onControl(conn: Conn, data: Buffer, hello: Pending | null): void {
 function openOne(index: number, subs: string[], timeoutMs: number, group = 0, checker = index === 0): Promise<Conn> {
 
     const url = proto === 'nes' ? `ws://127.0.0.1:${port}/` : `ws://127.0.0.1:${port}/socket.io/?EIO=4&transport=websocket`;
-    const ws = new WebSocket(url, { perMessageDeflate: false, skipUTF8Validation: true, handshakeTimeout: timeoutMs });
+    const ws = new WebSocket(url, { perMessageDeflate: false, skipUTF8Validation: true, handshakeTimeout: timeoutMs, localAddress });
     const conn: Conn = { index, ws, group, checker, closedByUs: false, lastSeq: -1 };
 
     return new Promise<Conn>((resolve, reject) => {
@@ -562,17 +563,20 @@ serve({
     // Opens `count` sockets, at most `inflight` setups at a time; each subscribes (in its hello) to nothing, to
     // '/fan', or to '/item/<its index>'. Successive calls may target different ports (servers); `group` tags the
     // sockets of one call for per-group delivery counts, and the first socket of a call checks fan-out order.
+    // `first` numbers the sockets from there (several load processes sharing one range of /item ids);
+    // `localAddress` binds them to a source address (each address has its own ephemeral ports).
     connect: async (args) => {
 
         proto = args.proto as Proto;
         port = Number(args.port);
+        localAddress = args.localAddress === undefined ? undefined : String(args.localAddress);
         const count = Number(args.count);
         const inflight = Number(args.inflight);
         const subs = String(args.subs);
         const group = Number(args.group ?? 0);
         const timeoutMs = Number(args.timeoutMs ?? 10_000);
         const deadline = nowMs() + Number(args.totalTimeoutMs ?? 60_000);
-        const base = conns.length;
+        const base = args.first === undefined ? conns.length : Number(args.first);
         let started = 0;
         let failed = 0;
         let firstError = '';
@@ -657,6 +661,9 @@ serve({
         mode = 'off';
         return { delivered, bad, firstAt, lastAt, dropped, open: conns.length - dropped, clientCpuUs: usage.user + usage.system, groups: groupDelivered };
     },
+
+    // The latency sample itself (ms), for merging the samples of several load processes.
+    latencies: () => ({ values: latencies }),
 
     // Percentiles of the latency sample taken since arm({ latency: 'reset' }).
     latency: () => {

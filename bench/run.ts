@@ -32,7 +32,10 @@ const onlyTargets = option('targets', 'BENCH_TARGETS')?.split(',').filter(Boolea
 const repeats = Number(option('repeats', 'BENCH_REPEATS') ?? (quick ? 1 : 3));
 const full = !quick && !only.length && !onlyTargets.length && repeats >= 3;
 
-const selected = scenarios.filter((s) => !only.length || only.some((o) => s.id.startsWith(o)));
+// Opt-in scenarios (many sockets) run only when --only names them.
+const selected = scenarios.filter((s) => (only.length ? only.some((o) => s.id.startsWith(o)) : !s.optIn));
+// A full-size run of only the opt-in scenarios, every target: its report is kept too (bench/RESULTS-many.md).
+const fullOptIn = !quick && !onlyTargets.length && selected.every((s) => s.optIn);
 if (!selected.length) {
     console.error(`No scenario matches --only ${only.join(',')}; scenarios: ${scenarios.map((s) => s.id).join(', ')}`);
     process.exit(1);
@@ -44,7 +47,7 @@ const clientArgs = process.env.BENCH_CLIENT_ARGS?.split(' ').filter(Boolean) ?? 
 
 const repoRoot = Path.join(__dirname, '..', '..');
 const started = Date.now();
-const hardLimitMs = 15 * 60_000;                                // Whole-run watchdog
+const hardLimitMs = (selected.some((s) => s.optIn) ? 30 : 15) * 60_000;      // Whole-run watchdog (opt-in scenarios take longer)
 
 // Machine load: how busy the whole machine was during the run, and how much of that was us (this process and its
 // waited-for children). Other sessions' work on a shared machine shows up as the difference. Linux only.
@@ -142,20 +145,21 @@ async function openSession(kind: SessionKind, target: Target): Promise<Open> {
     const state: Record<string, unknown> = {};
     const nodeOptions = kind.nodes?.(ctx, state) ?? [{}];
     const servers = nodeOptions.map((_, i) => spawn(`server(${target.name}${nodeOptions.length > 1 ? ` #${i}` : ''})`, 'server-main.js', [target.name], ['--expose-gc', ...serverArgs]));
-    const client = spawn('load', 'load.js', [], clientArgs);
+    const loads = kind.loads?.(ctx) ?? 1;
+    const clients = Array.from({ length: loads }, (_, i) => spawn(loads > 1 ? `load #${i}` : 'load', 'load.js', [], clientArgs).peer);
     let session: Session | null = null;
     const stderr = () => servers.map((s) => s.stderr()).filter(Boolean).join('\n');
     const close = async () => {
 
-        await Promise.all([client.peer.stop(), ...servers.map((s) => s.peer.stop())]);
-        await kind.teardown?.(ctx, session ?? { target, server: servers[0]!.peer, servers: servers.map((s) => s.peer), client: client.peer, port: 0, ports: [], state })
+        await Promise.all([...clients.map((c) => c.stop()), ...servers.map((s) => s.peer.stop())]);
+        await kind.teardown?.(ctx, session ?? { target, server: servers[0]!.peer, servers: servers.map((s) => s.peer), client: clients[0]!, clients, port: 0, ports: [], state })
             .catch((err: Error) => console.log(`    teardown (${kind.id}) failed: ${err.message}`));
     };
 
     try {
-        await Promise.all([...servers.map((s) => s.peer.waitEvent('ready', 15_000)), client.peer.waitEvent('ready', 15_000)]);
+        await Promise.all([...servers.map((s) => s.peer.waitEvent('ready', 15_000)), ...clients.map((c) => c.waitEvent('ready', 15_000))]);
         const ports = await Promise.all(servers.map((s, i) => s.peer.call<{ port: number }>('listen', { ...nodeOptions[i] }, 15_000).then((r) => r.port)));
-        session = { target, server: servers[0]!.peer, servers: servers.map((s) => s.peer), client: client.peer, port: ports[0]!, ports, state };
+        session = { target, server: servers[0]!.peer, servers: servers.map((s) => s.peer), client: clients[0]!, clients, port: ports[0]!, ports, state };
         await kind.setup(ctx, session);
         return { session, close, stderr };
     }
@@ -290,6 +294,44 @@ const goals: Goal[] = [
         }
     },
     atLeast('connection setups/s ≥ nes', 'connect', 'rate', [['nes', 1]]),
+    {
+        text: 'many sockets: longest idle event-loop stall (heartbeats only) ≤ 50 ms',
+        check: () => {
+
+            const stall = pulseMed('many', 'stallMax');
+            return Number.isFinite(stall) ? { value: `${stall.toFixed(0)} ms at ${pulseMed('many', 'sockets')} sockets`, pass: stall <= 50 } : null;
+        }
+    },
+    {
+        text: 'many sockets: heap per idle subscribed socket ≤ 1.15× raw ws',
+        check: () => {
+
+            const ours = pulseMed('many', 'heap');
+            const ws = med('many', 'ws-string', 'heap');
+            return Number.isFinite(ours) && Number.isFinite(ws) ? { value: `${(ours / 1024).toFixed(2)} KB = ${ratio(ours, ws)} ws`, pass: ours <= 1.15 * ws } : null;
+        }
+    },
+    {
+        // Lower is better: our time over raw ws's, against the same ratio of the BENCH_BASE build (10% for noise).
+        text: 'many sockets: one publish to all and setups/s no worse than BENCH_BASE (ratios to raw ws, 10% noise)',
+        check: () => {
+
+            const ws = (key: string) => med('many', 'ws-string', key);
+            const base = (key: string) => med('many', 'pulse-base', key);
+            const fan = pulseMed('many', 'allMs') / ws('allMs');
+            const fanBase = base('allMs') / ws('allMs');
+            const setup = pulseMed('many', 'setupRate') / ws('setupRate');
+            const setupBase = base('setupRate') / ws('setupRate');
+            if (![fan, fanBase, setup, setupBase].every(Number.isFinite)) {
+                return null;
+            }
+
+            return {
+                value: `to all ${fan.toFixed(2)}× ws (base ${fanBase.toFixed(2)}×), setups ${setup.toFixed(2)}× ws (base ${setupBase.toFixed(2)}×)`,
+                pass: fan <= 1.1 * fanBase && setup >= setupBase / 1.1
+            };
+        }
+    },
     {
         text: 'two nodes (Redis broker): every publish delivered to every socket on both nodes, every run',
         check: () => {
@@ -477,7 +519,7 @@ async function main(): Promise<void> {
 
     const text = report();
     console.log(`\n${text}`);
-    const out = full ? Path.join(repoRoot, 'bench', 'RESULTS.md') : Path.join(__dirname, 'RESULTS.last.md');
+    const out = full ? Path.join(repoRoot, 'bench', 'RESULTS.md') : (fullOptIn ? Path.join(repoRoot, 'bench', 'RESULTS-many.md') : Path.join(__dirname, 'RESULTS.last.md'));
     Fs.writeFileSync(out, `${text}\n`);
     Fs.writeFileSync(Path.join(__dirname, 'results.json'), JSON.stringify({ quick, repeats, argv, results: Object.fromEntries([...results].map(([k, v]) => [k, Object.fromEntries(v)])) }, null, 2));
     console.log(`Report written to ${Path.relative(process.cwd(), out)} (${((Date.now() - started) / 60_000).toFixed(1)} min)`);

@@ -2,6 +2,8 @@
 // servers/<target>.js and obeys the orchestrator's commands (see ipc.ts). Publishing loops are bounded in count
 // and in time.
 
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+
 import { serve, nowMs } from './ipc';
 import type { BenchServer, ServerFactory, ServerOptions } from './servers/types';
 
@@ -70,6 +72,28 @@ serve({
     },
 
     connections: () => need().connections(),
+
+    // Event-loop delay over `ms` of whatever the server does on its own (heartbeats, sweeps): a timer every
+    // `resolution` ms records how late it fired, so `max` is the longest stall seen (plus up to one resolution).
+    idle: async (args) => {
+
+        const ms = Number(args.ms);
+        const histogram = monitorEventLoopDelay({ resolution: Number(args.resolution ?? 10) });
+        const cpu = process.cpuUsage();
+        histogram.enable();
+        await new Promise((resolve) => setTimeout(resolve, ms));
+        histogram.disable();
+        const usage = process.cpuUsage(cpu);
+        const toMs = (ns: number) => ns / 1e6;
+        return {
+            maxMs: toMs(histogram.max),
+            p99Ms: toMs(histogram.percentile(99)),
+            p50Ms: toMs(histogram.percentile(50)),
+            samples: histogram.count,
+            cpuUs: usage.user + usage.system,
+            connections: need().connections()
+        };
+    },
 
     // Burst: `count` publishes to one path in one synchronous loop. With `stamp`, each message starts with
     // `t`: nowMs() (the machine-wide monotonic clock) taken just before its publish() call, for latency.

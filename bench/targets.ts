@@ -15,6 +15,7 @@ export interface Target {
 }
 
 const pulseBuild = Path.join(__dirname, '..', 'lib', 'index.js');
+const baseBuild = process.env.BENCH_BASE ? Path.resolve(process.env.BENCH_BASE, 'dist', 'lib', 'index.js') : null;
 
 export const targets: readonly Target[] = [
     {
@@ -23,6 +24,13 @@ export const targets: readonly Target[] = [
         proto: 'nes',
         unavailable: () => Fs.existsSync(pulseBuild) ? null : `not available: ${Path.relative(process.cwd(), pulseBuild)} is missing (lib/index.ts not built yet)`
     },
+    // Only with BENCH_BASE=<another checkout, built>: hapi-pulse before a change, beside it in the same run.
+    ...(baseBuild ? [{
+        name: 'pulse-base',
+        label: 'hapi-pulse (BENCH_BASE)',
+        proto: 'nes' as const,
+        unavailable: () => Fs.existsSync(baseBuild) ? null : `not available: ${baseBuild} is missing (build that checkout first)`
+    }] : []),
     { name: 'nes', label: '@hapi/nes 14', proto: 'nes', unavailable: () => null },
     { name: 'socketio', label: 'socket.io 4', proto: 'sio', unavailable: () => null },
     { name: 'ws-string', label: 'raw ws, string per socket', proto: 'nes', unavailable: () => null },

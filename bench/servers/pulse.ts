@@ -4,21 +4,24 @@
 import Path from 'node:path';
 
 import { createHapiTarget } from './hapi-common';
-import type { ServerFactory } from './types';
+import type { BenchServer, ServerFactory, ServerOptions } from './types';
 
 // dist/bench/servers/pulse.js -> dist/lib/index.js and the dist/lib/redis.js entry
 export const pulsePath = Path.join(__dirname, '..', '..', 'lib', 'index.js');
 const redisPath = Path.join(__dirname, '..', '..', 'lib', 'redis.js');
 
-export const create: ServerFactory = async (options = {}) => {
+export const create: ServerFactory = async (options = {}) => createPulseTarget(require(pulsePath), options);
 
-    const Pulse = require(pulsePath);
+// Also the 'pulse-base' target: another build of hapi-pulse (e.g. main before a change), same options.
+export async function createPulseTarget(Pulse: unknown, options: ServerOptions): Promise<BenchServer> {
+
+    const heartbeat = options.heartbeat ? { heartbeat: options.heartbeat } : {};
     if (!options.broker && !options.history) {
-        return createHapiTarget(Pulse);
+        return createHapiTarget(Pulse, heartbeat);
     }
 
     const { RedisBroker } = require(redisPath) as { RedisBroker: new (options: object) => unknown };
-    const pluginOptions = options.broker === 'redis' ? { broker: new RedisBroker({ url: options.url, prefix: options.prefix }) } : {};
+    const pluginOptions = options.broker === 'redis' ? { ...heartbeat, broker: new RedisBroker({ url: options.url, prefix: options.prefix }) } : heartbeat;
     const subscriptions: Array<[string, object]> = options.history ? [['/rec/{id}', { history: options.history }]] : [];
     return createHapiTarget(Pulse, pluginOptions, { subscriptions, catchPublish: true });
-};
+}

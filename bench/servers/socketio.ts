@@ -8,10 +8,11 @@ import { Server } from 'socket.io';
 
 import { ECHO_PAYLOAD, type ServerFactory } from './types';
 
-export const create: ServerFactory = async () => {
+export const create: ServerFactory = async (options = {}) => {
 
     const http = Http.createServer();
-    const io = new Server(http, { transports: ['websocket'], serveClient: false });
+    const heartbeat = options.heartbeat ? { pingInterval: options.heartbeat.interval, pingTimeout: options.heartbeat.timeout } : {};
+    const io = new Server(http, { transports: ['websocket'], serveClient: false, ...heartbeat });
 
     io.on('connection', (socket) => {
 

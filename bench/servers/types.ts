@@ -13,13 +13,17 @@ export interface BenchServer {
     publishErrors?(): number;                           // Rejected publishes (brokers that can refuse, e.g. Redis)
 }
 
-// Options from the orchestrator's `listen` call. Only hapi-pulse reads them (the two-node and recovery scenarios):
-//   broker: 'redis' with url and prefix → a RedisBroker; history → '/rec/{id}' keeps history { size, ttl }.
+// Options from the orchestrator's `listen` call. hapi-pulse reads the first three (the two-node and recovery
+// scenarios): broker: 'redis' with url and prefix → a RedisBroker; history → '/rec/{id}' keeps history { size, ttl }.
+// heartbeat (the many-sockets scenario): every target pings its sockets every `interval` ms and drops those that
+// do not answer within `timeout` ms, each in its own way (hapi-pulse and nes: their heartbeat option; socket.io:
+// pingInterval / pingTimeout; raw ws: the ws README's sweep of protocol pings).
 export interface ServerOptions {
     broker?: 'memory' | 'redis';
     url?: string;
     prefix?: string;
     history?: { size: number; ttl: number };
+    heartbeat?: { interval: number; timeout: number };
 }
 
 export type ServerFactory = (options?: ServerOptions) => Promise<BenchServer>;

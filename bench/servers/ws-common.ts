@@ -1,25 +1,33 @@
 // Raw `ws` baselines. They speak the subset of the nes v2 protocol that the benchmark uses (hello with subs, sub,
-// unsub, request for GET /echo, ping), with no validation, routing, auth or heartbeats: the least work a server on
-// this stack can do, so it serves as "the practical limit". Only the publish path differs between the two variants
-// (ws-string.ts, ws-preframed.ts).
+// unsub, request for GET /echo, ping), with no validation, routing or auth: the least work a server on this stack
+// can do, so it serves as "the practical limit". Only the publish path differs between the two variants
+// (ws-string.ts, ws-preframed.ts). No heartbeat unless the session asks for one (the many-sockets scenario); then
+// it is the sweep the ws README suggests: every interval, terminate the sockets that did not answer the previous
+// protocol ping, and ping all the others.
 
 import Http from 'node:http';
 import type { Socket } from 'node:net';
 
 import { WebSocketServer, type WebSocket } from 'ws';
 
-import { ECHO_PAYLOAD, type BenchServer } from './types';
+import { ECHO_PAYLOAD, type BenchServer, type ServerOptions } from './types';
 
 export interface Conn {
     readonly ws: WebSocket;
     readonly raw: Socket;                       // The TCP socket under ws (the upgrade request's socket)
     readonly subs: string[];
     pending: Buffer[] | null;                   // Used by the pre-framed variant to batch writes within a tick
+    alive: boolean;                             // Answered the last heartbeat ping
 }
 
 export type Publisher = (subscribers: ReadonlySet<Conn>, path: string, message: object) => void;
 
-export async function createWsTarget(publisher: Publisher): Promise<BenchServer> {
+const markAlive = function (this: WebSocket & { conn: Conn }): void {
+
+    this.conn.alive = true;
+};
+
+export async function createWsTarget(publisher: Publisher, options: ServerOptions = {}): Promise<BenchServer> {
 
     const http = Http.createServer((_req, res) => {
 
@@ -56,8 +64,12 @@ export async function createWsTarget(publisher: Publisher): Promise<BenchServer>
 
     wss.on('connection', (ws, req) => {
 
-        const conn: Conn = { ws, raw: req.socket, subs: [], pending: null };
+        const conn: Conn = { ws, raw: req.socket, subs: [], pending: null, alive: true };
         const socketId = String(nextSocketId++);
+        if (options.heartbeat) {
+            (ws as WebSocket & { conn: Conn }).conn = conn;
+            ws.on('pong', markAlive as (this: WebSocket) => void);
+        }
 
         ws.on('message', (data) => {
 
@@ -101,6 +113,20 @@ export async function createWsTarget(publisher: Publisher): Promise<BenchServer>
         ws.on('error', () => { });
     });
 
+    const beat = options.heartbeat && setInterval(() => {
+
+        for (const ws of wss.clients) {
+            const conn = (ws as WebSocket & { conn: Conn }).conn;
+            if (!conn.alive) {
+                ws.terminate();
+                continue;
+            }
+
+            conn.alive = false;
+            ws.ping();
+        }
+    }, options.heartbeat.interval);
+
     return {
         listen: () => new Promise((resolve) => http.listen(0, '127.0.0.1', () => resolve((http.address() as { port: number }).port))),
         publish: (path, message) => {
@@ -113,6 +139,7 @@ export async function createWsTarget(publisher: Publisher): Promise<BenchServer>
         connections: () => wss.clients.size,
         stop: async () => {
 
+            clearInterval(beat || undefined);
             for (const ws of wss.clients) {
                 ws.terminate();
             }

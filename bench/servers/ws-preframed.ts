@@ -28,7 +28,7 @@ export function textFrame(text: string): Buffer {
     return frame;
 }
 
-export const create: ServerFactory = () => {
+export const create: ServerFactory = (options) => {
 
     let dirty: Conn[] = [];
     let scheduled = false;
@@ -66,5 +66,5 @@ export const create: ServerFactory = () => {
             scheduled = true;
             process.nextTick(flush);
         }
-    });
+    }, options);
 };

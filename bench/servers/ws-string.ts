@@ -4,7 +4,7 @@
 import { createWsTarget } from './ws-common';
 import type { ServerFactory } from './types';
 
-export const create: ServerFactory = () => {
+export const create: ServerFactory = (options) => {
 
     return createWsTarget((subscribers, path, message) => {
 
@@ -12,5 +12,5 @@ export const create: ServerFactory = () => {
         for (const conn of subscribers) {
             conn.ws.send(text);
         }
-    });
+    }, options);
 };
