@@ -4,6 +4,7 @@
 import * as Hoek from '@hapi/hoek';
 import type { AppCredentials, AuthArtifacts, AuthCredentials, Plugin, Request, Server, UserCredentials } from '@hapi/hapi';
 
+import { MemoryBroker } from './brokers/memory';
 import * as Auth from './server/auth';
 import { Listener } from './server/listener';
 import { settle } from './settings';
@@ -106,7 +107,7 @@ export const plugin: Plugin<PluginOptions> = {
     requirements: { hapi: '>=21.0.0' },
     async register(server: Server, options: PluginOptions) {
 
-        const settings = settle(options);                 // hapi passes {} when registered without options
+        const settings = settle(options, MemoryBroker);                 // hapi passes {} when registered without options
         if (settings.auth) {
             Auth.registerEndpoint(server, settings.auth);
         }

@@ -9,7 +9,6 @@ import type { RouteOptions } from '@hapi/hapi';
 import Joi from 'joi';
 
 import type { Broker } from './broker';
-import { MemoryBroker } from './brokers/memory';
 import type { Socket } from './server/socket';
 
 export interface AuthSettings {
@@ -150,11 +149,13 @@ const schema = Joi.object({
         subscribe: Joi.function().required(),
         unsubscribe: Joi.function().required(),
         recover: Joi.function().required()
-    }).unknown().custom((_copy, helpers) => helpers.original).default(() => new MemoryBroker())        // the broker itself runs, not a copy
+    }).unknown().custom((_copy, helpers) => helpers.original)          // the broker itself runs, not a copy
 });
 
-// Checks the options once, at registration, and returns what the server runs with.
-export const settle = (options: PluginOptions): Settings => {
+// Checks the options once, at registration, and returns what the server runs with. `Local` is the in-process
+// broker class (given by the entry point: nothing under server/ may reach brokers/ through this module): the
+// default broker, and the one with which a password made up for this process is enough.
+export const settle = (options: PluginOptions, Local: new () => Broker): Settings => {
 
     const result = schema.validate(options);
     if (result.error) {
@@ -162,8 +163,9 @@ export const settle = (options: PluginOptions): Settings => {
     }
 
     const settings: Settings = result.value;
+    settings.broker ??= new Local();
     if (settings.auth && settings.auth.type !== 'direct' && !settings.auth.password) {
-        if (!(settings.broker instanceof MemoryBroker)) {
+        if (!(settings.broker instanceof Local)) {
             throw new Error(`Invalid hapi-pulse configuration: auth.password is required for ${settings.auth.type} auth with a broker (every node must unseal what another sealed)`);
         }
 
