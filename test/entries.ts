@@ -243,6 +243,25 @@ describe('Entry points', () => {
             });
         }
 
+        it('types request.socket and eachSocket as the nes socket API, none of the connection internals', () => {
+
+            const internals = ['inFlight', 'subscriptions', 'user', 'catchups', 'upgradeHeaders', 'ready', 'close', 'deliver', 'sendPrepared', 'onFrame'];
+            const source = `
+                import type { Request, Server } from '@hapi/hapi';
+                import type { Socket } from 'hapi-pulse';
+
+                declare const server: Server;
+                declare const request: Request;
+                const use = (socket: Socket) => [socket.id.length, socket.app.anything, socket.auth.credentials, socket.auth.strategy, socket.info.remoteAddress,
+                    socket.info['x-forwarded-for'], socket.server.info.id, socket.isOpen(), socket.send(1), socket.publish('/a', 1), socket.revoke('/a', null, { ignoreClose: true }),
+                    socket.disconnect()];
+                export const publicApi = [use(request.socket!), server.eachSocket(use)];
+                export const hidden = [${internals.map((name) => `request.socket!.${name}`).join(', ')}];
+            `;
+
+            expect(check(source, 'node16')).to.equal(internals.map((name) => `Property '${name}' does not exist on type 'Socket'.`));
+        });
+
         it('reports type errors in such a check (the check can fail)', () => {
 
             expect(check(`import { Client } from 'hapi-pulse/lib/client';\nexport const wrong: number = new Client('ws://x').id;`, 'node10')).to.equal([`Type 'string | null' is not assignable to type 'number'.\n  Type 'null' is not assignable to type 'number'.`]);

@@ -17,7 +17,8 @@ import type { Position } from '../protocol';
 import * as Auth from './auth';
 import { userKey } from './auth';
 import { Prepared } from './prepared';
-import { Socket } from './socket';
+import { Connection } from './socket';
+import type { Socket } from './socket';
 import type { SocketConfig, SocketHost } from './socket';
 import { Subscriptions } from './subscriptions';
 import { Tunnel } from './tunnel';
@@ -47,11 +48,11 @@ const destroyOnError = function (this: Duplex): void {
 
 export class Listener implements SocketHost {
 
-    readonly sockets = new Map<string, Socket>();
-    readonly byUser = new Map<string, Set<Socket>>();
+    readonly sockets = new Map<string, Connection>();
+    readonly byUser = new Map<string, Set<Connection>>();
     readonly subscriptions: Subscriptions;
     readonly config: SocketConfig;
-    readonly authenticator: Auth.Authenticator<Socket>;
+    readonly authenticator: Auth.Authenticator<Connection>;
     readonly tunnel: Tunnel;
 
     private readonly wss: WebSocketServer;
@@ -207,11 +208,11 @@ export class Listener implements SocketHost {
 
     private add(ws: WebSocket, req: IncomingMessage): void {
 
-        const socket = new Socket(ws, req, this, this.generateId());
+        const socket = new Connection(ws, req, this, this.generateId());
         this.sockets.set(socket.id, socket);
     }
 
-    async remove(socket: Socket): Promise<void> {
+    async remove(socket: Connection): Promise<void> {
 
         this.sockets.delete(socket.id);
         this.unindex(socket);
@@ -235,7 +236,7 @@ export class Listener implements SocketHost {
 
     // A socket's credentials change (hello, reauth): it leaves its user's indexes (here and per topic) before,
     // and joins `indexed`'s after, unless it closed while authenticating (remove() ran).
-    private rekey(socket: Socket, indexed: string | null, apply: () => void): void {
+    private rekey(socket: Connection, indexed: string | null, apply: () => void): void {
 
         this.subscriptions.reindex(socket, () => {
 
@@ -253,7 +254,7 @@ export class Listener implements SocketHost {
         });
     }
 
-    private unindex(socket: Socket): void {
+    private unindex(socket: Connection): void {
 
         const user = socket.user;
         const set = user === null ? undefined : this.byUser.get(user);
@@ -320,7 +321,7 @@ export class Listener implements SocketHost {
     // ---- Outbound ----
 
     // Sockets that gathered frames during this tick; each writes them once, on the next tick.
-    private gathering: Socket[] = [];
+    private gathering: Connection[] = [];
     private readonly flushAll = () => {
 
         const sockets = this.gathering;
@@ -330,7 +331,7 @@ export class Listener implements SocketHost {
         }
     };
 
-    flushLater(socket: Socket): void {
+    flushLater(socket: Connection): void {
 
         if (this.gathering.push(socket) === 1) {
             process.nextTick(this.flushAll);

@@ -40,21 +40,22 @@ export interface SocketConfig {
 }
 
 // What a socket needs of the server that accepted it (the listener).
-export interface SocketHost extends Catchups.RecoverySource<Socket> {
+export interface SocketHost extends Catchups.RecoverySource<Connection> {
     readonly server: Server;
     readonly config: SocketConfig;
     readonly subscriptions: Subscriptions;
-    readonly authenticator: Authenticator<Socket>;
+    readonly authenticator: Authenticator<Connection>;
     readonly tunnel: Tunnel;
-    flushLater(socket: Socket): void;                       // write the gathered frames on the next tick
-    remove(socket: Socket): Promise<void>;                  // ws reported the close; never rejects
+    flushLater(socket: Connection): void;                       // write the gathered frames on the next tick
+    remove(socket: Connection): Promise<void>;                  // ws reported the close; never rejects
 }
 
-const enum State { connected, helloing, ready, closed }
+// A socket only moves forward: closing stops every send at once, closed is when ws reported the close.
+const enum State { connected, helloing, ready, closing, closed }
 
 // One shared listener for every socket instead of a closure each: idle sockets are most of the heap.
 export const kSocket = Symbol('pulse.socket');
-export type SocketWs = WebSocket & { [kSocket]: Socket };
+export type SocketWs = WebSocket & { [kSocket]: Connection };
 type WsHandler = (...args: any[]) => void;
 
 const onMessage = function (this: SocketWs, data: RawData, isBinary: boolean): void {
@@ -78,7 +79,23 @@ const maxTimer = 2 ** 31 - 1;                   // setTimeout's longest delay
 const asText = { binary: false };
 const batchBytes = 64 * 1024;                  // gathered frames are written early past this many bytes
 
-export class Socket {
+// The socket the application is handed (onConnection, onDisconnection, onMessage, subscription hooks and filters,
+// eachSocket, request.socket): @hapi/nes's socket API, and nothing of the connection's internals.
+export interface Socket {
+    readonly id: string;
+    readonly app: Record<string, unknown>;                 // the application's own state
+    readonly auth: SocketAuth;
+    readonly server: Server;
+    readonly info: SocketInfo;
+    isOpen(): boolean;
+    disconnect(): Promise<void>;
+    send(message: unknown): Promise<void>;
+    publish(path: string, message: unknown): Promise<void>;
+    revoke(path: string, message?: unknown, options?: { ignoreClose?: boolean }): Promise<void>;
+}
+
+// One connection, internal: the public Socket, its state and its send path.
+export class Connection implements Socket {
 
     readonly id: string;
     private appState: Record<string, unknown> | null = null;
@@ -104,9 +121,7 @@ export class Socket {
     private state = State.connected;
     private helloTimer: NodeJS.Timeout | null = null;
     private killTimer: NodeJS.Timeout | null = null;
-    private removed: Promise<void> | null = null;              // made on the first disconnect() only
-    private markRemoved: (() => void) | null = null;
-    private gone = false;
+    private closedWaiters: (() => void)[] | null = null;        // disconnect() calls waiting for State.closed
     private pending: Buffer[] | null = null;                     // frames gathered this tick
     private pendingBytes = 0;
     private pathQueue: Map<string, Promise<void>> | null = null;   // sub/unsub still running, per path
@@ -154,20 +169,20 @@ export class Socket {
 
     isOpen(): boolean {
 
-        return this.state !== State.closed && this.ws.readyState === OPEN;
+        return this.state < State.closing && this.ws.readyState === OPEN;
     }
 
     disconnect(): Promise<void> {
 
         this.close();
-        if (this.gone) {
+        if (this.state === State.closed) {
             return Promise.resolve();
         }
 
-        return (this.removed ??= new Promise((resolve) => {
+        return new Promise((resolve) => {
 
-            this.markRemoved = resolve;
-        }));
+            (this.closedWaiters ??= []).push(resolve);
+        });
     }
 
     send(message: unknown): Promise<void> {
@@ -293,7 +308,7 @@ export class Socket {
         }
     }
 
-    // ws sets it before 'connection' (so before this Socket exists) and never clears it.
+    // ws sets it before 'connection' (so before this Connection exists) and never clears it.
     private rawSocket(): Duplex {
 
         return (this.ws as unknown as { _socket: Duplex })._socket;
@@ -332,7 +347,7 @@ export class Socket {
         clearTimeout(this.expiryTimer!);
         this.expiryTimer = null;
         this.expiresAt = expiresAt;
-        if (expiresAt === null || this.gone) {                          // a socket gone mid-hello keeps no timer
+        if (expiresAt === null || this.state === State.closed) {         // a socket gone mid-hello keeps no timer
             return;
         }
 
@@ -360,12 +375,12 @@ export class Socket {
     // Closing stops all sends at once; a peer that does not answer the close frame is cut off.
     close(code?: number, reason?: string): void {
 
-        if (this.state === State.closed) {
+        if (this.state >= State.closing) {
             return;
         }
 
         this.flush();
-        this.state = State.closed;
+        this.state = State.closing;
         this.clearHelloTimer();
         this.ws.close(code, reason);
         this.killTimer = setTimeout(() => this.ws.terminate(), this.host.config.closeTimeout);
@@ -384,8 +399,11 @@ export class Socket {
         clearTimeout(this.killTimer!);
         clearTimeout(this.expiryTimer!);
         this.catchups = null;
-        this.gone = true;
-        this.markRemoved?.();
+        for (const resolve of this.closedWaiters ?? []) {
+            resolve();
+        }
+
+        this.closedWaiters = null;
     }
 
     private clearHelloTimer(): void {
@@ -426,7 +444,7 @@ export class Socket {
 
     onFrame(data: RawData, isBinary: boolean): void {
 
-        if (this.state === State.closed) {
+        if (this.state >= State.closing) {
             return;
         }
 
@@ -511,7 +529,7 @@ export class Socket {
             }
         }
         catch (err) {
-            if (this.state !== State.closed) {
+            if (this.state < State.closing) {
                 this.sendError(err, message.type, message.id);
             }
         }

@@ -9,7 +9,7 @@ import type { Server } from '@hapi/hapi';
 import type { HistoryOptions, PublishEnvelope } from '../broker';
 import { forget } from './catchup';
 import { Prepared } from './prepared';
-import type { Socket } from './socket';
+import type { Connection, Socket } from './socket';
 
 export type FilterResult = boolean | { override: unknown };
 
@@ -60,8 +60,8 @@ export interface SubscriptionRoute {
 // All local subscribers of one concrete path.
 export class Topic {
 
-    readonly sockets = new Set<Socket>();
-    byUser: Map<string, Set<Socket>> | null = null;
+    readonly sockets = new Set<Connection>();
+    byUser: Map<string, Set<Connection>> | null = null;
     pending: Promise<void> | null = null;               // a filtered delivery still waiting on async filters
     ready: Promise<void> | null = null;                 // the broker subscription of a new path, until it is confirmed
 
@@ -72,7 +72,7 @@ export class Topic {
         }
     }
 
-    add(socket: Socket): void {
+    add(socket: Connection): void {
 
         this.sockets.add(socket);
         const user = socket.user;
@@ -87,7 +87,7 @@ export class Topic {
         }
     }
 
-    delete(socket: Socket): void {
+    delete(socket: Connection): void {
 
         this.sockets.delete(socket);
         const user = socket.user;
@@ -100,7 +100,7 @@ export class Topic {
         }
     }
 
-    recipients(user: string | undefined): Iterable<Socket> {
+    recipients(user: string | undefined): Iterable<Connection> {
 
         if (user === undefined) {
             return this.sockets;
@@ -186,7 +186,7 @@ export class Subscriptions {
     }
 
     // Subscription errors carry the path so that a failing hello can name it.
-    async subscribe(socket: Socket, path: string): Promise<void> {
+    async subscribe(socket: Connection, path: string): Promise<void> {
 
         if (path.indexOf('?') !== -1) {
             throw Boom.badRequest('Subscription path cannot contain query');
@@ -250,7 +250,7 @@ export class Subscriptions {
     }
 
     // After a reauth: the subscriptions the new credentials may no longer hold.
-    unauthorized(socket: Socket): string[] {
+    unauthorized(socket: Connection): string[] {
 
         const lost: string[] = [];
         for (const topic of socket.subscriptions.values()) {
@@ -265,7 +265,7 @@ export class Subscriptions {
         return lost;
     }
 
-    async unsubscribe(socket: Socket, path: string): Promise<void> {
+    async unsubscribe(socket: Connection, path: string): Promise<void> {
 
         const topic = socket.subscriptions.get(path);
         if (!topic) {
@@ -277,7 +277,7 @@ export class Subscriptions {
     }
 
     // Socket closed: drop it from every topic first, then tell the application.
-    async removeSocket(socket: Socket): Promise<void> {
+    async removeSocket(socket: Connection): Promise<void> {
 
         const topics = [...socket.subscriptions.values()];
         for (const topic of topics) {
@@ -290,7 +290,7 @@ export class Subscriptions {
     }
 
     // Called by the listener when a socket's user changes while subscribed (reauth as someone else).
-    reindex(socket: Socket, apply: () => void): void {
+    reindex(socket: Connection, apply: () => void): void {
 
         const topics = [...socket.subscriptions.values()].filter((topic) => topic.byUser);
         for (const topic of topics) {
@@ -380,7 +380,7 @@ export class Subscriptions {
         return Promise.all(results).then((settled) => this.sendFiltered(sockets, settled, envelope, pub));
     }
 
-    private sendFiltered(sockets: Socket[], decisions: FilterResult[], envelope: PublishEnvelope, pub: Prepared): void {
+    private sendFiltered(sockets: Connection[], decisions: FilterResult[], envelope: PublishEnvelope, pub: Prepared): void {
 
         for (let i = 0; i < sockets.length; ++i) {
             const decision = decisions[i];
@@ -403,7 +403,7 @@ export class Subscriptions {
     }
 
     // Replays missed publishes to one socket, through the same user targeting and filter as live ones.
-    async replay(socket: Socket, topic: Topic, envelopes: PublishEnvelope[]): Promise<void> {
+    async replay(socket: Connection, topic: Topic, envelopes: PublishEnvelope[]): Promise<void> {
 
         const filter = topic.route.filter;
         for (const envelope of envelopes) {
@@ -473,7 +473,7 @@ export class Subscriptions {
         return watched;
     }
 
-    private authorize(socket: Socket, route: SubscriptionRoute, params: Record<string, string>): void {
+    private authorize(socket: Connection, route: SubscriptionRoute, params: Record<string, string>): void {
 
         const auth = route.auth;
         if (!auth) {
@@ -507,7 +507,7 @@ export class Subscriptions {
         }
     }
 
-    private detach(socket: Socket, topic: Topic): void {
+    private detach(socket: Connection, topic: Topic): void {
 
         socket.subscriptions.delete(topic.path);
         forget(socket, topic.path);
@@ -518,7 +518,7 @@ export class Subscriptions {
         }
     }
 
-    private async notifyUnsubscribe(socket: Socket, topic: Topic): Promise<void> {
+    private async notifyUnsubscribe(socket: Connection, topic: Topic): Promise<void> {
 
         if (!topic.route.onUnsubscribe) {
             return;
