@@ -4,8 +4,8 @@
 
 import type { ClientOptions as WsOptions } from 'ws';
 
-import { ChunkAssembler, CloseCode, transientStatus, validateServerMessage, version } from './protocol';
-import type { ClientMessage, ErrorFields, HelloRequest, HelloResponse, MessageId, Position, ServerMessage, ServerResponse } from './protocol';
+import { ChunkAssembler, CloseCode, clientMessage, transientStatus, validateServerMessage } from './protocol';
+import type { ErrorFields, HelloRequest, HelloResponse, MessageId, Position, ServerMessage, ServerResponse, Unnumbered } from './protocol';
 
 export type { Position } from './protocol';
 
@@ -297,7 +297,7 @@ export class Client {
     reauthenticate(auth: ClientAuth): Promise<true> {
 
         this.overrideReconnectionAuth(auth);
-        return this._send({ type: 'reauth', auth } as ClientMessage);
+        return this._send(clientMessage.reauth(auth));
     }
 
     // ---- Requests ----
@@ -308,18 +308,12 @@ export class Client {
             options = { path: options };
         }
 
-        return this._send({
-            type: 'request',
-            method: options.method || 'GET',
-            path: options.path,
-            headers: options.headers,
-            payload: options.payload
-        } as ClientMessage);
+        return this._send(clientMessage.request(options.method || 'GET', options.path, options.headers, options.payload));
     }
 
     message<T = any>(message: unknown): Promise<MessageResponse<T>> {
 
-        return this._send({ type: 'message', message } as ClientMessage);
+        return this._send(clientMessage.message(message));
     }
 
     // ---- Subscriptions ----
@@ -382,7 +376,7 @@ export class Client {
         }
 
         // The handlers are gone whatever the server answers
-        const promise = this._send<void>({ type: 'unsub', path } as ClientMessage);
+        const promise = this._send<void>(clientMessage.unsub(path));
         promise.catch(ignore);
         return promise;
     }
@@ -465,7 +459,7 @@ export class Client {
 
             helloSent = true;
             const subs = this.subscriptions();
-            this._track(ws, this._hello(auth, subs), (pulse: HelloResponse['pulse']) => {
+            this._track(ws, clientMessage.hello(auth, subs, this._extensions(subs)), (pulse: HelloResponse['pulse']) => {
 
                 this._helloed(subs);
                 this._resumed(pulse);
@@ -563,25 +557,6 @@ export class Client {
         return new WebSocket(this._url, { maxPayload: 16 * 1024 * 1024, ...this._settings.ws });
     }
 
-    private _hello(auth: ClientAuth | null | undefined, subs: string[]): ClientMessage {
-
-        const request: Partial<HelloRequest> = { type: 'hello', version };
-        if (auth) {
-            request.auth = auth;
-        }
-
-        if (subs.length) {
-            request.subs = subs;
-        }
-
-        const extensions = this._extensions(subs);
-        if (extensions) {
-            request.pulse = extensions;
-        }
-
-        return request as ClientMessage;
-    }
-
     // Brings the server in line with subscription changes made while the hello was in flight
     private _helloed(subs: string[]): void {
 
@@ -598,7 +573,7 @@ export class Client {
 
         for (const path of subs) {
             if (!this._subscriptions.has(path)) {
-                this._send({ type: 'unsub', path } as ClientMessage).catch(ignore);
+                this._send(clientMessage.unsub(path)).catch(ignore);
             }
         }
     }
@@ -677,7 +652,7 @@ export class Client {
         // Not through reauthenticate(): the function stays the reconnection auth. A failure leaves the server to
         // close the socket (4002) at expiry; reconnecting then calls the function again.
         Promise.resolve().then(auth)
-            .then((fresh) => this._send({ type: 'reauth', auth: fresh } as ClientMessage))
+            .then((fresh) => this._send(clientMessage.reauth(fresh)))
             .catch((err) => this._emitError(err instanceof PulseError ? err : toError(err, 'user')));
     }
 
@@ -799,7 +774,7 @@ export class Client {
     private _sub(path: string): Promise<void> {
 
         // The reply's position (recovery) is adopted as the reply is read, before any publication that follows it
-        const promise = this._send<void>({ type: 'sub', path } as ClientMessage, (pulse: ServerResponse['pulse']) => {
+        const promise = this._send<void>(clientMessage.sub(path), (pulse: ServerResponse['pulse']) => {
 
             if (pulse?.position && this._subscriptions.has(path)) {
                 this._positions.set(path, pulse.position);
@@ -812,7 +787,7 @@ export class Client {
 
     // Sends a request once the hello is answered, resolving with its response (passed through `reply`, called as
     // the response is read)
-    private _send<T>(request: ClientMessage, reply?: (value: any) => T): Promise<T> {
+    private _send<T>(request: Unnumbered, reply?: (value: any) => T): Promise<T> {
 
         if (!this._isReady()) {
             return Promise.reject(new PulseError('Failed to send message - server disconnected', 'disconnect'));
@@ -822,17 +797,17 @@ export class Client {
     }
 
     // Sends a request and records its callbacks until the response, a timeout or the end of the socket
-    private _track(ws: WebSocketLike, request: ClientMessage, resolve: (value: any) => void, reject: (err: PulseError) => void): void {
+    private _track(ws: WebSocketLike, request: Unnumbered, resolve: (value: any) => void, reject: (err: PulseError) => void): void {
 
+        const id = ++this._ids;
         let encoded: string;
         try {
-            encoded = this._encode(request);
+            encoded = this._encode(request, id);
         }
         catch (err) {
             return reject(toError(err, 'user'));
         }
 
-        const id = request.id;
         const record: Pending = { resolve, reject, timer: null };
         const timeout = this._settings.timeout;
         if (timeout) {
@@ -861,11 +836,10 @@ export class Client {
         }
     }
 
-    // Assigns the next id last, so that the frame is byte for byte what the nes client sends
-    private _encode(request: ClientMessage): string {
+    // The id goes last, so that the frame is byte for byte what the nes client sends
+    private _encode(request: Unnumbered, id: number): string {
 
-        request.id = ++this._ids;
-        return JSON.stringify(request);
+        return JSON.stringify({ ...request, id });
     }
 
     // ---- Internals: receiving ----
@@ -938,7 +912,7 @@ export class Client {
         switch (update.type) {
             case 'ping':
                 // Untracked: the server does not answer. ws and browsers drop a send on a closing socket silently.
-                ws.send(this._encode({ type: 'ping' } as ClientMessage));
+                ws.send(this._encode(clientMessage.ping(), ++this._ids));
                 return;
 
             case 'update':

@@ -91,6 +91,37 @@ export interface PingRequest {
 
 export type ClientMessage = HelloRequest | ReauthRequest | TunnelRequest | MessageRequest | SubRequest | UnsubRequest | PingRequest;
 
+// A client message as built, before its sender numbers it.
+export type Unnumbered<M extends ClientMessage = ClientMessage> = M extends ClientMessage ? Omit<M, 'id'> : never;
+
+// The client messages, fields in the order the nes client writes them (the sender adds the id last). Fields left
+// undefined are not written.
+export const clientMessage = {
+    hello(auth: unknown, subs: string[], pulse: HelloRequest['pulse']): Unnumbered<HelloRequest> {
+
+        const hello: Unnumbered<HelloRequest> = { type: 'hello', version };
+        if (auth) {
+            hello.auth = auth;
+        }
+
+        if (subs.length) {
+            hello.subs = subs;
+        }
+
+        if (pulse) {
+            hello.pulse = pulse;
+        }
+
+        return hello;
+    },
+    reauth: (auth: unknown): Unnumbered<ReauthRequest> => ({ type: 'reauth', auth }),
+    request: (method: string, path: string, headers: Record<string, string> | undefined, payload: unknown): Unnumbered<TunnelRequest> => ({ type: 'request', method, path, headers, payload }),
+    message: (message: unknown): Unnumbered<MessageRequest> => ({ type: 'message', message }),
+    sub: (path: string): Unnumbered<SubRequest> => ({ type: 'sub', path }),
+    unsub: (path: string): Unnumbered<UnsubRequest> => ({ type: 'unsub', path }),
+    ping: (): Unnumbered<PingRequest> => ({ type: 'ping' })
+};
+
 // ---- Server to client ----
 
 export interface ErrorFields {
@@ -210,38 +241,119 @@ const isObject = (value: unknown): value is Record<string, unknown> => {
     return value !== null && typeof value === 'object' && !Array.isArray(value);
 };
 
-const checkPath = (value: unknown, field: string, limits: Limits, type: string, id: MessageId, routeIdAllowed = false): string => {
+// Shared with the client's reading of server frames (outside Check, which the browser bundle leaves out)
+const isPosition = (value: unknown): value is Position => {
 
-    if (typeof value !== 'string' || !value.length) {
-        throw new ProtocolError(`Message ${field} must be a non-empty string`, field, type, id);
-    }
-
-    if (value.length > limits.maxPathLength) {
-        throw new ProtocolError(`Message ${field} is longer than ${limits.maxPathLength} characters`, field, type, id);
-    }
-
-    if (value[0] !== '/' && !routeIdAllowed) {
-        throw new ProtocolError(`Message ${field} must start with /`, field, type, id);
-    }
-
-    if (!isWellFormed(value)) {
-        throw new ProtocolError(`Message ${field} must be well-formed Unicode`, field, type, id);
-    }
-
-    return value;
+    return isObject(value) &&
+        typeof value.epoch === 'string' && value.epoch.length <= 64 &&
+        typeof value.offset === 'number' && Number.isSafeInteger(value.offset) && value.offset >= 0;
 };
 
-const checkPosition = (value: unknown, field: string, type: string, id: MessageId): Position => {
+const notAPosition = (field: string): string => `Message ${field} must be an object with a string epoch and a non-negative integer offset`;
 
-    if (!isObject(value) ||
-        typeof value.epoch !== 'string' || value.epoch.length > 64 ||
-        typeof value.offset !== 'number' || !Number.isSafeInteger(value.offset) || value.offset < 0) {
+// One message being checked: its type and id, once read, go into every failure so that the server can answer
+// the message and the client correlate the answer.
+class Check {
 
-        throw new ProtocolError(`Message ${field} must be an object with a string epoch and a non-negative integer offset`, field, type, id);
+    type: string | undefined;
+    id: MessageId | undefined;
+
+    constructor(readonly limits: Limits) { }
+
+    fail(field: string, message: string): never {
+
+        throw new ProtocolError(message, field, this.type, this.id);
     }
 
-    return { epoch: value.epoch, offset: value.offset };
-};
+    path(value: unknown, field: string, routeIdAllowed = false): string {
+
+        if (typeof value !== 'string' || !value.length) {
+            return this.fail(field, `Message ${field} must be a non-empty string`);
+        }
+
+        if (value.length > this.limits.maxPathLength) {
+            return this.fail(field, `Message ${field} is longer than ${this.limits.maxPathLength} characters`);
+        }
+
+        if (value[0] !== '/' && !routeIdAllowed) {
+            return this.fail(field, `Message ${field} must start with /`);
+        }
+
+        if (!isWellFormed(value)) {
+            return this.fail(field, `Message ${field} must be well-formed Unicode`);
+        }
+
+        return value;
+    }
+
+    position(value: unknown, field: string): Position {
+
+        if (!isPosition(value)) {
+            return this.fail(field, notAPosition(field));
+        }
+
+        return { epoch: value.epoch, offset: value.offset };
+    }
+
+    headers(value: unknown): Record<string, string> {
+
+        if (!isObject(value)) {
+            return this.fail('headers', 'Message headers must be an object of strings');
+        }
+
+        const names = Object.keys(value);
+        if (names.length > this.limits.maxHeaders) {
+            return this.fail('headers', `Message headers has more than ${this.limits.maxHeaders} fields`);
+        }
+
+        const headers: Record<string, string> = {};
+        for (const name of names) {
+            const field = value[name];
+            if (typeof field !== 'string' || field.length > this.limits.maxHeaderLength || !headerToken.test(name) || name === '__proto__') {
+                return this.fail('headers', `Message headers.${name.slice(0, 64)} must be a string header`);
+            }
+
+            headers[name] = field;
+        }
+
+        return headers;
+    }
+
+    extensions(value: unknown): NonNullable<HelloRequest['pulse']> {
+
+        if (!isObject(value)) {
+            return this.fail('pulse', 'Message pulse must be an object');
+        }
+
+        const result: NonNullable<HelloRequest['pulse']> = {};
+        if (value.recovery === true) {
+            result.recovery = true;
+        }
+
+        if (value.expiry === true) {
+            result.expiry = true;
+        }
+
+        if (value.positions !== undefined) {
+            if (!isObject(value.positions)) {
+                return this.fail('pulse.positions', 'Message pulse.positions must be an object');
+            }
+
+            const paths = Object.keys(value.positions);
+            if (paths.length > this.limits.maxSubscriptions) {
+                return this.fail('pulse.positions', `Message pulse.positions has more than ${this.limits.maxSubscriptions} paths`);
+            }
+
+            result.positions = {};
+            for (const path of paths) {
+                this.path(path, 'pulse.positions');
+                result.positions[path] = this.position(value.positions[path], 'pulse.positions');
+            }
+        }
+
+        return result;
+    }
+}
 
 // Parses one complete client frame and checks every field the server will read.
 // Throws ProtocolError naming the field; never returns a partially valid message.
@@ -264,22 +376,24 @@ export const validateClientMessage = (raw: unknown, limits: Limits = defaultLimi
         throw new ProtocolError('Cannot parse message');
     }
 
+    const check = new Check(limits);
     const type = raw.type;
     if (typeof type !== 'string' || !type) {
-        const id = typeof raw.id === 'number' || typeof raw.id === 'string' ? raw.id : undefined;
-        throw new ProtocolError('Cannot parse message', 'type', undefined, id);
+        check.id = typeof raw.id === 'number' || typeof raw.id === 'string' ? raw.id : undefined;
+        return check.fail('type', 'Cannot parse message');
     }
 
+    check.type = type;
     const rawId = raw.id;
     if (rawId === undefined || rawId === null || rawId === '' || rawId === 0) {
-        throw new ProtocolError('Message missing id', 'id', type);
+        return check.fail('id', 'Message missing id');
     }
 
     if (typeof rawId === 'number' ? !Number.isSafeInteger(rawId) : typeof rawId !== 'string' || rawId.length > limits.maxIdLength) {
-        throw new ProtocolError('Message id must be an integer or a short string', 'id', type);
+        return check.fail('id', 'Message id must be an integer or a short string');
     }
 
-    const id = rawId as MessageId;
+    const id = check.id = rawId as MessageId;
 
     switch (type) {
         case 'ping':
@@ -288,7 +402,7 @@ export const validateClientMessage = (raw: unknown, limits: Limits = defaultLimi
         case 'hello': {
             if (typeof raw.version !== 'string') {
                 const received = raw.version === undefined ? 'none' : String(raw.version);
-                throw new ProtocolError(`Incorrect protocol version (expected ${version} but received ${received})`, 'version', type, id);
+                return check.fail('version', `Incorrect protocol version (expected ${version} but received ${received})`);
             }
 
             const hello: HelloRequest = { type, id, version: raw.version };
@@ -298,14 +412,14 @@ export const validateClientMessage = (raw: unknown, limits: Limits = defaultLimi
 
             if (raw.subs !== undefined) {
                 if (!Array.isArray(raw.subs) || raw.subs.length > limits.maxSubscriptions) {
-                    throw new ProtocolError(`Message subs must be an array of at most ${limits.maxSubscriptions} paths`, 'subs', type, id);
+                    return check.fail('subs', `Message subs must be an array of at most ${limits.maxSubscriptions} paths`);
                 }
 
-                hello.subs = raw.subs.map((path) => checkPath(path, 'subs', limits, type, id));
+                hello.subs = raw.subs.map((path) => check.path(path, 'subs'));
             }
 
             if (raw.pulse !== undefined) {
-                hello.pulse = validateExtensions(raw.pulse, limits, id);
+                hello.pulse = check.extensions(raw.pulse);
             }
 
             return hello;
@@ -313,7 +427,7 @@ export const validateClientMessage = (raw: unknown, limits: Limits = defaultLimi
 
         case 'reauth':
             if (raw.auth === undefined || raw.auth === null) {
-                throw new ProtocolError('Message missing auth', 'auth', type, id);
+                return check.fail('auth', 'Message missing auth');
             }
 
             return { type, id, auth: raw.auth };
@@ -321,20 +435,20 @@ export const validateClientMessage = (raw: unknown, limits: Limits = defaultLimi
         case 'request': {
             const method = raw.method;
             if (typeof method !== 'string' || !method) {
-                throw new ProtocolError('Message missing method', 'method', type, id);
+                return check.fail('method', 'Message missing method');
             }
 
             if (method.length > limits.maxMethodLength || !methodToken.test(method)) {
-                throw new ProtocolError('Message method must be an HTTP method token', 'method', type, id);
+                return check.fail('method', 'Message method must be an HTTP method token');
             }
 
             if (raw.path === undefined || raw.path === null || raw.path === '') {
-                throw new ProtocolError('Message missing path', 'path', type, id);
+                return check.fail('path', 'Message missing path');
             }
 
-            const request: TunnelRequest = { type, id, method, path: checkPath(raw.path, 'path', limits, type, id, true) };
+            const request: TunnelRequest = { type, id, method, path: check.path(raw.path, 'path', true) };
             if (raw.headers !== undefined && raw.headers !== null) {
-                request.headers = checkHeaders(raw.headers, limits, type, id);
+                request.headers = check.headers(raw.headers);
             }
 
             if (raw.payload !== undefined) {
@@ -348,79 +462,20 @@ export const validateClientMessage = (raw: unknown, limits: Limits = defaultLimi
             return { type, id, message: raw.message };
 
         case 'sub': {
-            const sub: SubRequest = { type, id, path: checkPath(raw.path, 'path', limits, type, id) };
+            const sub: SubRequest = { type, id, path: check.path(raw.path, 'path') };
             if (raw.position !== undefined) {
-                sub.position = checkPosition(raw.position, 'position', type, id);
+                sub.position = check.position(raw.position, 'position');
             }
 
             return sub;
         }
 
         case 'unsub':
-            return { type, id, path: checkPath(raw.path, 'path', limits, type, id) };
+            return { type, id, path: check.path(raw.path, 'path') };
 
         default:
-            throw new ProtocolError('Unknown message type', 'type', type, id);
+            return check.fail('type', 'Unknown message type');
     }
-};
-
-const checkHeaders = (value: unknown, limits: Limits, type: string, id: MessageId): Record<string, string> => {
-
-    if (!isObject(value)) {
-        throw new ProtocolError('Message headers must be an object of strings', 'headers', type, id);
-    }
-
-    const names = Object.keys(value);
-    if (names.length > limits.maxHeaders) {
-        throw new ProtocolError(`Message headers has more than ${limits.maxHeaders} fields`, 'headers', type, id);
-    }
-
-    const headers: Record<string, string> = {};
-    for (const name of names) {
-        const field = value[name];
-        if (typeof field !== 'string' || field.length > limits.maxHeaderLength || !headerToken.test(name) || name === '__proto__') {
-            throw new ProtocolError(`Message headers.${name.slice(0, 64)} must be a string header`, 'headers', type, id);
-        }
-
-        headers[name] = field;
-    }
-
-    return headers;
-};
-
-const validateExtensions = (value: unknown, limits: Limits, id: MessageId): HelloRequest['pulse'] => {
-
-    if (!isObject(value)) {
-        throw new ProtocolError('Message pulse must be an object', 'pulse', 'hello', id);
-    }
-
-    const result: NonNullable<HelloRequest['pulse']> = {};
-    if (value.recovery === true) {
-        result.recovery = true;
-    }
-
-    if (value.expiry === true) {
-        result.expiry = true;
-    }
-
-    if (value.positions !== undefined) {
-        if (!isObject(value.positions)) {
-            throw new ProtocolError('Message pulse.positions must be an object', 'pulse.positions', 'hello', id);
-        }
-
-        const paths = Object.keys(value.positions);
-        if (paths.length > limits.maxSubscriptions) {
-            throw new ProtocolError(`Message pulse.positions has more than ${limits.maxSubscriptions} paths`, 'pulse.positions', 'hello', id);
-        }
-
-        result.positions = {};
-        for (const path of paths) {
-            checkPath(path, 'pulse.positions', limits, 'hello', id);
-            result.positions[path] = checkPosition(value.positions[path], 'pulse.positions', 'hello', id);
-        }
-    }
-
-    return result;
 };
 
 // ---- Server frames, as read by the client ----
@@ -443,8 +498,8 @@ export const validateServerMessage = (raw: unknown): ServerMessage => {
         throw new ProtocolError(`Received a ${raw.type} message without a path`, 'path');
     }
 
-    if (raw.position !== undefined) {
-        checkPosition(raw.position, 'position', String(raw.type), 0);
+    if (raw.position !== undefined && !isPosition(raw.position)) {
+        throw new ProtocolError(notAPosition('position'), 'position');
     }
 
     return raw as unknown as ServerMessage;
