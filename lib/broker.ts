@@ -11,6 +11,7 @@ export interface PublishEnvelope {
     internal?: unknown;                  // passed to subscription filters
     user?: string;                       // only sockets authenticated as this user
     position?: Position;                 // set by the broker when the path keeps history
+    at?: number;                         // when server.publish() was called (ms since the epoch), while metrics are exported
 }
 
 export interface BroadcastEnvelope {

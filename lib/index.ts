@@ -6,6 +6,7 @@ import type { AppCredentials, AuthArtifacts, AuthCredentials, Plugin, Request, S
 
 import { MemoryBroker } from './brokers/memory';
 import * as Auth from './server/auth';
+import * as Inspector from './server/inspector';
 import { Listener } from './server/listener';
 import { settle } from './settings';
 import type { PluginOptions } from './settings';
@@ -16,7 +17,8 @@ import type { SubscriptionOptions, SubscriptionOptions as PulseSubscriptionOptio
 export type { Broker, BrokerSink, PublishEnvelope, BroadcastEnvelope, HistoryOptions, Recovery } from './broker';
 export { MemoryBroker } from './brokers/memory';
 export type { MemoryBrokerOptions } from './brokers/memory';
-export type { PluginOptions } from './settings';
+export type { InspectorOptions, PluginOptions } from './settings';
+export type { MeterProviderLike } from './server/metrics';
 export { CloseCode } from './protocol';
 import { isWellFormed } from './protocol';
 export type { Socket, SocketAuth, SocketInfo } from './server/socket';
@@ -114,6 +116,9 @@ export const plugin: Plugin<PluginOptions> = {
 
         const listener = new Listener(server, settings, settings.broker);
         listeners.set(server.listener, listener);
+        if (settings.inspector) {
+            Inspector.register(server, listener, settings.inspector, settings.auth ? { type: settings.auth.type, endpoint: settings.auth.endpoint } : null);
+        }
 
         server.ext('onPreStart', () => listener.start());
         server.ext('onPreStop', () => listener.stop());

@@ -9,6 +9,8 @@ import type { RouteOptions } from '@hapi/hapi';
 import Joi from 'joi';
 
 import type { Broker } from './broker';
+import type { InspectorSettings } from './server/inspector';
+import type { MeterProviderLike } from './server/metrics';
 import type { Socket } from './server/socket';
 
 export interface AuthSettings {
@@ -59,6 +61,16 @@ export interface Settings {
     limits: Limits;
     closeTimeout: number;
     broker: Broker;
+    metrics: boolean | { meterProvider: MeterProviderLike };
+    inspector: InspectorSettings | false;
+}
+
+// The inspector page (see README): `auth` must be given; `false` serves it to anyone and is for development only.
+export interface InspectorOptions {
+    path: string;
+    auth: InspectorSettings['auth'];
+    recentDisconnects?: number;
+    maxListed?: number;
 }
 
 // What the application passes to server.register().
@@ -77,6 +89,8 @@ export interface PluginOptions {
     limits?: Partial<Limits>;
     closeTimeout?: number;
     broker?: Broker;
+    metrics?: boolean | { meterProvider: MeterProviderLike };
+    inspector?: false | InspectorOptions;
 }
 
 const MiB = 1024 * 1024;
@@ -140,6 +154,19 @@ const schema = Joi.object({
         }).allow(false).default(false)
     }).default(),
     closeTimeout: Joi.number().integer().min(1).default(5000),
+    metrics: Joi.alternatives([
+        Joi.boolean(),
+        Joi.object({
+            meterProvider: Joi.object({ getMeter: Joi.function().required() }).unknown().required().custom((_copy, helpers) => helpers.original)
+        })
+    ]).default(true),
+    inspector: Joi.object({
+        path: Joi.string().pattern(/^(\/[A-Za-z0-9._~-]+)+$/).required(),
+        auth: Joi.alternatives([Joi.valid(false), Joi.string(), Joi.object()]).required()
+            .messages({ 'any.required': '{{#label}} is required: an auth strategy (or route auth config) the inspector demands, or false to serve it to anyone (never in production)' }),
+        recentDisconnects: Joi.number().integer().min(0).default(50),
+        maxListed: Joi.number().integer().min(1).default(500)
+    }).allow(false).default(false),
 
     broker: Joi.object({
         start: Joi.function().required(),

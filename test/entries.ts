@@ -2,9 +2,9 @@
 // separate directory (node_modules/hapi-pulse is a link to this repository), in CommonJS, ESM and TypeScript.
 
 import { execFile } from 'node:child_process';
-import { mkdtempSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdtempSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import * as Vm from 'node:vm';
 
@@ -136,6 +136,70 @@ describe('Entry points', () => {
         }).metafile;
 
         expect(Object.keys(metafile.inputs).map((file) => file.replace(/^.*\/dist\//, 'dist/')).sort()).to.equal(['<stdin>', 'dist/lib/client.js', 'dist/lib/protocol.js']);
+    });
+
+    it('runs without @opentelemetry/api installed: metrics off, the inspector still served', async () => {
+
+        // The package as installed (its files, its dependencies), in a tree where the optional peer is absent
+        const bare = mkdtempSync(join(tmpdir(), 'pulse-no-otel-'));
+        try {
+            const installed = join(bare, 'node_modules', 'hapi-pulse');
+            for (const part of ['dist/lib', 'dist/browser', 'package.json']) {
+                cpSync(join(root, part), join(installed, part), { recursive: true });
+            }
+
+            const manifest = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'));
+            for (const name of [...Object.keys(manifest.dependencies), '@hapi/hapi']) {
+                mkdirSync(dirname(join(bare, 'node_modules', name)), { recursive: true });
+                symlinkSync(join(root, 'node_modules', name), join(bare, 'node_modules', name), 'dir');
+            }
+
+            writeFileSync(join(bare, 'app.js'), `
+                const out = {};
+                try {
+                    require.resolve('@opentelemetry/api', { paths: [require.resolve('hapi-pulse')] });
+                    out.resolvable = true;
+                }
+                catch (err) {
+                    out.resolvable = err.code;
+                }
+
+                const Hapi = require('@hapi/hapi');
+                const Pulse = require('hapi-pulse');
+                const main = async () => {
+
+                    const server = Hapi.server({ host: '127.0.0.1', port: 0 });
+                    await server.register({ plugin: Pulse.plugin, options: { inspector: { path: '/pulse', auth: false } } });
+                    server.subscription('/x');
+                    await server.start();
+                    const client = new Pulse.Client('ws://127.0.0.1:' + server.info.port);
+                    await client.connect();
+                    let deliver;
+                    const got = new Promise((resolve) => {
+
+                        deliver = resolve;
+                    });
+                    await client.subscribe('/x', (message) => deliver(message));
+                    await server.publish('/x', 'delivered');
+                    out.message = await got;
+                    const state = await (await fetch(server.info.uri + '/pulse/state')).json();
+                    out.exporting = state.metrics.exporting;
+                    out.sockets = state.totals.sockets;
+                    out.loaded = Object.keys(require.cache).filter((file) => file.includes('opentelemetry'));
+                    await client.disconnect();
+                    await server.stop();
+                    process.stdout.write(JSON.stringify(out));
+                };
+
+                main();
+            `);
+
+            const { stdout } = await run(process.execPath, ['app.js'], { cwd: bare, timeout: 20000 });
+            expect(JSON.parse(stdout)).to.equal({ resolvable: 'MODULE_NOT_FOUND', message: 'delivered', exporting: false, sockets: 1, loaded: [] });
+        }
+        finally {
+            rmSync(bare, { recursive: true, force: true });
+        }
     });
 
     it('imports the client paths as ESM', async () => {

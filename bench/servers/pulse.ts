@@ -10,7 +10,26 @@ import type { BenchServer, ServerFactory, ServerOptions } from './types';
 export const pulsePath = Path.join(__dirname, '..', '..', 'lib', 'index.js');
 const redisPath = Path.join(__dirname, '..', '..', 'lib', 'redis.js');
 
-export const create: ServerFactory = async (options = {}) => createPulseTarget(require(pulsePath), options);
+// BENCH_OTEL=1: an OpenTelemetry SDK reads the plugin's metrics (a MeterProvider with a reader collecting every
+// second), to measure what exporting metrics costs against the default run, where no SDK is registered.
+const registerSdk = (): void => {
+
+    const { metrics } = require('@opentelemetry/api');
+    const { MeterProvider, PeriodicExportingMetricReader, InMemoryMetricExporter, AggregationTemporality } = require('@opentelemetry/sdk-metrics');
+    const exporter = new InMemoryMetricExporter(AggregationTemporality.CUMULATIVE);
+    const reader = new PeriodicExportingMetricReader({ exporter, exportIntervalMillis: 1000 });
+    metrics.setGlobalMeterProvider(new MeterProvider({ readers: [reader] }));
+    setInterval(() => exporter.reset(), 5000).unref();            // keeps what it exported from piling up
+};
+
+export const create: ServerFactory = async (options = {}) => {
+
+    if (process.env.BENCH_OTEL === '1') {
+        registerSdk();
+    }
+
+    return createPulseTarget(require(pulsePath), options);
+};
 
 // Also the 'pulse-base' target: another build of hapi-pulse (e.g. main before a change), same options.
 export async function createPulseTarget(Pulse: unknown, options: ServerOptions): Promise<BenchServer> {

@@ -224,6 +224,7 @@ export interface Credentialed {
 // The user index, kept by the listener.
 export interface UserIndex<S extends Credentialed> {
     count(user: string): number;
+    full(): void;                                          // maxConnectionsPerUser refused a socket
     // Applies a change of credentials: the socket leaves its user's indexes before `apply`, and is indexed
     // under `indexed` after (null: not indexed).
     rekey(socket: S, indexed: string | null, apply: () => void): void;
@@ -300,6 +301,7 @@ export class Authenticator<S extends Credentialed> {
         const user = userKey(authenticated.credentials.user);
         const indexed = config.index ? user : null;
         if (indexed !== null && indexed !== socket.user && config.maxConnectionsPerUser && this.users.count(indexed) >= config.maxConnectionsPerUser) {
+            this.users.full();
             throw Boom.serverUnavailable('Too many connections for the authenticated user');
         }
 

@@ -3,6 +3,7 @@
 // publishes out, and shuts down cleanly. Sockets see it only as their SocketHost.
 
 import type { IncomingMessage } from 'node:http';
+import { performance } from 'node:perf_hooks';
 import type { Duplex } from 'node:stream';
 
 import * as Boom from '@hapi/boom';
@@ -16,11 +17,14 @@ import { CloseCode, defaultLimits, encode } from '../protocol';
 import type { Position } from '../protocol';
 import * as Auth from './auth';
 import { userKey } from './auth';
+import { Metrics, meterOf } from './metrics';
+import type { UpgradeRejection } from './metrics';
 import { Prepared } from './prepared';
 import { Connection } from './socket';
 import type { Socket } from './socket';
 import type { SocketConfig, SocketHost } from './socket';
 import { Subscriptions } from './subscriptions';
+import type { SubscriptionRoute } from './subscriptions';
 import { Tunnel } from './tunnel';
 
 const counter = { min: 10000, max: 99999 };
@@ -54,6 +58,7 @@ export class Listener implements SocketHost {
     readonly config: SocketConfig;
     readonly authenticator: Auth.Authenticator<Connection>;
     readonly tunnel: Tunnel;
+    metrics: Metrics | null = null;                      // with the inspector, or once an OpenTelemetry SDK reads it
 
     private readonly wss: WebSocketServer;
     private stopped = true;
@@ -81,10 +86,16 @@ export class Listener implements SocketHost {
 
         this.authenticator = new Auth.Authenticator(server, settings.auth, {
             count: (user) => this.byUser.get(user)?.size ?? 0,
+            full: () => this.metrics?.limitHit('maxConnectionsPerUser'),
             rekey: (socket, indexed, apply) => this.rekey(socket, indexed, apply)
         });
 
-        this.tunnel = new Tunnel(server, { endpoint: settings.auth ? settings.auth.endpoint : null, headers: settings.headers, tunnelHeaders: settings.tunnelHeaders });
+        this.tunnel = new Tunnel(server, {
+            endpoint: settings.auth ? settings.auth.endpoint : null,
+            headers: settings.headers,
+            tunnelHeaders: settings.tunnelHeaders,
+            answered: (method, route, statusCode, ms) => this.metrics?.requested(method, route, statusCode, ms)
+        });
 
         this.wss = new WebSocketServer({ noServer: true, maxPayload: settings.limits.maxPayload, perMessageDeflate: false, clientTracking: false });
         this.subscriptions = new Subscriptions(server, {
@@ -96,6 +107,10 @@ export class Listener implements SocketHost {
             }
         });
 
+        if (settings.inspector) {
+            this.metrics = this.createMetrics();
+        }
+
         server.listener.on('upgrade', this.onUpgradeEvent);
     }
 
@@ -103,8 +118,24 @@ export class Listener implements SocketHost {
 
     async start(): Promise<void> {
 
+        const meter = meterOf(this.settings.metrics);
+        if (meter) {
+            (this.metrics ??= this.createMetrics()).export(meter);
+        }
+
         await this.broker.start({
-            deliver: (envelope) => (this.stopped ? undefined : this.subscriptions.deliver(envelope)),   // its sockets are going away
+            deliver: (envelope) => {
+
+                if (this.stopped) {
+                    return;                                    // its sockets are going away
+                }
+
+                if (this.metrics?.exporting) {
+                    this.observeDelivery(this.metrics, envelope);
+                }
+
+                return this.subscriptions.deliver(envelope);
+            },
             broadcast: (envelope) => this.deliverBroadcast(envelope),
             log: (tags, data) => this.server.log(['pulse', 'broker', ...tags], data as any),
             lost: (path) => this.resync(path)
@@ -137,6 +168,33 @@ export class Listener implements SocketHost {
 
         this.brokerUp = false;
         await this.broker.stop();
+        this.metrics?.close();
+    }
+
+    private createMetrics(): Metrics {
+
+        const topics = this.subscriptions.topics;
+        return new Metrics({
+            connections: () => this.sockets.size,
+            subscriptionsByRoute: () => {
+
+                const counts = new Map<string, number>();
+                for (const topic of topics.values()) {
+                    counts.set(topic.route.pattern, (counts.get(topic.route.pattern) ?? 0) + topic.sockets.size);
+                }
+
+                return counts;
+            }
+        }, this.settings.inspector ? this.settings.inspector.recentDisconnects : 0);
+    }
+
+    private observeDelivery(metrics: Metrics, envelope: PublishEnvelope): void {
+
+        const topic = this.subscriptions.topics.get(envelope.path);
+        if (topic) {
+            const recipients = envelope.user === undefined ? topic.sockets.size : topic.byUser!.get(envelope.user)?.size ?? 0;      // targeting needs the index
+            metrics.delivered(topic.route.pattern, recipients, envelope.at);
+        }
     }
 
     // This node missed publishes of `path` that the broker cannot replay. Sockets that track positions are
@@ -168,15 +226,16 @@ export class Listener implements SocketHost {
 
         raw.on('error', destroyOnError);                       // shared: a closure here would keep req alive
         if (this.stopped) {
-            return refuse(raw, 503);
+            return this.refuse(raw, 503, 'stopped');
         }
 
         if (this.settings.origin && !this.settings.origin.includes(req.headers.origin as string)) {
-            return refuse(raw, 403);
+            return this.refuse(raw, 403, 'origin');
         }
 
         if (this.settings.maxConnections && this.sockets.size + this.pendingUpgrades >= this.settings.maxConnections) {
-            return refuse(raw, 503);
+            this.metrics?.limitHit('maxConnections');
+            return this.refuse(raw, 503, 'maxConnections');
         }
 
         ++this.pendingUpgrades;
@@ -187,15 +246,15 @@ export class Listener implements SocketHost {
                     accepted = await this.settings.onUpgrade(req);
                 }
                 catch (err) {
-                    return refuse(raw, Boom.isBoom(err) ? err.output.statusCode : 500);
+                    return this.refuse(raw, Boom.isBoom(err) ? err.output.statusCode : 500, 'failed');
                 }
 
                 if (!accepted) {
-                    return refuse(raw, 403);
+                    return this.refuse(raw, 403, 'refused');
                 }
 
                 if (this.stopped || raw.destroyed) {
-                    return refuse(raw, 503);
+                    return this.refuse(raw, 503, 'stopped');
                 }
             }
 
@@ -204,6 +263,12 @@ export class Listener implements SocketHost {
         finally {
             --this.pendingUpgrades;
         }
+    }
+
+    private refuse(raw: Duplex, statusCode: number, reason: UpgradeRejection): void {
+
+        this.metrics?.upgradeRejected(reason);
+        refuse(raw, statusCode);
     }
 
     private add(ws: WebSocket, req: IncomingMessage): void {
@@ -217,6 +282,11 @@ export class Listener implements SocketHost {
         this.sockets.delete(socket.id);
         this.unindex(socket);
         socket.onClosed();
+        if (this.metrics) {
+            const at = Date.now();
+            this.metrics.disconnected({ socket: socket.id, user: socket.user, code: socket.closeCode, reason: socket.closeReason, at, duration: at - socket.connectedAt });
+        }
+
         await this.subscriptions.removeSocket(socket);
         const onDisconnection = this.settings.onDisconnection;
         if (onDisconnection) {
@@ -286,7 +356,18 @@ export class Listener implements SocketHost {
     // Where a history path stands, and what came after `since` (see catchup.ts).
     recover(path: string, since: Position | null, history: HistoryOptions): Promise<Recovery> {
 
-        return this.broker.recover(path, since, history);
+        const recovery = this.broker.recover(path, since, history);
+        const metrics = this.metrics;
+        if (!metrics || since === null) {
+            return recovery;
+        }
+
+        const route = this.subscriptions.match(path)!.route.pattern;           // a history path has a route
+        return recovery.then((result) => {
+
+            metrics.recovered(route, result.recovered);
+            return result;
+        });
     }
 
     // ---- Heartbeat: one sweep for every socket ----
@@ -368,12 +449,31 @@ export class Listener implements SocketHost {
             envelope.user = userKey(options.user)!;
         }
 
+        if (this.metrics?.exporting) {
+            return this.measuredPublish(this.metrics, envelope, match.route);
+        }
+
         if (!match.route.filter) {
             return rejectThrown(() => this.broker.publish(envelope, match.route.history ?? undefined));
         }
 
+        return this.watchedPublish(envelope, match.route);
+    }
+
+    // With metrics exported: the envelope carries its publish time (for the delivery lag on every node), and the
+    // broker's answer is timed.
+    private measuredPublish(metrics: Metrics, envelope: PublishEnvelope, route: SubscriptionRoute): Promise<void> {
+
+        envelope.at = Date.now();
+        const started = performance.now();
+        const publish = route.filter ? this.watchedPublish(envelope, route) : rejectThrown(() => this.broker.publish(envelope, route.history ?? undefined));
+        return publish.then(() => metrics.published(route.pattern, performance.now() - started));
+    }
+
+    private watchedPublish(envelope: PublishEnvelope, route: SubscriptionRoute): Promise<void> {
+
         const watched = this.subscriptions.watch(envelope);
-        return rejectThrown(() => this.broker.publish(envelope, match.route.history ?? undefined)).then(() => {
+        return rejectThrown(() => this.broker.publish(envelope, route.history ?? undefined)).then(() => {
 
             if (watched.error !== undefined) {
                 throw watched.error;

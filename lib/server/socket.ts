@@ -14,6 +14,7 @@ import type { ClientMessage, HelloRequest, Limits as ProtocolLimits, MessageId, 
 import type { Authenticator, SocketAuth } from './auth';
 import * as Catchups from './catchup';
 import type { Catchup } from './catchup';
+import type { Metrics } from './metrics';
 import type { Prepared } from './prepared';
 import type { Subscriptions, Topic } from './subscriptions';
 import { identityHeaders } from './tunnel';
@@ -46,6 +47,7 @@ export interface SocketHost extends Catchups.RecoverySource<Connection> {
     readonly subscriptions: Subscriptions;
     readonly authenticator: Authenticator<Connection>;
     readonly tunnel: Tunnel;
+    readonly metrics: Metrics | null;
     flushLater(socket: Connection): void;                       // write the gathered frames on the next tick
     remove(socket: Connection): Promise<void>;                  // ws reported the close; never rejects
 }
@@ -63,14 +65,18 @@ const onMessage = function (this: SocketWs, data: RawData, isBinary: boolean): v
     this[kSocket].onFrame(data, isBinary);
 };
 
-const onError = function (this: SocketWs): void {
+// ws refused a frame (and sent the close frame with the code below): the close is the server's.
+const refusedFrame: Record<string, number> = { WS_ERR_UNSUPPORTED_MESSAGE_LENGTH: 1009, WS_ERR_UNSUPPORTED_DATA_PAYLOAD_LENGTH: 1009, WS_ERR_INVALID_UTF8: 1007 };
 
+const onError = function (this: SocketWs, err: Error & { code?: string }): void {
+
+    this[kSocket].refused(refusedFrame[err.code!] ?? CloseCode.protocolError, err.message);
     this.terminate();
 };
 
-const onClose = function (this: SocketWs): void {
+const onClose = function (this: SocketWs, code: number, reason: Buffer): void {
 
-    this[kSocket].wsClosed();
+    this[kSocket].wsClosed(code, reason);
 };
 
 const OPEN = 1;
@@ -116,6 +122,10 @@ export class Connection implements Socket {
     expiry = false;                              // negotiated the expiry extension
     expiresAt: number | null = null;
     readonly upgradeHeaders: Record<string, string>;          // what tunnelled requests inherit: host, cookie, x-forwarded-*
+    readonly connectedAt = Date.now();
+    closeCode = 1005;                                           // the server's close code, else the client's (1005: none)
+    closeReason = '';
+    private closedByServer = false;
     private reservedSubs = 0;                                   // subs past the limit check, not yet recorded
 
     private state = State.connected;
@@ -234,6 +244,7 @@ export class Connection implements Socket {
 
     sendText(text: string): void {
 
+        this.host.metrics?.sentText(text);
         const max = this.host.config.maxChunkChars;
         if (max && text.length > max) {
             for (const part of chunk(text, max)) {
@@ -263,6 +274,7 @@ export class Connection implements Socket {
         const max = this.host.config.maxChunkChars;
         const parts = max ? prepared.chunked(max, this.recovery) : null;
         if (parts) {
+            this.host.metrics?.sentText(prepared.text);
             for (const part of parts) {
                 this.write(part);
             }
@@ -277,6 +289,7 @@ export class Connection implements Socket {
         }
 
         const frame = prepared.frame(this.recovery);
+        this.host.metrics?.sentFrame(prepared, frame);
         if (this.pending === null) {
             this.pending = [frame];
             this.host.flushLater(this);
@@ -325,6 +338,7 @@ export class Connection implements Socket {
         }
 
         this.server.log(['pulse', 'slow-consumer'], { socket: this.id, buffered });
+        this.host.metrics?.limitHit('maxBufferedBytes');
         this.close(CloseCode.slowConsumer, 'Slow consumer');
         return true;
     }
@@ -373,7 +387,7 @@ export class Connection implements Socket {
     }
 
     // Closing stops all sends at once; a peer that does not answer the close frame is cut off.
-    close(code?: number, reason?: string): void {
+    close(code?: number, reason = ''): void {
 
         if (this.state >= State.closing) {
             return;
@@ -381,12 +395,36 @@ export class Connection implements Socket {
 
         this.flush();
         this.state = State.closing;
+        if (code !== undefined) {
+            this.closedByServer = true;
+            this.closeCode = code;
+            this.closeReason = reason;
+        }
+
         this.clearHelloTimer();
         this.ws.close(code, reason);
         this.killTimer = setTimeout(() => this.ws.terminate(), this.host.config.closeTimeout);
     }
 
-    wsClosed(): void {
+    // ws refused a frame: it closed with `code` itself.
+    refused(code: number, reason: string): void {
+
+        if (!this.closedByServer) {
+            this.closedByServer = true;
+            this.closeCode = code;
+            this.closeReason = reason;
+            if (code === CloseCode.messageTooBig) {
+                this.host.metrics?.limitHit('maxPayload');
+            }
+        }
+    }
+
+    wsClosed(code: number, reason: Buffer): void {
+
+        if (!this.closedByServer) {
+            this.closeCode = code;
+            this.closeReason = reason.toString();
+        }
 
         void this.host.remove(this);
     }
@@ -450,6 +488,7 @@ export class Connection implements Socket {
 
         this.awaitingPong = false;
         if (isBinary) {
+            this.host.metrics?.received('binary', (data as Buffer).length);
             this.close(CloseCode.unsupportedData, 'Binary frames are not supported');
             return;
         }
@@ -463,6 +502,7 @@ export class Connection implements Socket {
             }
 
             if (++this.rateCount > rate.messages) {
+                this.host.metrics?.limitHit('rate');
                 this.close(CloseCode.rateLimited, 'Message rate limit exceeded');
                 return;
             }
@@ -474,6 +514,7 @@ export class Connection implements Socket {
         }
         catch (err) {
             const error = err as ProtocolError;
+            this.host.metrics?.received('invalid', (data as Buffer).length);
 
             // As nes: once type and id are read, a message before the hello is refused for that alone (a ping with
             // both is valid, so it never gets here)
@@ -490,11 +531,13 @@ export class Connection implements Socket {
             return;
         }
 
+        this.host.metrics?.received(message.type, (data as Buffer).length);
         if (message.type === 'ping') {
             return;
         }
 
         if (this.inFlight >= this.host.config.limits.maxInFlight) {
+            this.host.metrics?.limitHit('maxInFlight');
             this.sendError(Boom.tooManyRequests('Too many requests in flight'), message.type, message.id);
             return;
         }
@@ -726,6 +769,7 @@ export class Connection implements Socket {
         const fresh = !this.subscriptions.has(request.path);
         if (fresh) {
             if (this.subscriptions.size + this.reservedSubs >= this.host.config.limits.maxSubscriptions) {
+                this.host.metrics?.limitHit('maxSubscriptions');
                 throw Boom.tooManyRequests('Too many subscriptions');
             }
 

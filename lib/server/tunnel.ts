@@ -2,6 +2,7 @@
 // identity of its upgrade request, and the response becomes the reply.
 
 import type { IncomingMessage } from 'node:http';
+import { performance } from 'node:perf_hooks';
 
 import * as Boom from '@hapi/boom';
 import type { Server } from '@hapi/hapi';
@@ -14,6 +15,7 @@ export interface TunnelSettings {
     endpoint: string | null;                      // the auth endpoint: never reachable through the tunnel
     headers: string[] | '*' | null;               // response headers replies carry
     tunnelHeaders: string[];                      // connection headers a message may set itself
+    answered?(method: string, route: string, statusCode: number, ms: number): void;   // the route that answered, for metrics
 }
 
 // What a tunnelled request reads of its socket.
@@ -76,6 +78,7 @@ export class Tunnel {
         }
 
         let res: Awaited<ReturnType<Server['inject']>>;
+        const started = performance.now();
         try {
             res = await this.server.inject({
                 method,
@@ -94,6 +97,7 @@ export class Tunnel {
             throw Boom.badRequest('Invalid request');
         }
 
+        this.settings.answered?.(res.request.route.method, res.request.route.path, res.statusCode, performance.now() - started);
         return this.encodeResponse(request.id, res.statusCode, res.result, res.headers);
     }
 
