@@ -43,6 +43,8 @@ let sampleCounter = 0;
 let firstAt = 0;
 let lastAt = 0;
 let cpuMark = process.cpuUsage();
+let bytesMark = 0;
+let deflate = false;                                            // offer permessage-deflate (compression scenarios)
 let waiter: { total: number; resolve: () => void } | null = null;
 let groupDelivered: number[] = [];
 // Publish-to-delivery latency: messages whose JSON starts with "t":<nowMs() at publish> (see server-main fanout stamp)
@@ -115,6 +117,17 @@ function onPub(conn: Conn, data: Buffer): void {
     }
 }
 
+// Bytes received on every client socket so far (frame headers included): what crossed the wire.
+function bytesRead(): number {
+
+    let bytes = 0;
+    for (const conn of conns) {
+        bytes += (conn.ws as unknown as { _socket?: { bytesRead: number } })._socket?.bytesRead ?? 0;
+    }
+
+    return bytes;
+}
+
 function send(conn: Conn, text: string): void {
 
     if (conn.ws.readyState === WebSocket.OPEN) {
@@ -183,7 +196,7 @@ function onControl(conn: Conn, data: Buffer, hello: Pending | null): void {
 function openOne(index: number, subs: string[], timeoutMs: number, group = 0, checker = index === 0): Promise<Conn> {
 
     const url = proto === 'nes' ? `ws://127.0.0.1:${port}/` : `ws://127.0.0.1:${port}/socket.io/?EIO=4&transport=websocket`;
-    const ws = new WebSocket(url, { perMessageDeflate: false, skipUTF8Validation: true, handshakeTimeout: timeoutMs, localAddress });
+    const ws = new WebSocket(url, { perMessageDeflate: deflate, skipUTF8Validation: true, handshakeTimeout: timeoutMs, localAddress });
     const conn: Conn = { index, ws, group, checker, closedByUs: false, lastSeq: -1 };
 
     return new Promise<Conn>((resolve, reject) => {
@@ -570,6 +583,7 @@ serve({
         proto = args.proto as Proto;
         port = Number(args.port);
         localAddress = args.localAddress === undefined ? undefined : String(args.localAddress);
+        deflate = args.deflate === true;
         const count = Number(args.count);
         const inflight = Number(args.inflight);
         const subs = String(args.subs);
@@ -628,6 +642,7 @@ serve({
         }
 
         cpuMark = process.cpuUsage();
+        bytesMark = bytesRead();
         return {};
     },
 
@@ -659,7 +674,7 @@ serve({
 
         const usage = process.cpuUsage(cpuMark);
         mode = 'off';
-        return { delivered, bad, firstAt, lastAt, dropped, open: conns.length - dropped, clientCpuUs: usage.user + usage.system, groups: groupDelivered };
+        return { delivered, bad, firstAt, lastAt, dropped, open: conns.length - dropped, clientCpuUs: usage.user + usage.system, groups: groupDelivered, bytes: bytesRead() - bytesMark };
     },
 
     // The latency sample itself (ms), for merging the samples of several load processes.

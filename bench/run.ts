@@ -264,6 +264,24 @@ const goals: Goal[] = [
     atLeast('fan-out 1k: delivered/s ≥ socket.io and ≥ 0.8× pre-framed ws', 'fanout-1k', 'rate', [['socketio', 1], ['ws-preframed', 0.8]]),
     atLeast('fan-out 5k: delivered/s ≥ socket.io and ≥ 0.8× pre-framed ws', 'fanout-5k', 'rate', [['socketio', 1], ['ws-preframed', 0.8]]),
     atLeast('targeted 5k: publishes/s ≥ 25× nes and ≥ socket.io', 'targeted-5k', 'rate', [['nes', 25], ['socketio', 1]]),
+    ...['1k', '5k'].map((label): Goal => ({
+        text: `compressed fan-out ${label}: delivered/s ≥ 10× socket.io compressed, CPU/delivery ≤ 1.5× ours uncompressed, bytes/delivery ≤ 0.35× uncompressed`,
+        check: () => {
+
+            const scenario = `deflate-${label}`;
+            const ours = (key: string) => med(scenario, 'pulse-deflate', key);
+            const plain = (key: string) => med(scenario, 'pulse', key);
+            const sio = med(scenario, 'socketio-deflate', 'rate');
+            if (!Number.isFinite(ours('rate'))) {
+                return null;
+            }
+
+            return {
+                value: `${ratio(ours('rate'), sio)} socketio-deflate, CPU ${ratio(ours('serverCpuUs'), plain('serverCpuUs'))} uncompressed, bytes ${ratio(ours('bytes'), plain('bytes'))} uncompressed`,
+                pass: ours('rate') >= 10 * sio && ours('serverCpuUs') <= 1.5 * plain('serverCpuUs') && ours('bytes') <= 0.35 * plain('bytes')
+            };
+        }
+    })),
     {
         text: 'targeted: 5k publishes/s within 20% of our 1k figure',
         check: () => {

@@ -75,6 +75,8 @@ export interface Sizes {
     large: number;                                              // Sockets in the 'large' session (5,000)
     fanout: { small: number; large: number };                   // Messages per fan-out burst
     messageBytes: number;
+    deflate: { small: number; large: number };                  // Messages per compressed fan-out burst
+    deflateBytes: number;
     targeted: { windowMs: number; batch: number; maxCount: number; warmup: number };
     storm: { publishes: number; capMs: number };
     request: { durationMs: number; warmupMs: number; sessionWarmup: { count: number; maxMs: number } };
@@ -113,6 +115,8 @@ export function sizes(quick: boolean): Sizes {
         large: 2000,
         fanout: { small: 40, large: 10 },
         messageBytes: 200,
+        deflate: { small: 10, large: 4 },
+        deflateBytes: 3 * 1024,
         targeted: { windowMs: 500, batch: 50, maxCount: 100_000, warmup: 100 },
         storm: { publishes: 2000, capMs: 5000 },
         request: { durationMs: 500, warmupMs: 200, sessionWarmup: { count: 500, maxMs: 1000 } },
@@ -125,6 +129,8 @@ export function sizes(quick: boolean): Sizes {
         large: 5000,
         fanout: { small: 100, large: 20 },
         messageBytes: 200,
+        deflate: { small: 40, large: 10 },
+        deflateBytes: 3 * 1024,
         targeted: { windowMs: 1500, batch: 50, maxCount: 200_000, warmup: 100 },
         storm: { publishes: 10_000, capMs: 20_000 },
         request: { durationMs: 1500, warmupMs: 300, sessionWarmup: { count: 4000, maxMs: 3000 } },
@@ -139,7 +145,7 @@ export function sizes(quick: boolean): Sizes {
 
 interface Connected { connected: number; failed: number; ms: number; clientCpuUs: number; firstError: string }
 interface Published { t0: number; t1: number; published: number }
-interface Delivered { delivered: number; bad: number; firstAt: number; lastAt: number; dropped: number; open: number; clientCpuUs: number; groups: Array<number | null> }
+interface Delivered { delivered: number; bad: number; firstAt: number; lastAt: number; dropped: number; open: number; clientCpuUs: number; groups: Array<number | null>; bytes: number }
 interface Latency { count: number; p50Ms: number; p99Ms: number; maxMs: number }
 interface Resumed { resumed: number; failed: number; firstError: string; complete: boolean; helloMs: number; replayed: number; missedAtResume: number; windowMs: number; p50Ms: number; p99Ms: number; maxMs: number; notRecovered: number }
 interface Checked { clients: number; received: number; lost: number; dup: number; clientsLost: number; clientsDup: number; unexpectedClose: number; notRecovered: number }
@@ -147,9 +153,9 @@ interface Cpu { cpuUs: number; wallMs: number }
 interface Mem { heapUsed: number; rss: number; external: number; arrayBuffers: number }
 interface Requests { count: number; errors: number; ms: number; p50Ms: number; p99Ms: number; clientCpuUs: number }
 
-async function connect(s: Session, count: number, subs: 'fan' | 'item' | 'none', inflight = 100, node = 0): Promise<Connected> {
+async function connect(s: Session, count: number, subs: 'fan' | 'item' | 'none', inflight = 100, node = 0, deflate = false): Promise<Connected> {
 
-    const result = await s.client.call<Connected>('connect', { proto: s.target.proto, port: s.ports[node], group: node, count, inflight, subs, timeoutMs: 15_000, totalTimeoutMs: 90_000 }, 120_000);
+    const result = await s.client.call<Connected>('connect', { proto: s.target.proto, port: s.ports[node], group: node, count, inflight, subs, deflate, timeoutMs: 15_000, totalTimeoutMs: 90_000 }, 120_000);
     if (result.failed) {
         throw new Error(`${result.failed} of ${count} connections failed (${result.firstError})`);
     }
@@ -267,10 +273,25 @@ export const sessions: readonly SessionKind[] = [
             s.state.shares = shares;
             s.state.setupRate = n / ((nowMs() - t0) / 1000);
         }
+    },
+    {
+        // Clients that offer permessage-deflate (as browsers and ws do), every socket on '/fan'.
+        id: 'deflate-small',
+        setup: async (ctx, s) => {
+
+            await connect(s, sizes(ctx.quick).small, 'fan', 100, 0, true);
+        }
+    },
+    {
+        id: 'deflate-large',
+        setup: async (ctx, s) => {
+
+            await connect(s, sizes(ctx.quick).large, 'fan', 100, 0, true);
+        }
     }
 ];
 
-const [small, large, plain, nodes, recoverySession, manySession] = sessions as [SessionKind, SessionKind, SessionKind, SessionKind, SessionKind, SessionKind];
+const [small, large, plain, nodes, recoverySession, manySession, deflateSmall, deflateLarge] = sessions as [SessionKind, SessionKind, SessionKind, SessionKind, SessionKind, SessionKind, SessionKind, SessionKind];
 const recoveryPath = '/rec/shared';
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -330,6 +351,66 @@ function fanout(kind: 'small' | 'large', label: string): Scenario {
 
             return {
                 rate: got.delivered / ((got.lastAt - pub.t0) / 1000),
+                lastMs: got.lastAt - pub.t0,
+                serverCpuUs: cpu.cpuUs / got.delivered,
+                clientCpuUs: got.clientCpuUs / got.delivered,
+                lost: expected - got.delivered
+            };
+        }
+    };
+}
+
+// The same burst with a realistic JSON message of a few KB, to clients that offer permessage-deflate: hapi-pulse with
+// compression on (once per publish), off, and socket.io compressing per socket (ws's permessage-deflate).
+function compressed(kind: 'small' | 'large', label: string): Scenario {
+
+    return {
+        id: `deflate-${label}`,
+        title: `Compressed fan-out, ${label} subscribers, ${sizes(false).deflateBytes / 1024} KB JSON`,
+        describe: (quick) => {
+
+            const sz = sizes(quick);
+            return `${sz[kind]} sockets that offer permessage-deflate, subscribed to \`/fan\`; the server publishes a burst of ${sz.deflate[kind]} ` +
+                `catalogue-page JSON messages of ${(sz.deflateBytes / 1024).toFixed(0)} KB (bench/messages.ts) in one synchronous loop, after a 5-message warm-up. ` +
+                'bytes/delivery = bytes the clients read from their TCP sockets (frame headers included) / deliveries. ' +
+                'The clients inflate every message (ws, on its thread pool), so delivered/s is partly the load process\'s limit.';
+        },
+        targets: ['pulse-deflate', 'pulse', 'socketio-deflate'],
+        baselines: ['pulse', 'socketio-deflate'],
+        headline: { key: 'rate', label: 'delivered/s', better: 'higher', format: rate },
+        metrics: [
+            { key: 'bytes', label: 'bytes/delivery', better: 'lower', format: count },
+            { key: 'serverCpuUs', label: 'server CPU/delivery', better: 'lower', format: us },
+            { key: 'clientCpuUs', label: 'client CPU/delivery', better: 'lower', format: us },
+            { key: 'lastMs', label: 'last delivery', better: 'lower', format: ms },
+            { key: 'lost', label: 'lost', better: 'lower', format: count }
+        ],
+        session: kind === 'small' ? deflateSmall : deflateLarge,
+        order: 1,
+        run: async (ctx, s) => {
+
+            const sz = sizes(ctx.quick);
+            const sockets = sz[kind];
+            const messages = sz.deflate[kind];
+            const size = sz.deflateBytes;
+
+            await s.client.call('arm', { mode: 'fan' });                                   // Warm-up
+            await s.server.call('fanout', { path: '/fan', count: 5, size, shape: 'catalogue' });
+            await s.client.call('wait', { total: sockets * 5, timeoutMs: 60_000 }, 65_000);
+
+            const expected = sockets * messages;
+            await s.client.call('arm', { mode: 'fan' });
+            await s.server.call('cpuMark');
+            const pub = await s.server.call<Published>('fanout', { path: '/fan', count: messages, size, shape: 'catalogue', seqBase: 1000 }, 60_000);
+            const got = await s.client.call<Delivered>('wait', { total: expected, timeoutMs: 90_000 }, 95_000);
+            const cpu = await s.server.call<Cpu>('cpuRead');
+            if (got.bad) {
+                throw new Error(`${got.bad} fan-out messages out of order`);
+            }
+
+            return {
+                rate: got.delivered / ((got.lastAt - pub.t0) / 1000),
+                bytes: got.bytes / got.delivered,
                 lastMs: got.lastAt - pub.t0,
                 serverCpuUs: cpu.cpuUs / got.delivered,
                 clientCpuUs: got.clientCpuUs / got.delivered,
@@ -691,6 +772,8 @@ const many: Scenario = {
 export const scenarios: readonly Scenario[] = [
     fanout('small', '1k'),
     fanout('large', '5k'),
+    compressed('small', '1k'),
+    compressed('large', '5k'),
     targeted('small', '1k'),
     targeted('large', '5k'),
     {

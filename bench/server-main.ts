@@ -5,6 +5,7 @@
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 
 import { serve, nowMs } from './ipc';
+import { catalogue } from './messages';
 import type { BenchServer, ServerFactory, ServerOptions } from './servers/types';
 
 const target = process.argv[2] ?? '';
@@ -114,7 +115,7 @@ serve({
             return { t0, t1: nowMs(), published: count };
         }
 
-        const messages = Array.from({ length: count }, (_, i) => message(seqBase + i, path, size));
+        const messages = Array.from({ length: count }, (_, i) => (args.shape === 'catalogue' ? catalogue(size, seqBase + i, path) : message(seqBase + i, path, size)));
         const t0 = nowMs();
         for (const msg of messages) {
             srv.publish(path, msg);

@@ -34,7 +34,14 @@ export const targets: readonly Target[] = [
     { name: 'nes', label: '@hapi/nes 14', proto: 'nes', unavailable: () => null },
     { name: 'socketio', label: 'socket.io 4', proto: 'sio', unavailable: () => null },
     { name: 'ws-string', label: 'raw ws, string per socket', proto: 'nes', unavailable: () => null },
-    { name: 'ws-preframed', label: 'raw ws, pre-framed + batched', proto: 'nes', unavailable: () => null }
+    { name: 'ws-preframed', label: 'raw ws, pre-framed + batched', proto: 'nes', unavailable: () => null },
+    {
+        name: 'pulse-deflate',
+        label: 'hapi-pulse, compression on',
+        proto: 'nes',
+        unavailable: () => Fs.existsSync(pulseBuild) ? null : `not available: ${Path.relative(process.cwd(), pulseBuild)} is missing (lib/index.ts not built yet)`
+    },
+    { name: 'socketio-deflate', label: 'socket.io 4, perMessageDeflate', proto: 'sio', unavailable: () => null }
 ];
 
 export function targetByName(name: string): Target {

@@ -9,6 +9,7 @@ import type { RouteOptions } from '@hapi/hapi';
 import Joi from 'joi';
 
 import type { Broker } from './broker';
+import type { CompressionSettings } from './server/compression';
 import type { InspectorSettings } from './server/inspector';
 import type { MeterProviderLike } from './server/metrics';
 import type { Socket } from './server/socket';
@@ -60,6 +61,7 @@ export interface Settings {
     origin?: string[];
     limits: Limits;
     closeTimeout: number;
+    compression: false | CompressionSettings;
     broker: Broker;
     metrics: boolean | { meterProvider: MeterProviderLike };
     inspector: InspectorSettings | false;
@@ -88,6 +90,7 @@ export interface PluginOptions {
     origin?: string | string[];
     limits?: Partial<Limits>;
     closeTimeout?: number;
+    compression?: boolean | Partial<CompressionSettings>;
     broker?: Broker;
     metrics?: boolean | { meterProvider: MeterProviderLike };
     inspector?: false | InspectorOptions;
@@ -123,6 +126,11 @@ const auth = Joi.object({
     verifyTimeout: Joi.number().integer().min(1).default(5000),
     expiry: Joi.function(),
     expiryNotice: Joi.number().integer().min(0).default(10000)
+});
+
+const compression = Joi.object({
+    threshold: Joi.number().integer().min(0).default(1024),
+    level: Joi.number().integer().min(1).max(9).default(6)
 });
 
 const schema = Joi.object({
@@ -167,6 +175,13 @@ const schema = Joi.object({
         recentDisconnects: Joi.number().integer().min(0).default(50),
         maxListed: Joi.number().integer().min(1).default(500)
     }).allow(false).default(false),
+
+    // true: every field at its default
+    compression: Joi.alternatives([
+        Joi.valid(false),
+        Joi.valid(true).custom(() => compression.validate({}).value),
+        compression
+    ]).default(false),
 
     broker: Joi.object({
         start: Joi.function().required(),

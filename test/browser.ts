@@ -22,6 +22,8 @@ const { before, describe, it } = lab;
 
 const Basic = require('@hapi/basic');
 
+import { tap } from './wiretap';
+
 const chromiumPath = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 const bundlePath = Path.join(__dirname, '..', 'browser', 'hapi-pulse.min.js');
 const available = Fs.existsSync(chromiumPath);
@@ -196,3 +198,112 @@ for (const kind of ['nes', 'pulse'] as const) {
         });
     });
 }
+
+// Compression: Chromium negotiates permessage-deflate on its own. The page receives a small publish (sent plain), a
+// catalogue page (compressed on the thread-free path) and a large one (deflated on the thread pool), a compressed
+// reply, and sends a large message itself (Chromium compresses what it sends).
+const compressedPage = `<!doctype html>
+<html><head><meta charset="utf-8"><script src="/hapi-pulse.min.js"></script></head><body><script>
+window.results = { messages: [], errors: [] };
+const until = (condition) => new Promise((resolve, reject) => {
+    const started = Date.now();
+    const check = () => condition() ? resolve() : Date.now() - started > 5000 ? reject(new Error('Timed out')) : setTimeout(check, 10);
+    check();
+});
+
+(async () => {
+
+    const probe = new WebSocket('ws://' + location.host);
+    await new Promise((resolve) => { probe.onopen = resolve; });
+    results.extensions = probe.extensions;
+    probe.close();
+
+    const client = new HapiPulse.Client('ws://' + location.host);
+    client.onError = (err) => results.errors.push(err.type + ': ' + err.message);
+    await client.connect();
+    await client.subscribe('/news', (message) => results.messages.push(message));
+    await fetch('/control/publish');
+    await until(() => results.messages.length === 3);
+    results.reply = (await client.request('/catalogue/4000')).payload;
+    results.echoed = (await client.message('e'.repeat(100000))).payload;
+    await client.disconnect();
+})().catch((err) => { results.failed = String(err && err.message || err); }).then(() => { results.done = true; });
+</script></body></html>`;
+
+const catalogue = (bytes: number, seed: number): { items: object[] } => {
+
+    const items: object[] = [];
+    for (let i = 0; JSON.stringify({ items }).length < bytes; ++i) {
+        items.push({ id: seed * 1000 + i, name: `Item ${i}`, price: (i * 37) % 1000, tags: ['new', i % 2 ? 'sale' : 'regular'] });
+    }
+
+    return { items };
+};
+
+describe('Browser with compression on (hapi-pulse)', () => {
+
+    it('negotiates permessage-deflate and receives compressed publishes and replies', { skip: !available && !ci, timeout: 30000 }, async () => {
+
+        if (!available) {
+            throw new Error(`Chromium not installed at ${chromiumPath} (required when CI=true)`);
+        }
+
+        const server = Hapi.server({ host: '127.0.0.1', port: 0 });
+        await server.register({ plugin: require('../lib'), options: { compression: true, heartbeat: false, onMessage: (_socket: unknown, message: string) => ({ length: message.length }) } });
+        const nes = server as any;
+        nes.subscription('/news');
+        const large = catalogue(200 * 1024, 3);
+        server.route([
+            { method: 'GET', path: '/', handler: (_request, h) => h.response(compressedPage).type('text/html') },
+            { method: 'GET', path: '/hapi-pulse.min.js', handler: (_request, h) => h.response(Fs.readFileSync(bundlePath)).type('application/javascript') },
+            { method: 'GET', path: '/catalogue/{n}', handler: (request) => catalogue(Number(request.params.n), 2) },
+            {
+                method: 'GET', path: '/control/publish', handler: () => {
+
+                    nes.publish('/news', { n: 1 });
+                    nes.publish('/news', catalogue(3000, 1));
+                    nes.publish('/news', large);
+                    return null;
+                }
+            }
+        ]);
+
+        const wires = tap(server);
+        await server.start();
+
+        try {
+            const output = await new Promise<string>((resolve, reject) => {
+
+                ChildProcess.execFile(process.execPath, [__filename], {
+                    env: { ...process.env, HAPI_PULSE_BROWSER_URL: `http://127.0.0.1:${server.info.port}/` },
+                    timeout: 25000
+                }, (err, stdout, stderr) => (err ? reject(new Error(`Browser driver failed: ${err.message}\n${stderr}`)) : resolve(stdout)));
+            });
+
+            const results = JSON.parse(output);
+            expect(results.failed).to.not.exist();
+            expect(results.pageErrors).to.equal([]);
+            expect(results.errors).to.equal([]);
+            expect(results.extensions).to.equal('permessage-deflate; server_no_context_takeover');
+            expect(results.messages).to.equal([{ n: 1 }, catalogue(3000, 1), large]);
+            expect(results.reply).to.equal(catalogue(4000, 2));
+            expect(results.echoed).to.equal({ length: 100000 });
+
+            const sockets = wires.filter((wire) => wire.isWebSocket);
+            expect(sockets).to.have.length(2);                                 // the probe, then the client
+            expect(sockets[1]!.handshake).to.include('\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover');
+            const client = sockets[1]!;
+            expect(client.find('"n":1').compressed).to.be.false();
+            const page = client.find('"id":1000');
+            expect(page.compressed).to.be.true();
+            expect(page.wire).to.be.below(0.35 * Buffer.byteLength(page.text));
+            const big = client.find('"id":3000');
+            expect(big.compressed).to.be.true();
+            expect(big.wire).to.be.below(0.35 * Buffer.byteLength(big.text));
+            expect(client.find('"id":2000').compressed).to.be.true();          // the reply
+        }
+        finally {
+            await server.stop({ timeout: 100 });
+        }
+    });
+});

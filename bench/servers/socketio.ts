@@ -6,13 +6,15 @@ import Http from 'node:http';
 
 import { Server } from 'socket.io';
 
-import { ECHO_PAYLOAD, type ServerFactory } from './types';
+import { ECHO_PAYLOAD, type BenchServer, type ServerFactory, type ServerOptions } from './types';
 
-export const create: ServerFactory = async (options = {}) => {
+export const create: ServerFactory = async (options = {}) => createSocketIo(options, false);
+
+export const createSocketIo = async (options: ServerOptions, perMessageDeflate: boolean): Promise<BenchServer> => {
 
     const http = Http.createServer();
     const heartbeat = options.heartbeat ? { pingInterval: options.heartbeat.interval, pingTimeout: options.heartbeat.timeout } : {};
-    const io = new Server(http, { transports: ['websocket'], serveClient: false, ...heartbeat });
+    const io = new Server(http, { transports: ['websocket'], serveClient: false, perMessageDeflate, ...heartbeat });
 
     io.on('connection', (socket) => {
 

@@ -16,6 +16,7 @@ import type { Settings } from '../settings';
 import { CloseCode, defaultLimits, encode } from '../protocol';
 import type { Position } from '../protocol';
 import * as Auth from './auth';
+import { Deflater, negotiation } from './compression';
 import { userKey } from './auth';
 import { Metrics, meterOf } from './metrics';
 import type { UpgradeRejection } from './metrics';
@@ -58,6 +59,7 @@ export class Listener implements SocketHost {
     readonly config: SocketConfig;
     readonly authenticator: Auth.Authenticator<Connection>;
     readonly tunnel: Tunnel;
+    readonly deflater: Deflater | null;                    // shared by every socket that negotiated compression
     metrics: Metrics | null = null;                      // with the inspector, or once an OpenTelemetry SDK reads it
 
     private readonly wss: WebSocketServer;
@@ -97,7 +99,11 @@ export class Listener implements SocketHost {
             answered: (method, route, statusCode, ms) => this.metrics?.requested(method, route, statusCode, ms)
         });
 
-        this.wss = new WebSocketServer({ noServer: true, maxPayload: settings.limits.maxPayload, perMessageDeflate: false, clientTracking: false });
+        this.deflater = settings.compression ? new Deflater(settings.compression) : null;
+
+        // maxPayload also bounds what ws inflates of a compressed message
+        const perMessageDeflate = settings.compression ? negotiation() : false;
+        this.wss = new WebSocketServer({ noServer: true, maxPayload: settings.limits.maxPayload, perMessageDeflate, clientTracking: false });
         this.subscriptions = new Subscriptions(server, {
             firstSubscriber: (path, history) => (history ? broker.subscribe(path, history) : broker.subscribe(path)),
             confirmed: (path) => broker.confirmed?.(path) ?? null,

@@ -1,30 +1,12 @@
 // A message encoded once and shared by every socket it goes to. The UTF-8 bytes (and the chunked form,
-// when sockets chunk) are made on first use, so a publish with a thousand recipients encodes once.
+// when sockets chunk) are made on first use, so a publish with a thousand recipients encodes once; for
+// sockets that negotiated compression it is also compressed once per window size in use.
 
 import { chunk } from '../protocol';
+import { textFrame } from './compression';
+import type { Deflater, PendingFrame } from './compression';
 
-// One unmasked, final text frame (RFC 6455 §5.2): header and UTF-8 payload in a single allocation.
-const encode = (text: string): Buffer => {
-
-    const length = Buffer.byteLength(text);
-    const header = length < 126 ? 2 : length < 0x10000 ? 4 : 10;
-    const frame = Buffer.allocUnsafe(header + length);
-    frame[0] = 0x81;                                        // FIN + text opcode
-    if (header === 2) {
-        frame[1] = length;
-    }
-    else if (header === 4) {
-        frame[1] = 126;
-        frame.writeUInt16BE(length, 2);
-    }
-    else {
-        frame[1] = 127;
-        frame.writeBigUInt64BE(BigInt(length), 2);
-    }
-
-    frame.write(text, header);
-    return frame;
-};
+export type Frame = Buffer | PendingFrame;                  // pending while a large message is compressed
 
 export class Prepared {
 
@@ -32,6 +14,7 @@ export class Prepared {
     private positionedFrame: Buffer | null = null;
     private chunks: string[] | null = null;
     private positionedChunks: string[] | null = null;
+    private deflated: Map<number, Frame | Frame[]> | null = null;  // by window and form (see key())
 
     // `positioned` is the same message with its history position, for sockets that negotiated recovery;
     // `path` and `offset` let a socket that is catching up on a path hold and de-duplicate live pubs.
@@ -41,10 +24,30 @@ export class Prepared {
     frame(withPosition: boolean): Buffer {
 
         if (withPosition && this.positioned !== null) {
-            return (this.positionedFrame ??= encode(this.positioned));
+            return (this.positionedFrame ??= textFrame(this.positioned));
         }
 
-        return (this.plainFrame ??= encode(this.text));
+        return (this.plainFrame ??= textFrame(this.text));
+    }
+
+    // The frame for a socket that negotiated compression with a window of `bits`: compressed once for all the
+    // sockets whose window allows it; the plain frame under the threshold.
+    deflatedFrame(withPosition: boolean, bits: number, deflater: Deflater): Frame {
+
+        const plain = this.frame(withPosition);
+        const window = deflater.window(plain, bits);
+        if (!window) {
+            return plain;
+        }
+
+        const key = this.key(withPosition, window, false);
+        let frame = this.deflated?.get(key) as Frame | undefined;
+        if (frame === undefined) {
+            frame = deflater.compress(plain, window);
+            (this.deflated ??= new Map()).set(key, frame);
+        }
+
+        return frame;
     }
 
     // nes chunking: null when the message fits in one frame.
@@ -63,5 +66,24 @@ export class Prepared {
         }
 
         return (this.chunks ??= chunk(this.text, maxChunkChars));
+    }
+
+    // The chunks as frames for a socket that negotiated compression: each compressed on its own (it is a message
+    // of its own), once for all the sockets with the same window.
+    deflatedChunks(parts: string[], withPosition: boolean, bits: number, deflater: Deflater): Frame[] {
+
+        const key = this.key(withPosition, bits, true);
+        let frames = this.deflated?.get(key) as Frame[] | undefined;
+        if (frames === undefined) {
+            frames = parts.map((part) => deflater.frame(textFrame(part), bits));
+            (this.deflated ??= new Map()).set(key, frames);
+        }
+
+        return frames;
+    }
+
+    private key(withPosition: boolean, window: number, chunks: boolean): number {
+
+        return window * 4 + (withPosition && this.positioned !== null ? 2 : 0) + (chunks ? 1 : 0);
     }
 }

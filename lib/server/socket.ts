@@ -15,7 +15,9 @@ import type { Authenticator, SocketAuth } from './auth';
 import * as Catchups from './catchup';
 import type { Catchup } from './catchup';
 import type { Metrics } from './metrics';
-import type { Prepared } from './prepared';
+import { textFrame, windowOf } from './compression';
+import type { Deflater } from './compression';
+import type { Frame, Prepared } from './prepared';
 import type { Subscriptions, Topic } from './subscriptions';
 import { identityHeaders } from './tunnel';
 import type { Tunnel } from './tunnel';
@@ -47,6 +49,7 @@ export interface SocketHost extends Catchups.RecoverySource<Connection> {
     readonly subscriptions: Subscriptions;
     readonly authenticator: Authenticator<Connection>;
     readonly tunnel: Tunnel;
+    readonly deflater: Deflater | null;                     // when compression is on: shared by every socket
     readonly metrics: Metrics | null;
     flushLater(socket: Connection): void;                       // write the gathered frames on the next tick
     remove(socket: Connection): Promise<void>;                  // ws reported the close; never rejects
@@ -81,8 +84,11 @@ const onClose = function (this: SocketWs, code: number, reason: Buffer): void {
 
 const OPEN = 1;
 
+// What a waiting frame counts towards the outbound limit; one still compressing, its uncompressed size.
+const sizeOf = (frame: Frame | string): number => (typeof frame === 'string' || Buffer.isBuffer(frame) ? frame.length : frame.bytes);
+
 const maxTimer = 2 ** 31 - 1;                   // setTimeout's longest delay
-const asText = { binary: false };
+const asText = { binary: false, compress: false };          // ws never compresses: see compression.ts
 const batchBytes = 64 * 1024;                  // gathered frames are written early past this many bytes
 
 // The socket the application is handed (onConnection, onDisconnection, onMessage, subscription hooks and filters,
@@ -134,6 +140,10 @@ export class Connection implements Socket {
     private closedWaiters: (() => void)[] | null = null;        // disconnect() calls waiting for State.closed
     private pending: Buffer[] | null = null;                     // frames gathered this tick
     private pendingBytes = 0;
+    private readonly deflateBits: number;                         // negotiated compression window, 0 for none
+    private waiting: (Frame | string)[] | null = null;           // everything sent since a large message began compressing
+    private waitingBytes = 0;
+    private closing: [code?: number, reason?: string] | null = null;   // a close that waits for them
     private pathQueue: Map<string, Promise<void>> | null = null;   // sub/unsub still running, per path
     catchups: Map<string, Catchup> | null = null;                // history paths catching up, or with a floor
     private expiryTimer: NodeJS.Timeout | null = null;
@@ -152,6 +162,7 @@ export class Connection implements Socket {
             'x-forwarded-for': req.headers['x-forwarded-for'] as string | undefined
         };
 
+        this.deflateBits = host.deflater ? windowOf(ws) : 0;
         const helloTimeout = host.config.helloTimeout;
         if (helloTimeout) {
             this.helloTimer = setTimeout(() => this.close(CloseCode.helloTimeout, 'Hello timeout'), helloTimeout);
@@ -275,21 +286,42 @@ export class Connection implements Socket {
         const parts = max ? prepared.chunked(max, this.recovery) : null;
         if (parts) {
             this.host.metrics?.sentText(prepared.text);
-            for (const part of parts) {
-                this.write(part);
+            if (!this.deflateBits) {
+                for (const part of parts) {
+                    this.write(part);
+                }
+
+                return;
+            }
+        }
+
+        // Server frames are not masked and compressed frames take no context, so the same frame bytes suit every
+        // socket (with the same compression window). The frames of one tick are gathered and written to the TCP
+        // socket together, in one write.
+        if (this.behind()) {
+            return;
+        }
+
+        if (parts) {
+            for (const frame of prepared.deflatedChunks(parts, this.recovery, this.deflateBits, this.host.deflater!)) {
+                this.gather(frame);
             }
 
             return;
         }
 
-        // Server frames are not masked and compression is off, so the same frame bytes suit every socket. The
-        // frames of one tick are gathered and written to the TCP socket together, in one write.
-        if (this.behind()) {
+        const frame = this.deflateBits ? prepared.deflatedFrame(this.recovery, this.deflateBits, this.host.deflater!) : prepared.frame(this.recovery);
+        this.host.metrics?.sentFrame(prepared, Buffer.isBuffer(frame) ? frame : prepared.frame(this.recovery));
+        this.gather(frame);
+    }
+
+    private gather(frame: Frame): void {
+
+        if (this.waiting !== null || !Buffer.isBuffer(frame)) {
+            this.wait(frame);
             return;
         }
 
-        const frame = prepared.frame(this.recovery);
-        this.host.metrics?.sentFrame(prepared, frame);
         if (this.pending === null) {
             this.pending = [frame];
             this.host.flushLater(this);
@@ -332,7 +364,7 @@ export class Connection implements Socket {
     // one message larger than the limit still reaches a client that reads.
     private behind(): boolean {
 
-        const buffered = this.ws.bufferedAmount + this.pendingBytes;
+        const buffered = this.ws.bufferedAmount + this.pendingBytes + this.waitingBytes;
         if (buffered <= this.host.config.limits.maxBufferedBytes) {
             return false;
         }
@@ -343,15 +375,64 @@ export class Connection implements Socket {
         return true;
     }
 
-    private write(data: string | Buffer): void {
+    private write(data: string): void {
 
         if (!this.isOpen() || this.behind()) {
             return;
         }
 
+        const deflater = this.host.deflater;
+        const frame = this.deflateBits && Buffer.byteLength(data) >= deflater!.threshold ? deflater!.frame(textFrame(data), this.deflateBits) : data;
+        if (this.waiting !== null || (typeof frame !== 'string' && !Buffer.isBuffer(frame))) {
+            this.wait(frame);
+            return;
+        }
+
         // Replies go out at once (a reply per tick gains nothing from batching), after this tick's frames.
         this.flush();
-        this.ws.send(data, asText);
+        if (typeof frame === 'string') {
+            this.ws.send(frame, asText);
+        }
+        else {
+            this.rawSocket().write(frame);
+        }
+    }
+
+    // A large message is compressed on the thread pool: it and whatever the socket sends after it wait, in order.
+    private wait(frame: Frame | string): void {
+
+        this.waitingBytes += sizeOf(frame);
+        if (this.waiting !== null) {
+            this.waiting.push(frame);
+            return;
+        }
+
+        this.flush();
+        this.waiting = [frame];
+        void this.drain(this.waiting);
+    }
+
+    private async drain(waiting: (Frame | string)[]): Promise<void> {
+
+        while (waiting.length) {
+            const next = waiting[0]!;
+            const data = typeof next === 'string' || Buffer.isBuffer(next) ? next : await next;      // never rejects
+            waiting.shift();
+            this.waitingBytes -= sizeOf(next);
+            if (this.ws.readyState === OPEN) {
+                if (typeof data === 'string') {
+                    this.ws.send(data, asText);
+                }
+                else {
+                    this.rawSocket().write(data);
+                }
+            }
+        }
+
+        this.waiting = null;
+        if (this.closing) {
+            this.ws.close(...this.closing);
+        }
     }
 
     // Credentials expiry: sockets that negotiated the extension are warned `notice` ms ahead so they can
@@ -402,7 +483,13 @@ export class Connection implements Socket {
         }
 
         this.clearHelloTimer();
-        this.ws.close(code, reason);
+        if (this.waiting !== null) {
+            this.closing = [code, reason];                  // after what was sent before it
+        }
+        else {
+            this.ws.close(code, reason);
+        }
+
         this.killTimer = setTimeout(() => this.ws.terminate(), this.host.config.closeTimeout);
     }
 
