@@ -79,7 +79,7 @@ export class Connection {
             }
 
             const compressed = (first & 0x40) !== 0;
-            const text = compressed ? Zlib.inflateRawSync(Buffer.concat([payload, trailer]), { windowBits: bits }).toString() : payload.toString();
+            const text = compressed ? Zlib.inflateRawSync(Buffer.concat([payload, trailer]), { windowBits: bits, finishFlush: Zlib.constants.Z_SYNC_FLUSH }).toString() : payload.toString();
             messages.push({ compressed, wire: length, payload, text });
         }
 

@@ -132,7 +132,8 @@ export class Deflater {
 
                     --this.running;
                     this.queued.shift()?.();
-                    // $lab:coverage:off$ zlib fails only on invalid options, which the settings schema rules out
+                    // zlib fails only on invalid options, which the settings schema rules out
+                    // $lab:coverage:off$
                     resolve(err ? plain : framed(deflated));
                     // $lab:coverage:on$
                 });
