@@ -38,6 +38,7 @@ const asyncUs = async (payload: Buffer, runs = 20): Promise<number> => {
 const main = async (): Promise<void> => {
 
     console.log(`Node ${process.version}, zlib level ${level}, syncLimit ${syncLimit / 1024} KiB\n`);
+    timeUs(() => Zlib.deflateRawSync(JSON.stringify(realistic(4096)), { level }), 300);        // warm-up
     console.log('| message | compressed | ratio | window | sync deflate (event loop) | thread-pool deflate (latency) |');
     console.log('| ---: | ---: | ---: | ---: | ---: | ---: |');
     for (const bytes of [1024, 3 * 1024, 16 * 1024, 64 * 1024, 256 * 1024, 1024 * 1024]) {

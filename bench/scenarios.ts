@@ -373,7 +373,9 @@ function compressed(kind: 'small' | 'large', label: string): Scenario {
             return `${sz[kind]} sockets that offer permessage-deflate, subscribed to \`/fan\`; the server publishes a burst of ${sz.deflate[kind]} ` +
                 `catalogue-page JSON messages of ${(sz.deflateBytes / 1024).toFixed(0)} KB (bench/messages.ts) in one synchronous loop, after a 5-message warm-up. ` +
                 'bytes/delivery = bytes the clients read from their TCP sockets (frame headers included) / deliveries. ' +
-                'The clients inflate every message (ws, on its thread pool), so delivered/s is partly the load process\'s limit.';
+                'Socket 0 inflates and checks every message. Against hapi-pulse the others count compressed frames without inflating them ' +
+                '(real clients inflate on their own CPUs; one load process inflating for thousands measures itself); socket.io compresses ' +
+                'with context takeover, so its clients must inflate everything (see load.ts).';
         },
         targets: ['pulse-deflate', 'pulse', 'socketio-deflate'],
         baselines: ['pulse', 'socketio-deflate'],
