@@ -179,7 +179,7 @@ const schema = Joi.object({
     // true: every field at its default
     compression: Joi.alternatives([
         Joi.valid(false),
-        Joi.valid(true).custom(() => compression.validate({}).value),
+        Joi.boolean().custom((on: boolean) => (on ? compression.validate({}).value : false)),
         compression
     ]).default(false),
 

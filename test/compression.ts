@@ -96,13 +96,13 @@ describe('compression', () => {
             expect(wires[0]!.find('"pub"').compressed).to.be.false();
         });
 
-        it('accepts true, an object with defaults for what it leaves out, and false', async () => {
+        it('accepts true, an object with defaults for what it leaves out, and false (booleans as strings too, as every option)', async () => {
 
-            for (const compression of [true, {}, { threshold: 0 }, { level: 9 }, { threshold: 10, level: 1 }, false]) {
+            for (const compression of [true, 'true', {}, { threshold: 0 }, { level: 9 }, { threshold: 10, level: 1 }, false, 'false']) {
                 const srv = await server({ compression });
                 await srv.start();
                 const client = await Peer.open(url(srv));
-                expect(client.ws.extensions).to.equal(compression === false ? '' : 'permessage-deflate');
+                expect(client.ws.extensions).to.equal(compression === false || compression === 'false' ? '' : 'permessage-deflate');
                 client.close();
                 await srv.stop();
             }
