@@ -311,7 +311,7 @@ export class Connection implements Socket {
         }
 
         const frame = this.deflateBits ? prepared.deflatedFrame(this.recovery, this.deflateBits, this.host.deflater!) : prepared.frame(this.recovery);
-        this.host.metrics?.sentFrame(prepared, Buffer.isBuffer(frame) ? frame : prepared.frame(this.recovery));
+        this.host.metrics?.sentFrame(prepared, prepared.frame(this.recovery));          // message bytes, before compression
         this.gather(frame);
     }
 
