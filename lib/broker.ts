@@ -34,6 +34,13 @@ export interface BrokerSink {
     broadcast(envelope: BroadcastEnvelope): void;
     log?(tags: string[], data: unknown): void;       // broker events (connection errors, reconnects) for server.log
     lost?(path: string): void;                       // publishes of this history path were missed and cannot be replayed
+
+    // Presence (brokers with a store): this node's open sockets and distinct users, reported with its lease; the
+    // store lost this node's entries (its lease ran out): send them all again; presence changes may have been
+    // missed (a subscription connection was lost): read the followed paths again.
+    stats?(): { sockets: number; users: number };
+    resendPresence?(): void;
+    reloadPresence?(): void;
 }
 
 export interface Broker {
@@ -64,4 +71,63 @@ export interface Broker {
 
     // Current position of a path that keeps history, and what came after `since`.
     recover(path: string, since: Position | null, history: HistoryOptions): Promise<Recovery>;
+
+    // Membership of presence paths, kept by the broker (see below).
+    readonly presence?: PresenceStore;
+}
+
+// ---- Presence (optional: a broker without `presence` serves no subscription that enables it) ----
+//
+// Each node reports its own sockets on presence paths as absolute counts per (path, user), so that sending
+// the same entry twice changes nothing and a node can resend everything after a fault. The store keeps the
+// cluster-wide members (one per user, with its socket count and info), the counts (kept up to date, read in
+// constant time) and the paths of each user. Whenever a user joins (its first socket on any node), leaves (its
+// last one) or gets new info, the store publishes a PresenceChange on presencePath(path) through the broker's
+// ordinary delivery, in the order it applied the changes. A store shared by several nodes holds each node's
+// entries under a lease the node renews; the entries of a node whose lease ran out are removed (and their
+// leaves published) by the nodes still alive.
+
+export interface PresenceEntry {
+    path: string;
+    user: string;                        // '' for the anonymous sockets of this node on the path
+    sockets: number;                     // this node's sockets of that user on the path, absolute (0: none left)
+    info: string;                        // JSON of the user's info, used when the user is new on the path
+}
+
+export interface PresenceCount {
+    users: number;                       // members (authenticated users)
+    sockets: number;                     // every socket on the path, anonymous ones included
+    anonymous: number;                   // sockets without a user
+}
+
+export interface PresenceMemberEntry {
+    user: string;
+    info: string;                        // JSON
+    sockets: number;
+}
+
+// Published (as a PublishEnvelope message) on presencePath(path) after each change the store applied.
+export interface PresenceChange extends PresenceCount {
+    joins: [user: string, info: string][];
+    leaves: string[];
+    updates: [user: string, info: string][];
+}
+
+export interface PresenceStore {
+
+    // A secret shared by every node of the store (the same after a restart of a node), from start() on:
+    // members are named on the wire by a keyed hash of the user, never by the user itself.
+    readonly secret: string;
+
+    // Rejects (503) when the entries cannot be stored now: the caller sends them again later.
+    apply(entries: PresenceEntry[]): Promise<void>;
+    members(path: string): Promise<PresenceCount & { members: PresenceMemberEntry[] }>;
+    count(path: string): Promise<PresenceCount>;
+    paths(user: string): Promise<string[]>;
+
+    // Sets the info of a user present on `path` (false when it is not).
+    update(path: string, user: string, info: string): Promise<boolean>;
+
+    // Sockets and users of every live node, each as its node last reported them (a user on two nodes counts twice).
+    cluster(): Promise<{ nodes: number; sockets: number; users: number }>;
 }

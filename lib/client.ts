@@ -4,10 +4,10 @@
 
 import type { ClientOptions as WsOptions } from 'ws';
 
-import { ChunkAssembler, CloseCode, clientMessage, transientStatus, validateServerMessage } from './protocol';
-import type { ErrorFields, HelloRequest, HelloResponse, MessageId, Position, ServerMessage, ServerResponse, Unnumbered } from './protocol';
+import { ChunkAssembler, CloseCode, clientMessage, presencePath, transientStatus, validateServerMessage } from './protocol';
+import type { ErrorFields, HelloRequest, HelloResponse, MessageId, Position, PresenceMessage, ServerMessage, ServerResponse, Unnumbered } from './protocol';
 
-export type { Position } from './protocol';
+export type { Position, PresenceDiff, PresenceList, PresenceMember, PresenceMessage } from './protocol';
 
 
 // ---- Public types ----
@@ -200,6 +200,62 @@ const platformWebSocket = (): { WebSocket: WebSocketConstructor; node: boolean }
 };
 
 
+// The members of a path with presence, kept up to date by followPresence(): the list, then the diffs applied
+// to it. `synced` is false from a disconnection until the list the server sends after the resubscription.
+export interface PresenceFollower<Info = unknown> {
+    readonly path: string;
+    readonly members: ReadonlyMap<string, Info>;         // member id -> info
+    readonly anonymous: number;
+    readonly synced: boolean;
+    stop(): Promise<void>;
+}
+
+type PresenceListener<Info> = (follower: PresenceFollower<Info>, message: PresenceMessage<Info> | null) => void;
+
+class PresenceTracker<Info> implements PresenceFollower<Info> {
+
+    members = new Map<string, Info>();
+    anonymous = 0;
+    synced = false;
+    readonly handler: SubscriptionHandler<PresenceMessage<Info>>;
+
+    constructor(readonly path: string, private readonly client: Client, private readonly trackers: Set<PresenceTracker<any>>, private readonly onChange: PresenceListener<Info> | undefined) {
+
+        this.handler = (message, flags) => {
+
+            if (flags.revoked) {
+                this.trackers.delete(this);
+                this.synced = false;
+                this.onChange?.(this, null);
+                return;
+            }
+
+            if (message.presence === 'list') {
+                this.members = new Map(message.members.map((member) => [member.id, member.info]));
+                this.synced = true;
+            }
+            else {
+                for (const member of [...message.joins, ...message.updates]) {
+                    this.members.set(member.id, member.info);
+                }
+
+                for (const id of message.leaves) {
+                    this.members.delete(id);
+                }
+            }
+
+            this.anonymous = message.anonymous;
+            this.onChange?.(this, message);
+        };
+    }
+
+    stop(): Promise<void> {
+
+        this.trackers.delete(this);
+        return this.client.unsubscribe(presencePath(this.path), this.handler);
+    }
+}
+
 export class Client {
 
     // Overrides the WebSocket implementation (must accept (url, options) when `ws` options are used).
@@ -238,6 +294,7 @@ export class Client {
     private _disconnectRequested = false;
     private _active: ConnectionSettings | null = null;          // settings of the current connection (its auth)
     private _positions = new Map<string, Position>();           // recovery: last position seen per subscribed path
+    private _presence = new Set<PresenceTracker<any>>();
 
     constructor(url: string, options: ClientOptions = {}) {
 
@@ -344,6 +401,16 @@ export class Client {
         }
 
         return this._sub(path);
+    }
+
+    // Follows the members of `path` (a path of a subscription declared with presence): subscribes to its presence
+    // path and keeps the member list; onChange runs after each list or diff (message null: revoked).
+    async followPresence<Info = unknown>(path: string, onChange?: PresenceListener<Info>): Promise<PresenceFollower<Info>> {
+
+        const tracker = new PresenceTracker<Info>(path, this, this._presence, onChange);
+        await this.subscribe(presencePath(path), tracker.handler);
+        this._presence.add(tracker);
+        return tracker;
     }
 
     unsubscribe(path: string, handler?: SubscriptionHandler<any> | null): Promise<void> {
@@ -693,6 +760,10 @@ export class Client {
         this.id = null;
         this._ready = false;
         this._assembler.reset();
+        for (const tracker of this._presence) {
+            tracker.synced = false;
+        }
+
         this._discarding = false;
 
         if (this._heartbeatTimer) {

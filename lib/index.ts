@@ -6,6 +6,7 @@ import type { AppCredentials, AuthArtifacts, AuthCredentials, Plugin, Request, S
 
 import { MemoryBroker } from './brokers/memory';
 import * as Auth from './server/auth';
+import { userKey } from './server/auth';
 import * as Inspector from './server/inspector';
 import { Listener } from './server/listener';
 import { settle } from './settings';
@@ -15,12 +16,18 @@ import type { Socket, Socket as PulseSocket } from './server/socket';
 import type { SubscriptionOptions, SubscriptionOptions as PulseSubscriptionOptions } from './server/subscriptions';
 
 export type { Broker, BrokerSink, PublishEnvelope, BroadcastEnvelope, HistoryOptions, Recovery } from './broker';
+export type { PresenceChange, PresenceCount, PresenceEntry, PresenceMemberEntry, PresenceStore } from './broker';
+export type { PresenceMemberInfo, PresenceOptions, PresenceStats } from './server/presence';
+import type { PresenceMemberInfo, PresenceStats } from './server/presence';
+import type { PresenceCount } from './broker';
+export { presencePath } from './protocol';
+export type { PresenceDiff, PresenceList, PresenceMember, PresenceMessage } from './protocol';
 export { MemoryBroker } from './brokers/memory';
 export type { MemoryBrokerOptions } from './brokers/memory';
 export type { InspectorOptions, PluginOptions } from './settings';
 export type { MeterProviderLike } from './server/metrics';
 export { CloseCode } from './protocol';
-import { isWellFormed } from './protocol';
+import { isWellFormed, presencePrefix } from './protocol';
 export type { Socket, SocketAuth, SocketInfo } from './server/socket';
 export type { SubscriptionOptions, FilterOptions, FilterResult } from './server/subscriptions';
 
@@ -28,7 +35,7 @@ export type { SubscriptionOptions, FilterOptions, FilterResult } from './server/
 export { Client, PulseError } from './client';
 export type {
     ClientAuth, ClientAuthProvider, ClientOptions, ConnectOptions, DisconnectLog, ErrorType, MessageResponse, NesError,
-    RequestOptions, RequestResponse, SubscriptionFlags, SubscriptionHandler
+    PresenceFollower, RequestOptions, RequestResponse, SubscriptionFlags, SubscriptionHandler
 } from './client';
 
 // The type names of @hapi/nes's `Nes` namespace, so that code typed against nes compiles unchanged.
@@ -76,6 +83,15 @@ export interface PulseStats {
     pendingUpgrades: number;
 }
 
+// server.presence: cluster-wide queries on the paths of subscriptions declared with `presence`.
+export interface PresenceApi {
+    members(path: string): Promise<PresenceMemberInfo[]>;
+    count(path: string): Promise<PresenceCount>;
+    paths(user: string | number): Promise<string[]>;
+    update(path: string, user: string | number, info: unknown): Promise<boolean>;
+    stats(): Promise<PresenceStats>;
+}
+
 const listeners = new WeakMap<object, Listener>();
 
 const listenerOf = (server: Server): Listener => {
@@ -92,6 +108,7 @@ declare module '@hapi/hapi' {
         publish(path: string, message: unknown, options?: { internal?: unknown; user?: string | number }): Promise<void>;
         eachSocket(each: (socket: Socket) => unknown, options?: { subscription?: string; user?: string | number }): Promise<void>;
         pulseStats(): PulseStats;
+        presence: PresenceApi;
     }
 
     interface Request {
@@ -102,6 +119,38 @@ declare module '@hapi/hapi' {
         nes?: { socket: Socket };
     }
 }
+
+const presenceApi = (listener: Listener): PresenceApi => {
+
+    const presence = listener.subscriptions.presence;
+    const presencePathOf = (path: string) => {
+
+        const route = typeof path === 'string' && !path.startsWith(presencePrefix) ? listener.subscriptions.match(path)?.route : undefined;
+        if (!route?.presence) {
+            throw new Error(`Not a path of a subscription with presence: ${path}`);
+        }
+
+        return route.presence;
+    };
+
+    const userOf = (user: unknown): string => {
+
+        const key = userKey(user);
+        if (key === null) {
+            throw new Error('Invalid user: must be a non-empty string or a number');
+        }
+
+        return key;
+    };
+
+    return {
+        members: async (path) => (presencePathOf(path), presence.members(path)),
+        count: async (path) => (presencePathOf(path), presence.count(path)),
+        paths: async (user) => presence.paths(userOf(user)),
+        update: async (path, user, info) => presence.update(path, userOf(user), info, presencePathOf(path)),
+        stats: () => presence.stats()
+    };
+};
 
 export const plugin: Plugin<PluginOptions> = {
     name: 'hapi-pulse',
@@ -137,6 +186,7 @@ export const plugin: Plugin<PluginOptions> = {
 
             Hoek.assert(typeof path === 'string' && path[0] === '/', 'Missing or invalid subscription path:', path || 'empty');
             Hoek.assert(isWellFormed(path), 'Subscription path must be well-formed Unicode:', path);
+            Hoek.assert(!path.startsWith(presencePrefix + '/'), 'Cannot publish to a presence path:', path);
             return listenerOf(this).publish(path, message, opts);
         });
 
@@ -149,6 +199,8 @@ export const plugin: Plugin<PluginOptions> = {
 
             return listenerOf(this).stats();
         });
+
+        server.decorate('server', 'presence', presenceApi(listener));
 
         server.decorate('request', 'socket', (request: Request) => request.plugins.nes?.socket ?? null, { apply: true });
 

@@ -580,3 +580,34 @@ export class ChunkAssembler {
         this.length = 0;
     }
 }
+
+// ---- Presence (protocol.md, "Presence") ----
+// The members of a path whose subscription has presence are followed through an ordinary subscription to a
+// derived path: the source path behind this prefix. Its pub messages carry a PresenceMessage: first the whole
+// list, then at most one diff per batch interval. Members are keyed by an opaque id (never the user itself);
+// `info` is what the server's info(credentials) returned; anonymous sockets are counted, never listed.
+
+export const presencePrefix = '/$presence';
+
+export const presencePath = (path: string): string => presencePrefix + path;
+
+export interface PresenceMember<Info = unknown> {
+    id: string;
+    info: Info;
+}
+
+export interface PresenceList<Info = unknown> {
+    presence: 'list';
+    members: PresenceMember<Info>[];
+    anonymous: number;
+}
+
+export interface PresenceDiff<Info = unknown> {
+    presence: 'diff';
+    joins: PresenceMember<Info>[];
+    updates: PresenceMember<Info>[];
+    leaves: string[];
+    anonymous: number;
+}
+
+export type PresenceMessage<Info = unknown> = PresenceList<Info> | PresenceDiff<Info>;

@@ -17,8 +17,9 @@ import { performance } from 'node:perf_hooks';
 
 import { assert } from '@hapi/hoek';
 
-import type { BroadcastEnvelope, Broker, BrokerSink, HistoryOptions, PublishEnvelope, Recovery } from '../broker';
+import type { BroadcastEnvelope, Broker, BrokerSink, HistoryOptions, PresenceStore, PublishEnvelope, Recovery } from '../broker';
 import type { Position } from '../protocol';
+import { MemoryPresence } from './memory-presence';
 
 interface Entry {
     envelope: PublishEnvelope;           // as published, position included (kept, not copied)
@@ -55,6 +56,10 @@ export class MemoryBroker implements Broker {
 
     readonly maxStreams: number;
 
+    // Presence of this node's sockets (the only node).
+    private readonly members = new MemoryPresence(() => this.sink);
+    readonly presence: PresenceStore = this.members;
+
     private sink: BrokerSink | null = null;
     private lastEviction = -Infinity;                   // when the cap last dropped a stream
     private streams = new Map<string, Stream>();
@@ -86,6 +91,7 @@ export class MemoryBroker implements Broker {
     stop(): Promise<void> {
 
         this.sink = null;
+        this.members.clear();
         clearInterval(this.timer ?? undefined);
         this.timer = null;
         return Promise.resolve();

@@ -110,7 +110,9 @@ export class Listener implements SocketHost {
             lastSubscriberGone: (path) => {
 
                 broker.unsubscribe(path).catch((err) => server.log(['pulse', 'broker', 'error'], err));
-            }
+            },
+            presenceStore: broker.presence,
+            nodeStats: () => this.nodeStats()
         });
 
         if (settings.inspector) {
@@ -144,9 +146,13 @@ export class Listener implements SocketHost {
             },
             broadcast: (envelope) => this.deliverBroadcast(envelope),
             log: (tags, data) => this.server.log(['pulse', 'broker', ...tags], data as any),
-            lost: (path) => this.resync(path)
+            lost: (path) => this.resync(path),
+            stats: () => this.nodeStats(),
+            resendPresence: () => this.subscriptions.presence.resend(),
+            reloadPresence: () => this.subscriptions.presence.reload()
         });
 
+        this.subscriptions.presence.start();
         this.stopped = false;
         this.brokerUp = this.started = true;
         this.scheduleBeat();
@@ -172,6 +178,7 @@ export class Listener implements SocketHost {
             return socket.disconnect();
         }));
 
+        await this.subscriptions.presence.stop();              // the leaves of the sockets just closed
         this.brokerUp = false;
         await this.broker.stop();
         this.metrics?.close();
@@ -224,6 +231,19 @@ export class Listener implements SocketHost {
         }
 
         return { sockets: this.sockets.size, users: this.byUser.size, topics: this.subscriptions.topics.size, subscriptions, pendingUpgrades: this.pendingUpgrades };
+    }
+
+    // Open sockets and distinct authenticated users of this node (presence statistics).
+    private nodeStats(): { sockets: number; users: number } {
+
+        const users = new Set<string>();
+        for (const socket of this.sockets.values()) {
+            if (socket.user !== null) {
+                users.add(socket.user);
+            }
+        }
+
+        return { sockets: this.sockets.size, users: users.size };
     }
 
     // ---- Accepting connections ----

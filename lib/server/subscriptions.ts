@@ -6,8 +6,11 @@ import * as Hoek from '@hapi/hoek';
 import { Router } from '@hapi/call';
 import type { Server } from '@hapi/hapi';
 
-import type { HistoryOptions, PublishEnvelope } from '../broker';
+import type { HistoryOptions, PresenceStore, PublishEnvelope } from '../broker';
+import { presencePrefix } from '../protocol';
 import { forget } from './catchup';
+import { Presence, presenceSettings } from './presence';
+import type { Admission, PresenceOptions, PresenceSettings } from './presence';
 import { Prepared } from './prepared';
 import type { Connection, Socket } from './socket';
 
@@ -40,6 +43,7 @@ export interface SubscriptionOptions<Message = any, Internal = unknown> {
         index?: boolean;
     };
     history?: false | { size?: number; ttl?: number };
+    presence?: boolean | PresenceOptions;
 }
 
 export interface SubscriptionRoute {
@@ -55,6 +59,9 @@ export interface SubscriptionRoute {
         index: boolean;
     };
     history: HistoryOptions | null;
+    presence: PresenceSettings | null;
+    follow: SubscriptionRoute | null;                   // presence: the route of the derived path
+    source: SubscriptionRoute | null;                   // on the route of a derived path: the route it follows
 }
 
 // All local subscribers of one concrete path.
@@ -110,12 +117,14 @@ export class Topic {
     }
 }
 
-const subscriptionSchemaKeys = ['filter', 'onSubscribe', 'onUnsubscribe', 'auth', 'history'];
+const subscriptionSchemaKeys = ['filter', 'onSubscribe', 'onUnsubscribe', 'auth', 'history', 'presence'];
 
 export interface SubscriptionsHooks {
     firstSubscriber(path: string, history: HistoryOptions | null): Promise<void>;
     confirmed(path: string): Promise<void> | null;
     lastSubscriberGone(path: string): void;
+    presenceStore: PresenceStore | undefined;
+    nodeStats(): { sockets: number; users: number };
 }
 
 export class Subscriptions {
@@ -124,12 +133,17 @@ export class Subscriptions {
     private readonly watched = new WeakMap<PublishEnvelope, { error?: unknown }>();
     private readonly router = new Router<SubscriptionRoute>();
     private readonly patterns = new Set<string>();
+    readonly presence: Presence;
 
-    constructor(private readonly server: Server, private readonly hooks: SubscriptionsHooks) { }
+    constructor(private readonly server: Server, private readonly hooks: SubscriptionsHooks) {
+
+        this.presence = new Presence(server, hooks.presenceStore, hooks.nodeStats);
+    }
 
     add(pattern: string, options: SubscriptionOptions = {}): void {
 
         Hoek.assert(typeof pattern === 'string' && pattern[0] === '/', 'Subscription path must be a string starting with /');
+        Hoek.assert(!pattern.startsWith(presencePrefix), `Subscription path cannot start with ${presencePrefix} (reserved for presence):`, pattern);
         Hoek.assert(!this.patterns.has(pattern), 'Subscription already exists:', pattern);
         Hoek.assert(options && typeof options === 'object', 'Invalid subscription options:', pattern);
         for (const key of Object.keys(options)) {
@@ -146,7 +160,10 @@ export class Subscriptions {
             onSubscribe: options.onSubscribe,
             onUnsubscribe: options.onUnsubscribe,
             auth: null,
-            history: null
+            history: null,
+            presence: null,
+            follow: null,
+            source: null
         };
 
         Hoek.assert(options.auth === undefined || options.auth === false || (typeof options.auth === 'object' && options.auth !== null && !Array.isArray(options.auth)), `Invalid subscription options: ${pattern} (auth must be an object or false)`);
@@ -171,15 +188,27 @@ export class Subscriptions {
             route.history = { size, ttl };
         }
 
+        if (options.presence) {
+            route.presence = presenceSettings(pattern, options.presence);
+            this.presence.register(pattern, route.presence);
+            route.follow = { ...route, pattern: presencePrefix + pattern, filter: undefined, onSubscribe: route.presence.onFollow, onUnsubscribe: undefined, history: null, presence: null, follow: null, source: route };
+        }
+
         this.router.add({ method: 'sub', path: pattern }, route);
         this.patterns.add(pattern);
     }
 
+    // A derived path (presence of a source path) takes the auth of the route of its source.
     match(path: string): { route: SubscriptionRoute; params: Record<string, string> } | null {
 
-        const match = this.router.route('sub', path);
+        const derived = path.startsWith(presencePrefix + '/');
+        const match = this.router.route('sub', derived ? path.slice(presencePrefix.length) : path);
         if (match.isBoom) {
             return null;
+        }
+
+        if (derived) {
+            return match.route.follow ? { route: match.route.follow, params: match.params } : null;
         }
 
         return { route: match.route, params: match.params };
@@ -204,9 +233,13 @@ export class Subscriptions {
         const { route, params } = match;
         this.authorize(socket, route, params);
 
-        if (route.onSubscribe) {
+        let admission: Admission | null = null;
+        if (route.onSubscribe || route.presence) {
             const { credentialsVersion, identityVersion } = socket;
-            await route.onSubscribe(socket, path, params);
+            await route.onSubscribe?.(socket, path, params);
+            if (route.presence) {
+                admission = await this.presence.admit(socket, path, route.presence);
+            }
 
             // A reauth while onSubscribe ran: the subscription must hold for the credentials now current.
             if (socket.identityVersion !== identityVersion) {
@@ -226,11 +259,18 @@ export class Subscriptions {
         if (!topic) {
             topic = new Topic(path, route, params);
             this.topics.set(path, topic);
+            if (route.source) {
+                this.presence.open(topic, path, route.source.presence!);
+            }
+
             topic.ready = this.hooks.firstSubscriber(path, route.history);
         }
 
         topic.add(socket);
         socket.subscriptions.set(path, topic);
+        if (admission) {
+            this.presence.join(socket, path, admission);                // undone by the unsubscribe below if the broker fails
+        }
 
         // Every subscriber waits until the broker has the path (a new one, or one whose broker subscription is
         // being restored): a sub reply promises delivery.
@@ -241,6 +281,16 @@ export class Subscriptions {
                 if (topic.ready === ready) {
                     topic.ready = null;
                 }
+            }
+            catch (err) {
+                await this.unsubscribe(socket, path);
+                throw err;
+            }
+        }
+
+        if (route.source) {
+            try {
+                await this.presence.follow(socket, topic, path);
             }
             catch (err) {
                 await this.unsubscribe(socket, path);
@@ -314,6 +364,10 @@ export class Subscriptions {
         const topic = this.topics.get(envelope.path);
         if (!topic) {
             return;
+        }
+
+        if (topic.route.source) {
+            return this.presence.receive(envelope);                     // a presence change: batched for the followers
         }
 
         const pub = preparePub(envelope, envelope.message);
@@ -509,9 +563,17 @@ export class Subscriptions {
 
     private detach(socket: Connection, topic: Topic): void {
 
+        if (topic.route.presence) {
+            this.presence.leave(socket, topic.path);
+        }
+
         socket.subscriptions.delete(topic.path);
         forget(socket, topic.path);
         topic.delete(socket);
+        if (topic.route.source) {
+            this.presence.unfollow(socket, topic.path, !topic.sockets.size);
+        }
+
         if (!topic.sockets.size) {                   // an empty topic is always the registered one: nothing joins it after
             this.topics.delete(topic.path);
             this.hooks.lastSubscriberGone(topic.path);

@@ -30,6 +30,8 @@ import type { RedisClientOptions } from '@redis/client';
 import type { BroadcastEnvelope, Broker, BrokerSink, HistoryOptions, PublishEnvelope, Recovery } from '../../broker';
 import type { Position } from '../../protocol';
 import { Echoes } from './echoes';
+import { RedisPresence } from './presence';
+import type { RedisPresenceOptions } from './presence';
 import { Keys, Scripts } from './scripts';
 import { Sequencer } from './sequencer';
 
@@ -38,6 +40,7 @@ export interface RedisBrokerOptions {
     prefix?: string;                     // prefix of every key and channel, default 'pulse:'
     timeout?: number;                    // ms: connect at start, and every command; default 5000
     client?: Omit<RedisClientOptions, 'url' | 'disableOfflineQueue'>;   // passed to createClient (socket, auth, database, RESP...)
+    presence?: RedisPresenceOptions;     // the presence store: { lease } (ms, default 15000)
 }
 
 type Client = ReturnType<typeof createClient>;
@@ -46,6 +49,9 @@ export class RedisBroker implements Broker {
 
     // Identifies this node on the bus (and its connections in CLIENT LIST: hapi-pulse:<id>:pub / :sub).
     readonly id = randomBytes(9).toString('base64url');
+
+    // The members of presence paths, for every node (see presence.ts).
+    readonly presence: RedisPresence;
 
     private readonly url: string;
     private readonly timeout: number;
@@ -67,10 +73,11 @@ export class RedisBroker implements Broker {
     constructor(options: RedisBrokerOptions = {}) {
 
         assert(options && typeof options === 'object', 'Invalid RedisBroker options');
-        const { url = 'redis://127.0.0.1:6379', prefix = 'pulse:', timeout = 5000, client = {} } = options;
+        const { url = 'redis://127.0.0.1:6379', prefix = 'pulse:', timeout = 5000, client = {}, presence = {} } = options;
         assert(typeof url === 'string', 'Invalid RedisBroker url');
         assert(typeof prefix === 'string', 'Invalid RedisBroker prefix');
         assert(Number.isInteger(timeout) && timeout > 0, 'Invalid RedisBroker timeout');
+        assert(typeof presence === 'object' && presence !== null && (presence.lease === undefined || Number.isInteger(presence.lease) && presence.lease > 0), 'Invalid RedisBroker presence');
 
         this.url = url;
         this.timeout = timeout;
@@ -85,6 +92,12 @@ export class RedisBroker implements Broker {
             log: (tags, data) => this.log(['redis', ...tags], data),
             lost: (path) => this.sink?.lost?.(path)
         }, timeout);
+        this.presence = new RedisPresence({
+            prefix,
+            command: (args) => this.command(args),
+            sink: () => this.sink,
+            log: (tags, data) => this.log(tags, data)
+        }, this.id, presence);
     }
 
     // ---- Lifecycle ----
@@ -122,10 +135,18 @@ export class RedisBroker implements Broker {
         }
 
         await this.listen(this.keys.broadcast);
+        try {
+            await this.presence.start();
+        }
+        catch (err) {
+            await this.stop();
+            throw err;
+        }
     }
 
     async stop(): Promise<void> {
 
+        await this.presence.stop();
         this.sink = null;
         this.disconnected();
         for (const waiting of [...this.confirming.values()]) {
@@ -291,13 +312,18 @@ export class RedisBroker implements Broker {
     private resubscribe(): void {
 
         this.log(['redis', 'sub', 'ready'], this.url);
+        const all: Promise<void>[] = [];
         for (const channel of this.channels.keys()) {
             const listening = this.listen(channel);
+            all.push(listening);
             if (channel !== this.keys.broadcast) {
                 const path = this.keys.path(channel);
                 listening.then(() => this.sequencer.resume(path));
             }
         }
+
+        // Presence changes published while the subscription was down were missed: the followed paths are read again.
+        Promise.all(all).then(() => this.sink?.reloadPresence?.());
     }
 
     private disconnected(): void {
