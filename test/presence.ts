@@ -914,7 +914,16 @@ describe('presence across nodes over Redis', { skip: !redisAvailable }, () => {
         expect(await plain.presence.cluster()).to.equal({ nodes: 1, sockets: 0, users: 0 });
         await plain.stop();
         expect(() => new RedisBroker({ presence: { lease: 0 } })).to.throw('Invalid RedisBroker presence');
+        expect(() => new RedisBroker({ presence: { lease: 1.5 } })).to.throw('Invalid RedisBroker presence');
         expect(() => new RedisBroker({ presence: null as any })).to.throw('Invalid RedisBroker presence');
+        expect(() => new RedisBroker({ presence: 5 as any })).to.throw('Invalid RedisBroker presence');
+
+        // Connected, but its presence store cannot start (a key of the wrong type where the secret goes): stopped again
+        const prefix = uniquePrefix();
+        await admin.hSet(`${prefix}P:secret`, 'not', 'a string');
+        const blocked = new RedisBroker({ url: redisUrl, prefix });
+        await expect(blocked.start(recorder())).to.reject();
+        await blocked.stop();
     });
 
     it('sends nothing for a member who moves from one node to another within the interval', { timeout: 20000 }, async () => {
