@@ -9,6 +9,7 @@ import { once } from 'node:events';
 import { randomBytes } from 'node:crypto';
 import * as Net from 'node:net';
 
+import * as Boom from '@hapi/boom';
 import * as Code from '@hapi/code';
 import type * as Hapi from '@hapi/hapi';
 import * as Lab from '@hapi/lab';
@@ -347,6 +348,53 @@ describe('Client recovery', () => {
         const hello = recorded.sent.filter((frame) => frame.type === 'hello')[1];
         expect(hello.subs).to.equal(['/item/1', '/item/2', '/item/3']);
         expect(hello.pulse.positions).to.equal({ '/item/1': { epoch: hello.pulse.positions['/item/1'].epoch, offset: 1 } });
+    });
+
+    it('forgets the position of a path whose sub failed', async () => {
+
+        let calls = 0;
+        const srv = await withSubscription('/item/{id}', {
+            history: { size: 100, ttl: 60000 },
+            onSubscribe: () => {
+
+                if (++calls === 2) {
+                    throw Boom.forbidden('Not now');
+                }
+            }
+        });
+
+        const c = client(url(srv), { recovery: true }, true);
+        await c.connect({ delay: 50, maxDelay: 50, jitter: 0 });
+        const seen: Seen = [];
+        const handler = (message: unknown, flags: SubscriptionFlags) => seen.push([message, flags]);
+
+        // The first sub is answered, with a position, once the path was left and asked for again; the second fails
+        const first = c.subscribe('/item/1', handler);
+        const left = c.unsubscribe('/item/1', handler);
+        const second = c.subscribe('/item/1', handler);
+        await first;
+        await left;
+        await expect(second).to.reject('Not now');
+        expect(recorded.received.filter((frame) => frame.type === 'sub').map((frame) => frame.statusCode ?? frame.pulse.position.offset)).to.equal([0, 403]);
+        expect(c.subscriptions()).to.equal([]);
+        await srv.publish('/item/1', 'not subscribed');
+
+        // Subscribed again while disconnected: sent with the next hello, without the position of the failed sub
+        let disconnected = false;
+        c.onDisconnect = () => (disconnected = true);
+        const back = reconnection(c);
+        await dropAll(srv);
+        await until(() => disconnected);
+        await c.subscribe('/item/1', handler);
+        await back;
+        await srv.publish('/item/1', 'live');
+        await until(() => seen.length > 0);
+        await wait(30);
+
+        const hello = recorded.sent.filter((frame) => frame.type === 'hello')[1];
+        expect(hello.subs).to.equal(['/item/1']);
+        expect(hello.pulse).to.equal({ recovery: true });
+        expect(seen).to.equal([['live', {}]]);
     });
 
     it('recovers from another node through the Redis stream behind the same URL', { skip: !redisAvailable }, async () => {
