@@ -256,6 +256,48 @@ class PresenceTracker<Info> implements PresenceFollower<Info> {
     }
 }
 
+// Recovery: the position of the last publication seen on each subscribed path, sent with the next hello so that
+// the server replays what was missed. A position lives and dies with its subscription (Client._drop).
+class Positions {
+
+    private readonly byPath = new Map<string, Position>();
+
+    // The server's word (a sub or hello reply) replaces what was kept
+    adopt(path: string, position: Position): void {
+
+        this.byPath.set(path, position);
+    }
+
+    // A publication moves it forward within an epoch; one of another epoch replaces it
+    advance(path: string, position: Position): void {
+
+        const current = this.byPath.get(path);
+        if (!current || current.epoch !== position.epoch || current.offset < position.offset) {
+            this.byPath.set(path, position);
+        }
+    }
+
+    forget(path: string): void {
+
+        this.byPath.delete(path);
+    }
+
+    // The positions of `paths` that have one, or undefined when none has
+    of(paths: string[]): Record<string, Position> | undefined {
+
+        let positions: Record<string, Position> | undefined;
+        for (const path of paths) {
+            const position = this.byPath.get(path);
+            if (position) {
+                (positions ??= {})[path] = position;
+            }
+        }
+
+        return positions;
+    }
+}
+
+
 export class Client {
 
     // Overrides the WebSocket implementation (must accept (url, options) when `ws` options are used).
@@ -293,7 +335,7 @@ export class Client {
     private _disconnectListeners: (() => void)[] | null = null;
     private _disconnectRequested = false;
     private _active: ConnectionSettings | null = null;          // settings of the current connection (its auth)
-    private _positions = new Map<string, Position>();           // recovery: last position seen per subscribed path
+    private readonly _positions = new Positions();
     private _presence = new Set<PresenceTracker<any>>();
 
     constructor(url: string, options: ClientOptions = {}) {
@@ -436,8 +478,7 @@ export class Client {
             }
         }
 
-        this._subscriptions.delete(path);
-        this._positions.delete(path);
+        this._drop(path);
         if (!this._isReady()) {
             return Promise.resolve();
         }
@@ -555,8 +596,7 @@ export class Client {
                 }
 
                 if (err.path) {
-                    this._subscriptions.delete(err.path);
-                    this._positions.delete(err.path);
+                    this._drop(err.path);
                 }
 
                 // A refused hello stops reconnection: the same credentials would fail the same way
@@ -658,7 +698,7 @@ export class Client {
                 continue;
             }
 
-            this._positions.set(path, positions[path]!);
+            this._positions.adopt(path, positions[path]!);
             if (recovered[path] === false) {
                 const flags: SubscriptionFlags = { recovered: false };
                 for (const handler of [...handlers]) {
@@ -676,15 +716,8 @@ export class Client {
         const pulse: NonNullable<HelloRequest['pulse']> = {};
         if (this._settings.recovery) {
             pulse.recovery = true;
-            const positions: Record<string, Position> = {};
-            for (const path of subs) {
-                const position = this._positions.get(path);
-                if (position) {
-                    positions[path] = position;
-                }
-            }
-
-            if (Object.keys(positions).length) {
+            const positions = this._positions.of(subs);
+            if (positions) {
                 pulse.positions = positions;
             }
         }
@@ -694,17 +727,6 @@ export class Client {
         }
 
         return pulse.recovery || pulse.expiry ? pulse : undefined;
-    }
-
-    // Recovery: the newest position seen on a subscribed path (another epoch replaces it).
-    private _advance(path: string, position: Position): void {
-
-        const current = this._positions.get(path);
-        if (current && current.epoch === position.epoch && current.offset >= position.offset) {
-            return;
-        }
-
-        this._positions.set(path, position);
     }
 
     // Expiry warning: renew the credentials with the auth function, if there is one.
@@ -848,12 +870,19 @@ export class Client {
         const promise = this._send<void>(clientMessage.sub(path), (pulse: ServerResponse['pulse']) => {
 
             if (pulse?.position && this._subscriptions.has(path)) {
-                this._positions.set(path, pulse.position);
+                this._positions.adopt(path, pulse.position);
             }
         });
 
-        promise.catch(() => this._subscriptions.delete(path));
+        promise.catch(() => this._drop(path));
         return promise;
+    }
+
+    // Ends a subscription on this side, and with it its recovery position
+    private _drop(path: string): void {
+
+        this._subscriptions.delete(path);
+        this._positions.forget(path);
     }
 
     // Sends a request once the hello is answered, resolving with its response (passed through `reply`, called as
@@ -994,12 +1023,11 @@ export class Client {
                 const handlers = this._subscriptions.get(update.path);
                 const flags: SubscriptionFlags = {};
                 if (update.type === 'revoke') {
-                    this._subscriptions.delete(update.path);
-                    this._positions.delete(update.path);
+                    this._drop(update.path);
                     flags.revoked = true;
                 }
                 else if (handlers && update.position) {
-                    this._advance(update.path, update.position);
+                    this._positions.advance(update.path, update.position);
                 }
 
                 if (handlers && update.message !== undefined) {
