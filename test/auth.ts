@@ -90,6 +90,68 @@ describe('auth', () => {
             await srv.stop();
         });
 
+        it('takes the connection headers of the auth request from the upgrade request, not from the hello', async () => {
+
+            // The auth route's strategy sees what a tunnelled request would: the hello may not say which host,
+            // address or cookies the connection has, nor set framing headers.
+            const seen = (tunnelHeaders?: string[]) => server({ auth: { type: 'direct', route: 'seen' }, ...(tunnelHeaders ? { tunnelHeaders } : {}) }, 'pulse', (srv) => {
+
+                srv.auth.scheme('seen', () => ({
+                    authenticate: (request: Hapi.Request, h: Hapi.ResponseToolkit) => h.authenticated({ credentials: { user: 'u', host: request.info.host, headers: { ...request.headers } } })
+                }));
+                srv.auth.strategy('seen', 'seen');
+                srv.route({ method: 'GET', path: '/me', options: { auth: false, handler: (request) => request.auth.credentials } });
+            });
+
+            const forged = {
+                Host: 'admin.example', 'x-forwarded-for': '6.6.6.6', 'x-forwarded-host': 'evil.example', forwarded: 'for=6.6.6.6',
+                cookie: 'session=forged', 'x-real-ip': '6.6.6.6', 'content-length': '1', 'transfer-encoding': 'chunked', Authorization: 'Bearer kept', 'x-app': 'kept'
+            };
+
+            const srv = await seen();
+            await srv.start();
+            const upgrade = { 'x-forwarded-for': '10.0.0.1', cookie: 'session=upgrade' };
+            const peer = await Peer.open(url(srv), { headers: upgrade });
+            expect((await peer.hello({ auth: { headers: forged } })).type).to.equal('hello');
+            const { host, headers } = (await peer.request({ type: 'request', id: 2, method: 'GET', path: '/me' })).payload;
+            expect(host).to.equal(`127.0.0.1:${srv.info.port}`);
+            expect(headers).to.include({ 'x-forwarded-for': '10.0.0.1', cookie: 'session=upgrade', authorization: 'Bearer kept', 'x-app': 'kept' });
+            for (const name of ['x-forwarded-host', 'forwarded', 'x-real-ip', 'transfer-encoding']) {
+                expect(headers[name], name).to.not.exist();
+            }
+
+            expect(headers['content-length']).to.not.equal('1');
+
+            // A reauth's headers likewise.
+            expect((await peer.reply({ type: 'reauth', id: 3, auth: { headers: { ...forged, 'x-app': 'again' } } })).statusCode).to.not.exist();
+            const reauthed = (await peer.reply({ type: 'request', id: 4, method: 'GET', path: '/me' })).payload;
+            expect(reauthed.host).to.equal(`127.0.0.1:${srv.info.port}`);
+            expect(reauthed.headers).to.include({ 'x-forwarded-for': '10.0.0.1', cookie: 'session=upgrade', 'x-app': 'again' });
+            expect(reauthed.headers.forwarded).to.not.exist();
+
+            // Without a forwarded address on the upgrade request, the hello cannot supply one either.
+            const direct = await Peer.open(url(srv));
+            await direct.hello({ auth: { headers: forged } });
+            const unproxied = (await direct.request({ type: 'request', id: 2, method: 'GET', path: '/me' })).payload.headers;
+            expect(unproxied['x-forwarded-for']).to.not.exist();
+            expect(unproxied.cookie).to.not.exist();
+
+            peer.close();
+            direct.close();
+            await srv.stop();
+
+            // tunnelHeaders lets the hello set the connection headers it names, as for tunnelled requests.
+            const allowing = await seen(['x-forwarded-for']);
+            await allowing.start();
+            const allowed = await Peer.open(url(allowing), { headers: upgrade });
+            await allowed.hello({ auth: { headers: forged } });
+            const chosen = (await allowed.request({ type: 'request', id: 2, method: 'GET', path: '/me' })).payload.headers;
+            expect(chosen).to.include({ 'x-forwarded-for': '6.6.6.6', cookie: 'session=upgrade' });
+            expect(chosen.forwarded).to.not.exist();
+            allowed.close();
+            await allowing.stop();
+        });
+
         it('needs no credentials when the auth route has no auth', async () => {
 
             const srv = await server({ auth: { type: 'direct', route: false } }, 'pulse', scheme());

@@ -7,6 +7,7 @@ import type { AuthArtifacts, Request, ResponseToolkit, Server } from '@hapi/hapi
 
 import { CloseCode } from '../protocol';
 import type { AuthSettings } from '../settings';
+import type { Tunnel } from './tunnel';
 
 export type { AuthSettings };
 
@@ -93,17 +94,14 @@ const isRequired = (server: Server, config: AuthSettings): boolean => {
     return auth?.mode === 'required';
 };
 
-// Credentials from what the client sent in hello / reauth.
-export const fromClient = async (server: Server, config: AuthSettings, auth: unknown, remoteAddress: string, forwardedFor: string | undefined): Promise<Authenticated | null> => {
+// Credentials from what the client sent in hello / reauth. Direct auth headers go to the auth endpoint as a
+// tunnelled request's would: the connection's own host, address and cookies, not ones the client names.
+const fromClient = async (server: Server, config: AuthSettings, auth: unknown, socket: Credentialed, tunnel: RequestHeaders): Promise<Authenticated | null> => {
 
     if (config.type === 'direct') {
-        const headers = readHeaders(auth);
-        if (forwardedFor !== undefined) {
-            headers['x-forwarded-for'] = forwardedFor;
-        }
-
+        const headers = tunnel.requestHeaders(socket.upgradeHeaders, readHeaders(auth));
         const route = server.lookup(config.id)!;
-        const res = await server.inject({ url: route.path, method: 'auth', headers, remoteAddress, allowInternals: true, validate: false });
+        const res = await server.inject({ url: route.path, method: 'auth', headers, remoteAddress: socket.info.remoteAddress, allowInternals: true, validate: false });
         const result = res.result as { credentials?: Record<string, any>; message?: string } | null;
         if (res.statusCode !== 200) {
             throw Boom.unauthorized(result?.message);
@@ -207,10 +205,12 @@ const readHeaders = (auth: unknown): Record<string, string> => {
     return headers;
 };
 
+type RequestHeaders = Pick<Tunnel, 'requestHeaders'>;
+
 // What authentication reads and sets on a socket.
 export interface Credentialed {
     readonly auth: SocketAuth;
-    readonly info: { remoteAddress: string; 'x-forwarded-for'?: string };
+    readonly info: { remoteAddress: string };
     readonly upgradeHeaders: Record<string, string>;
     user: string | null;
     credentialsVersion: number;                 // counts credential changes (hello, reauth)
@@ -247,7 +247,7 @@ export class Authenticator<S extends Credentialed> {
 
     private required: boolean | null = null;
 
-    constructor(private readonly server: Server, readonly config: AuthSettings | false, private readonly users: UserIndex<S>) { }
+    constructor(private readonly server: Server, readonly config: AuthSettings | false, private readonly users: UserIndex<S>, private readonly tunnel: RequestHeaders) { }
 
     // Whether a connection must authenticate: read once, after every route is registered.
     private isRequired(config: AuthSettings): boolean {
@@ -273,7 +273,7 @@ export class Authenticator<S extends Credentialed> {
         }
 
         if (auth !== undefined) {
-            authenticated = await fromClient(this.server, config, auth, socket.info.remoteAddress, socket.info['x-forwarded-for']);
+            authenticated = await fromClient(this.server, config, auth, socket, this.tunnel);
         }
 
         if (!authenticated) {

@@ -86,18 +86,18 @@ export class Listener implements SocketHost {
             onMessage: settings.onMessage
         };
 
-        this.authenticator = new Auth.Authenticator(server, settings.auth, {
-            count: (user) => this.byUser.get(user)?.size ?? 0,
-            full: () => this.metrics?.limitHit('maxConnectionsPerUser'),
-            rekey: (socket, indexed, apply) => this.rekey(socket, indexed, apply)
-        });
-
         this.tunnel = new Tunnel(server, {
             endpoint: settings.auth ? settings.auth.endpoint : null,
             headers: settings.headers,
             tunnelHeaders: settings.tunnelHeaders,
             answered: (method, route, statusCode, ms) => this.metrics?.requested(method, route, statusCode, ms)
         });
+
+        this.authenticator = new Auth.Authenticator(server, settings.auth, {
+            count: (user) => this.byUser.get(user)?.size ?? 0,
+            full: () => this.metrics?.limitHit('maxConnectionsPerUser'),
+            rekey: (socket, indexed, apply) => this.rekey(socket, indexed, apply)
+        }, this.tunnel);
 
         this.deflater = settings.compression ? new Deflater(settings.compression) : null;
 

@@ -84,7 +84,7 @@ export class Tunnel {
                 method,
                 url: path,
                 payload: request.payload as any,
-                headers: this.requestHeaders(socket, request.headers),
+                headers: this.requestHeaders(socket.upgradeHeaders, request.headers),
                 auth: socket.auth.isAuthenticated ? { credentials: socket.auth.credentials as any, artifacts: socket.auth.artifacts as any, strategy: socket.auth.strategy! } : undefined,
                 validate: false,
                 plugins: { nes: { socket } } as any,                   // the application's request.socket
@@ -101,12 +101,13 @@ export class Tunnel {
         return this.encodeResponse(request.id, res.statusCode, res.result, res.headers);
     }
 
-    // What identifies the connection (host, forwarded addresses, cookies) comes from the upgrade request;
-    // the message may set such a header only where the application allows it (tunnelHeaders). Framing
-    // headers (content-length, transfer-encoding) are shot's to compute.
-    private requestHeaders(socket: Tunnelling, given: Record<string, string> | undefined): Record<string, string> {
+    // The headers of a request made for a socket (tunnelled, or its direct auth): what identifies the
+    // connection (host, forwarded addresses, cookies) comes from the upgrade request; the client may set such
+    // a header only where the application allows it (tunnelHeaders). Framing headers (content-length,
+    // transfer-encoding) are shot's to compute.
+    requestHeaders(upgradeHeaders: Record<string, string>, given: Record<string, string> | undefined): Record<string, string> {
 
-        const headers: Record<string, string> = { ...socket.upgradeHeaders };
+        const headers: Record<string, string> = { ...upgradeHeaders };
         for (const name in given) {
             const lower = name.toLowerCase();
             if (!isConnectionHeader(lower) || this.settings.tunnelHeaders.includes(lower)) {
