@@ -4,9 +4,7 @@
 // Chromium is driven from a child process running this same file (HAPI_PULSE_BROWSER_URL set): playwright-core
 // defines process-wide globals that cannot be removed (signal-exit's emitter) and that lab would report as leaks.
 
-import * as ChildProcess from 'child_process';
 import * as Fs from 'fs';
-import * as Os from 'os';
 import * as Path from 'path';
 
 import * as Code from '@hapi/code';
@@ -22,12 +20,10 @@ const { before, describe, it } = lab;
 
 const Basic = require('@hapi/basic');
 
+import { chromiumSkipped, drive, requireChromium, runDriver } from './chromium';
 import { tap } from './wiretap';
 
-const chromiumPath = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 const bundlePath = Path.join(__dirname, '..', 'browser', 'hapi-pulse.min.js');
-const available = Fs.existsSync(chromiumPath);
-const ci = process.env.CI === 'true';
 
 // As in test/client.ts: the suite runs against @hapi/nes and against this package's plugin
 let flavour: 'nes' | 'pulse' = 'nes';
@@ -75,45 +71,20 @@ const until = (condition) => new Promise((resolve, reject) => {
 
 // ---- Child: drive Chromium and print the page's results as JSON ----
 
-const drive = async (url: string) => {
+drive('HAPI_PULSE_BROWSER_URL', {}, async (tab, url) => {
 
-    const { chromium } = require('playwright-core');
-    const userDataDir = Fs.mkdtempSync(Path.join(Os.tmpdir(), 'hapi-pulse-chromium-'));
-    const context = await chromium.launchPersistentContext(userDataDir, {
-        executablePath: chromiumPath,
-        headless: true,
-        args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync']
-    });
-
-    try {
-        const tab = context.pages()[0] ?? await context.newPage();
-        const pageErrors: string[] = [];
-        tab.on('pageerror', (err: Error) => pageErrors.push(err.message));
-        await tab.goto(url);
-        await tab.waitForFunction(() => (window as any).results.done, null, { timeout: 15000 });
-        const results = await tab.evaluate(() => (window as any).results);
-        process.stdout.write(JSON.stringify({ ...results, pageErrors }));
-    }
-    finally {
-        await context.close();
-        Fs.rmSync(userDataDir, { recursive: true, force: true });
-    }
-};
-
-if (driverUrl) {
-    drive(driverUrl).catch((err) => {
-
-        console.error(err);
-        process.exitCode = 1;
-    });
-}
+    const pageErrors: string[] = [];
+    tab.on('pageerror', (err: Error) => pageErrors.push(err.message));
+    await tab.goto(url);
+    await tab.waitForFunction(() => (window as any).results.done, null, { timeout: 15000 });
+    const results = await tab.evaluate(() => (window as any).results);
+    return { ...results, pageErrors };
+});
 
 
 // ---- Test ----
 
-if (!driverUrl && !available && !ci) {
-    console.error('\n' + '='.repeat(78) + `\n  SKIPPED: Chromium not installed (${chromiumPath}): the browser client test did not run\n` + '='.repeat(78) + '\n');
-}
+const skip = !driverUrl && chromiumSkipped('the browser client tests');
 
 // The same suite against a stock @hapi/nes 14 server and against this package's plugin.
 for (const kind of ['nes', 'pulse'] as const) {
@@ -125,11 +96,9 @@ for (const kind of ['nes', 'pulse'] as const) {
         });
 
 
-        it('connects with a token, requests, subscribes and survives a server-side close', { skip: !available && !ci, timeout: 30000 }, async () => {
+        it('connects with a token, requests, subscribes and survives a server-side close', { skip, timeout: 30000 }, async () => {
 
-            if (!available) {
-                throw new Error(`Chromium not installed at ${chromiumPath} (required when CI=true)`);
-            }
+            requireChromium();
 
             expect(Fs.existsSync(bundlePath), `${bundlePath} missing: run npm run build`).to.be.true();
 
@@ -166,15 +135,7 @@ for (const kind of ['nes', 'pulse'] as const) {
             await server.start();
 
             try {
-                const output = await new Promise<string>((resolve, reject) => {
-
-                    ChildProcess.execFile(process.execPath, [__filename], {
-                        env: { ...process.env, HAPI_PULSE_BROWSER_URL: `http://127.0.0.1:${server.info.port}/` },
-                        timeout: 25000
-                    }, (err, stdout, stderr) => (err ? reject(new Error(`Browser driver failed: ${err.message}\n${stderr}`)) : resolve(stdout)));
-                });
-
-                const results = JSON.parse(output);
+                const results = await runDriver(__filename, 'HAPI_PULSE_BROWSER_URL', `http://127.0.0.1:${server.info.port}/`, 25000);
                 expect(results.failed).to.not.exist();
                 expect(results.pageErrors).to.equal([]);
                 expect(results.whoami).to.equal({ user: 'alice' });
@@ -242,11 +203,9 @@ const catalogue = (bytes: number, seed: number): { items: object[] } => {
 
 describe('Browser with compression on (hapi-pulse)', () => {
 
-    it('negotiates permessage-deflate and receives compressed publishes and replies', { skip: !available && !ci, timeout: 30000 }, async () => {
+    it('negotiates permessage-deflate and receives compressed publishes and replies', { skip, timeout: 30000 }, async () => {
 
-        if (!available) {
-            throw new Error(`Chromium not installed at ${chromiumPath} (required when CI=true)`);
-        }
+        requireChromium();
 
         const server = Hapi.server({ host: '127.0.0.1', port: 0 });
         await server.register({ plugin: require('../lib'), options: { compression: true, heartbeat: false, onMessage: (_socket: unknown, message: string) => ({ length: message.length }) } });
@@ -272,15 +231,7 @@ describe('Browser with compression on (hapi-pulse)', () => {
         await server.start();
 
         try {
-            const output = await new Promise<string>((resolve, reject) => {
-
-                ChildProcess.execFile(process.execPath, [__filename], {
-                    env: { ...process.env, HAPI_PULSE_BROWSER_URL: `http://127.0.0.1:${server.info.port}/` },
-                    timeout: 25000
-                }, (err, stdout, stderr) => (err ? reject(new Error(`Browser driver failed: ${err.message}\n${stderr}`)) : resolve(stdout)));
-            });
-
-            const results = JSON.parse(output);
+            const results = await runDriver(__filename, 'HAPI_PULSE_BROWSER_URL', `http://127.0.0.1:${server.info.port}/`, 25000);
             expect(results.failed).to.not.exist();
             expect(results.pageErrors).to.equal([]);
             expect(results.errors).to.equal([]);

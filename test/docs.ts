@@ -18,13 +18,13 @@
 import * as ChildProcess from 'node:child_process';
 import * as Fs from 'node:fs';
 import * as Net from 'node:net';
-import * as Os from 'node:os';
 import * as Path from 'node:path';
 
 import * as Code from '@hapi/code';
 import * as Lab from '@hapi/lab';
 import * as Ts from 'typescript';
 
+import { chromiumSkipped, drive, requireChromium, runDriver } from './chromium';
 import { skipWithoutRedis } from './helpers';
 
 const driverUrl = process.env.HAPI_PULSE_DOCS_BROWSER;
@@ -34,8 +34,6 @@ export const lab = Lab.script({ schedule: !driverUrl });
 const { describe, it } = lab;
 
 const root = Path.join(__dirname, '..', '..');
-const chromiumPath = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
-const ci = process.env.CI === 'true';
 
 interface Block {
     doc: string;
@@ -206,13 +204,7 @@ const waitFor = async (running: Running, ready: (output: string) => boolean, tim
     }
 };
 
-const browse = (url: string): Promise<{ logs: string[]; errors: string[] }> => new Promise((resolve, reject) => {
-
-    ChildProcess.execFile(process.execPath, [__filename], { env: { ...process.env, HAPI_PULSE_DOCS_BROWSER: url }, timeout: 60000 }, (err, stdout, stderr) => {
-
-        return err ? reject(new Error(`Browser driver failed: ${err.message}\n${stderr}`)) : resolve(JSON.parse(stdout));
-    });
-});
+const browse = (url: string): Promise<{ logs: string[]; errors: string[] }> => runDriver(__filename, 'HAPI_PULSE_DOCS_BROWSER', url, 60000);
 
 const runDocument = async (doc: string): Promise<void> => {
 
@@ -320,54 +312,35 @@ const runDocument = async (doc: string): Promise<void> => {
 
 // ---- Child: open a page in Chromium, collect its console until it logs the expected text ----
 
-const drive = async (url: string) => {
+drive('HAPI_PULSE_DOCS_BROWSER', {}, async (tab, url) => {
 
-    const { chromium } = require('playwright-core');
     const expected = decodeURIComponent(new URL(url).hash.slice(1));
-    const userDataDir = Fs.mkdtempSync(Path.join(Os.tmpdir(), 'hapi-pulse-docs-'));
-    const context = await chromium.launchPersistentContext(userDataDir, { executablePath: chromiumPath, headless: true, args: ['--no-sandbox', '--disable-gpu', '--no-first-run'] });
-    try {
-        const tab = context.pages()[0] ?? await context.newPage();
-        const logs: string[] = [];
-        const errors: string[] = [];
-        const seen = new Promise<void>((resolve) => {
+    const logs: string[] = [];
+    const errors: string[] = [];
+    const seen = new Promise<void>((resolve) => {
 
-            tab.on('console', (message: { type(): string; text(): string; location(): { url: string } }) => {
+        tab.on('console', (message: { type(): string; text(): string; location(): { url: string } }) => {
 
-                if (message.location().url.endsWith('/favicon.ico')) {            // asked by Chromium, not by the page
-                    return;
-                }
+            if (message.location().url.endsWith('/favicon.ico')) {            // asked by Chromium, not by the page
+                return;
+            }
 
-                (message.type() === 'error' ? errors : logs).push(message.text());
-                if (message.text().includes(expected)) {
-                    resolve();
-                }
-            });
+            (message.type() === 'error' ? errors : logs).push(message.text());
+            if (message.text().includes(expected)) {
+                resolve();
+            }
         });
-
-        tab.on('pageerror', (err: Error) => errors.push(err.message));
-        await tab.goto(url);
-        await Promise.race([seen, new Promise((resolve) => setTimeout(resolve, 40000))]);
-        process.stdout.write(JSON.stringify({ logs, errors }));
-    }
-    finally {
-        await context.close();
-        Fs.rmSync(userDataDir, { recursive: true, force: true });
-    }
-};
-
-if (driverUrl) {
-    drive(driverUrl).catch((err) => {
-
-        console.error(err);
-        process.exitCode = 1;
     });
-}
+
+    tab.on('pageerror', (err: Error) => errors.push(err.message));
+    await tab.goto(url);
+    await Promise.race([seen, new Promise((resolve) => setTimeout(resolve, 40000))]);
+    return { logs, errors };
+});
 
 
 // ---- The documents ----
 
-const chromium = Fs.existsSync(chromiumPath);
 const needsBrowser = (doc: string) => extract(doc, Fs.readFileSync(Path.join(root, doc), 'utf8')).some((block) => block.directive?.kind === 'browse');
 
 describe('documentation', () => {
@@ -375,13 +348,12 @@ describe('documentation', () => {
     for (const doc of ['README.md', 'API.md']) {
         it(`runs every code block of ${doc}`, { timeout: 300000 }, async () => {
 
-            if (needsBrowser(doc) && !chromium) {
-                if (ci) {
-                    throw new Error(`Chromium not installed at ${chromiumPath} (required when CI=true)`);
+            if (needsBrowser(doc)) {
+                if (chromiumSkipped(`the ${doc} code blocks`)) {
+                    return;
                 }
 
-                console.error(`\n${'#'.repeat(100)}\n#  SKIPPED: ${doc} code blocks: Chromium not installed (${chromiumPath}). Under CI=true this fails.\n${'#'.repeat(100)}\n`);
-                return;
+                requireChromium();
             }
 
             await runDocument(doc);

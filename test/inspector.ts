@@ -4,9 +4,7 @@
 // Chromium is driven from a child process running this same file (HAPI_PULSE_INSPECTOR_URL set), as in
 // test/browser.ts: playwright-core leaves process-wide globals that lab would report as leaks.
 
-import * as ChildProcess from 'node:child_process';
 import * as Fs from 'node:fs';
-import * as Os from 'node:os';
 import * as Path from 'node:path';
 
 import * as Code from '@hapi/code';
@@ -14,6 +12,7 @@ import * as Hapi from '@hapi/hapi';
 import * as Lab from '@hapi/lab';
 import { MeterProvider } from '@opentelemetry/sdk-metrics';
 
+import { chromiumSkipped, drive, requireChromium, runDriver } from './chromium';
 import { Nes, Peer, server, teardown, until, url } from './helpers';
 
 const driverUrl = process.env.HAPI_PULSE_INSPECTOR_URL;
@@ -22,9 +21,6 @@ const { expect } = Code;
 export const lab = Lab.script({ schedule: !driverUrl });
 const { describe, it } = lab;
 
-const chromiumPath = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
-const available = Fs.existsSync(chromiumPath);
-const ci = process.env.CI === 'true';
 const bundlePath = Path.join(__dirname, '..', 'browser', 'hapi-pulse.min.js');
 
 const basic = (user: string, password = 'secret') => 'Basic ' + Buffer.from(`${user}:${password}`).toString('base64');
@@ -45,77 +41,50 @@ const cleanup = driverUrl ? () => { } : teardown(lab);
 
 // ---- Child: drive Chromium through the page and print what it showed ----
 
-const drive = async (url: string): Promise<void> => {
+drive('HAPI_PULSE_INSPECTOR_URL', { viewport: { width: 1280, height: 900 }, httpCredentials: { username: 'admin', password: 'secret' } }, async (tab, url) => {
 
-    const { chromium } = require('playwright-core');
-    const userDataDir = Fs.mkdtempSync(Path.join(Os.tmpdir(), 'hapi-pulse-inspector-'));
-    const context = await chromium.launchPersistentContext(userDataDir, {
-        executablePath: chromiumPath,
-        headless: true,
-        viewport: { width: 1280, height: 900 },
-        httpCredentials: { username: 'admin', password: 'secret' },
-        args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync']
-    });
+    const pageErrors: string[] = [];
+    const consoleErrors: string[] = [];
+    tab.on('pageerror', (err: Error) => pageErrors.push(err.message));
+    tab.on('console', (message: { type(): string; text(): string }) => message.type() === 'error' && consoleErrors.push(message.text()));
+    await tab.goto(url);
+    const text = (selector: string) => tab.locator(selector).innerText();
+    const waitText = (selector: string, expected: string) => tab.waitForFunction(([sel, value]: [string, string]) => document.querySelector(sel)!.textContent!.includes(value), [selector, expected], { timeout: 10000 });
 
-    try {
-        const tab = context.pages()[0] ?? await context.newPage();
-        const pageErrors: string[] = [];
-        const consoleErrors: string[] = [];
-        tab.on('pageerror', (err: Error) => pageErrors.push(err.message));
-        tab.on('console', (message: { type(): string; text(): string }) => message.type() === 'error' && consoleErrors.push(message.text()));
-        await tab.goto(url);
-        const text = (selector: string) => tab.locator(selector).innerText();
-        const waitText = (selector: string, expected: string) => tab.waitForFunction(([sel, value]: [string, string]) => document.querySelector(sel)!.textContent!.includes(value), [selector, expected], { timeout: 10000 });
+    await tab.click('#token');
+    await waitText('#status', 'Got a token');
+    await tab.click('#connect');
+    await waitText('#status', 'Connected as socket');
+    const status = await text('#status');
+    const socketId = status.replace('Connected as socket ', '');
 
-        await tab.click('#token');
-        await waitText('#status', 'Got a token');
-        await tab.click('#connect');
-        await waitText('#status', 'Connected as socket');
-        const status = await text('#status');
-        const socketId = status.replace('Connected as socket ', '');
+    await tab.fill('#sub', '/news');
+    await tab.click('#subscribe');
+    await waitText('#status', 'Subscribed to /news');
+    await tab.evaluate(() => fetch('/control/publish'));
+    await waitText('#frames', '"type":"pub"');
 
-        await tab.fill('#sub', '/news');
-        await tab.click('#subscribe');
-        await waitText('#status', 'Subscribed to /news');
-        await tab.evaluate(() => fetch('/control/publish'));
-        await waitText('#frames', '"type":"pub"');
+    await tab.fill('#path', '/whoami');
+    await tab.click('#request');
+    await waitText('#status', 'Request answered 200');
 
-        await tab.fill('#path', '/whoami');
-        await tab.click('#request');
-        await waitText('#status', 'Request answered 200');
-
-        await waitText('#sockets', socketId);
-        await waitText('#paths', '/news');
-        await tab.waitForTimeout(1200);                           // one more refresh: the frames settle
-        if (process.env.HAPI_PULSE_INSPECTOR_SCREENSHOT) {
-            await tab.screenshot({ path: process.env.HAPI_PULSE_INSPECTOR_SCREENSHOT, fullPage: true });
-        }
-
-        const frames = await tab.$$eval('#frames tr', (rows: HTMLTableRowElement[]) => rows.map((row) => Array.from(row.cells, (cell) => cell.textContent)));
-        const sockets = await tab.$$eval('#sockets tr', (rows: HTMLTableRowElement[]) => rows.map((row) => Array.from(row.cells, (cell) => cell.textContent)));
-        const paths = await tab.$$eval('#paths tr', (rows: HTMLTableRowElement[]) => rows.map((row) => Array.from(row.cells, (cell) => cell.textContent)));
-        process.stdout.write(JSON.stringify({ socketId, frames, sockets, paths, pageErrors, consoleErrors, subs: await text('#subs') }));
+    await waitText('#sockets', socketId);
+    await waitText('#paths', '/news');
+    await tab.waitForTimeout(1200);                           // one more refresh: the frames settle
+    if (process.env.HAPI_PULSE_INSPECTOR_SCREENSHOT) {
+        await tab.screenshot({ path: process.env.HAPI_PULSE_INSPECTOR_SCREENSHOT, fullPage: true });
     }
-    finally {
-        await context.close();
-        Fs.rmSync(userDataDir, { recursive: true, force: true });
-    }
-};
 
-if (driverUrl) {
-    drive(driverUrl).catch((err) => {
-
-        console.error(err);
-        process.exitCode = 1;
-    });
-}
+    const frames = await tab.$$eval('#frames tr', (rows: HTMLTableRowElement[]) => rows.map((row) => Array.from(row.cells, (cell) => cell.textContent)));
+    const sockets = await tab.$$eval('#sockets tr', (rows: HTMLTableRowElement[]) => rows.map((row) => Array.from(row.cells, (cell) => cell.textContent)));
+    const paths = await tab.$$eval('#paths tr', (rows: HTMLTableRowElement[]) => rows.map((row) => Array.from(row.cells, (cell) => cell.textContent)));
+    return { socketId, frames, sockets, paths, pageErrors, consoleErrors, subs: await text('#subs') };
+});
 
 
 // ---- Tests ----
 
-if (!driverUrl && !available && !ci) {
-    console.error('\n' + '='.repeat(78) + `\n  SKIPPED: Chromium not installed (${chromiumPath}): the inspector page test did not run\n` + '='.repeat(78) + '\n');
-}
+const skip = !driverUrl && chromiumSkipped('the inspector page test');
 
 describe('Inspector', () => {
 
@@ -261,11 +230,9 @@ describe('Inspector', () => {
         expect(state.disconnects).to.equal([]);
     });
 
-    it('connects, subscribes, shows every frame and the operator view in Chromium', { skip: !available && !ci, timeout: 60000 }, async () => {
+    it('connects, subscribes, shows every frame and the operator view in Chromium', { skip, timeout: 60000 }, async () => {
 
-        if (!available) {
-            throw new Error(`Chromium not installed at ${chromiumPath} (required when CI=true)`);
-        }
+        requireChromium();
 
         const srv = await server({ inspector, auth: { type: 'token', route: 'basic' }, heartbeat: false }, 'pulse', withUsers);
         srv.subscription('/news');
@@ -278,15 +245,7 @@ describe('Inspector', () => {
         cleanup(() => srv.stop());
 
         const screenshot = process.env.HAPI_PULSE_INSPECTOR_SCREENSHOT;
-        const output = await new Promise<string>((resolve, reject) => {
-
-            ChildProcess.execFile(process.execPath, [__filename], {
-                env: { ...process.env, HAPI_PULSE_INSPECTOR_URL: `${srv.info.uri}/pulse` },
-                timeout: 50000
-            }, (err, stdout, stderr) => (err ? reject(new Error(`Browser driver failed: ${err.message}\n${stderr}`)) : resolve(stdout)));
-        });
-
-        const results = JSON.parse(output);
+        const results = await runDriver(__filename, 'HAPI_PULSE_INSPECTOR_URL', `${srv.info.uri}/pulse`, 50000);
         expect(results.pageErrors).to.equal([]);
         expect(results.consoleErrors).to.equal([]);
         expect(results.subs).to.equal('/news');
