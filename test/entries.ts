@@ -11,7 +11,8 @@ import * as Vm from 'node:vm';
 import * as Code from '@hapi/code';
 import * as Lab from '@hapi/lab';
 import * as Esbuild from 'esbuild';
-import * as Ts from 'typescript';
+
+import { moduleSettings, typeCheck } from './typecheck';
 
 const { expect } = Code;
 const lab = Lab.script();
@@ -257,22 +258,11 @@ describe('Entry points', () => {
     describe('types', () => {
 
         // Type-checks `source` as an application file importing the package by name.
-        const check = (source: string, moduleResolution: 'node10' | 'node16' | 'bundler'): string[] => {
+        const check = (source: string, resolution: 'node10' | 'node16' | 'bundler'): string[] => {
 
-            const file = join(app, `check-${moduleResolution}.ts`);
-            writeFileSync(file, source);
-            const resolution = { node10: Ts.ModuleResolutionKind.Node10, node16: Ts.ModuleResolutionKind.Node16, bundler: Ts.ModuleResolutionKind.Bundler }[moduleResolution];
-            const program = Ts.createProgram([file], {
-                strict: true,
-                noEmit: true,
-                skipLibCheck: true,
-                types: ['node'],
-                typeRoots: [join(root, 'node_modules', '@types')],
-                module: moduleResolution === 'node16' ? Ts.ModuleKind.Node16 : moduleResolution === 'bundler' ? Ts.ModuleKind.ESNext : Ts.ModuleKind.CommonJS,
-                moduleResolution: resolution
-            });
-
-            return Ts.getPreEmitDiagnostics(program).map((diagnostic) => Ts.flattenDiagnosticMessageText(diagnostic.messageText, '\n'));
+            const file = `check-${resolution}.ts`;
+            writeFileSync(join(app, file), source);
+            return typeCheck(app, [file], { ...moduleSettings[resolution], skipLibCheck: true, types: ['node'], typeRoots: [join(root, 'node_modules', '@types')] }).errors;
         };
 
         const typed = `
@@ -323,12 +313,12 @@ describe('Entry points', () => {
                 export const hidden = [${internals.map((name) => `request.socket!.${name}`).join(', ')}];
             `;
 
-            expect(check(source, 'node16')).to.equal(internals.map((name) => `Property '${name}' does not exist on type 'Socket'.`));
+            expect(check(source, 'node16')).to.equal(internals.map((name) => `check-node16.ts: Property '${name}' does not exist on type 'Socket'.`));
         });
 
         it('reports type errors in such a check (the check can fail)', () => {
 
-            expect(check(`import { Client } from 'hapi-pulse/lib/client';\nexport const wrong: number = new Client('ws://x').id;`, 'node10')).to.equal([`Type 'string | null' is not assignable to type 'number'.\n  Type 'null' is not assignable to type 'number'.`]);
+            expect(check(`import { Client } from 'hapi-pulse/lib/client';\nexport const wrong: number = new Client('ws://x').id;`, 'node10')).to.equal([`check-node10.ts: Type 'string | null' is not assignable to type 'number'.\n  Type 'null' is not assignable to type 'number'.`]);
         });
     });
 });

@@ -11,6 +11,8 @@ import * as Code from '@hapi/code';
 import * as Lab from '@hapi/lab';
 import * as Ts from 'typescript';
 
+import { moduleSettings, typeCheck } from './typecheck';
+
 const { expect } = Code;
 const lab = Lab.script();
 export { lab };
@@ -259,21 +261,12 @@ export const broker = new RedisBroker(options);
 `
     };
 
-    const settings: Record<string, Ts.CompilerOptions> = {
-        node: { module: Ts.ModuleKind.CommonJS, moduleResolution: Ts.ModuleResolutionKind.Node10 },
-        node16: { module: Ts.ModuleKind.Node16, moduleResolution: Ts.ModuleResolutionKind.Node16 },
-        nodenext: { module: Ts.ModuleKind.NodeNext, moduleResolution: Ts.ModuleResolutionKind.NodeNext },
-        bundler: { module: Ts.ModuleKind.ESNext, moduleResolution: Ts.ModuleResolutionKind.Bundler }
-    };
-
     const compile = (dir: string, files: string[], options: Ts.CompilerOptions): { errors: string[]; loaded: string[] } => {
 
-        const program = Ts.createProgram(files.map((file) => Path.join(dir, file)), { ...options, strict: true, noEmit: true, target: Ts.ScriptTarget.ES2022, lib: ['lib.es2022.d.ts'], types: [] });
-        const errors = Ts.getPreEmitDiagnostics(program).map((diagnostic) => `${diagnostic.file ? Path.relative(dir, diagnostic.file.fileName) : ''}: ${Ts.flattenDiagnosticMessageText(diagnostic.messageText, ' ')}`);
-        return { errors, loaded: program.getSourceFiles().map((file) => file.fileName) };
+        return typeCheck(dir, files, { ...options, target: Ts.ScriptTarget.ES2022, lib: ['lib.es2022.d.ts'], types: [] });
     };
 
-    for (const [name, options] of Object.entries(settings)) {
+    for (const [name, options] of Object.entries(moduleSettings)) {
         it(`type-checks a consumer of the main, client and redis entries under moduleResolution ${name} --strict`, () => {
 
             const dir = Path.join(projects.tarball, `types-${name}`);
