@@ -804,6 +804,131 @@ for (const kind of ['nes', 'pulse'] as const) {
                 expect(errors[0].type).to.equal('user');
                 expect(errors[0].message).to.equal('handler failed');
             });
+
+            // A server that refuses the first subs of each path with the statuses given for it, in order, then
+            // accepts them (and publishes 'live' to the path); refusals after `lag` ms
+            const refusing = (refusals: Record<string, number[]>, lag = 0) => raw((ws, message) => {
+
+                if (message.type === 'unsub') {
+                    ws.send(JSON.stringify({ type: 'unsub', id: message.id }));
+                    return;
+                }
+
+                const statusCode = refusals[message.path]?.shift();
+                if (statusCode) {
+                    const refusal = JSON.stringify({ type: 'sub', id: message.id, statusCode, payload: { error: 'Unavailable', message: `Refused with ${statusCode}` } });
+                    return lag ? setTimeout(() => ws.send(refusal), lag) : ws.send(refusal);
+                }
+
+                ws.send(JSON.stringify({ type: 'sub', id: message.id }));
+                ws.send(JSON.stringify({ type: 'pub', path: message.path, message: 'live' }));
+            });
+
+            const subsOf = (server: { received: any[] }) => server.received.filter((message) => message.type === 'sub').map((message) => message.path);
+
+            it('sends again a sub refused by a transient server error (502, 503, 504) with the reconnection backoff', async () => {
+
+                const server = await refusing({ '/a': [502, 503, 504] });
+                const c = client(server.url);
+                await c.connect({ delay: 20, maxDelay: 40, jitter: 0 });
+                const seen: unknown[] = [];
+                const started = Date.now();
+                await c.subscribe('/a', (message) => seen.push(message));
+                expect(Date.now() - started).to.be.at.least(20 + 40 + 40 - 5);       // 20, 40, then capped at maxDelay
+                expect(subsOf(server)).to.equal(['/a', '/a', '/a', '/a']);
+                expect(c.subscriptions()).to.equal(['/a']);
+                await until(() => seen.length === 1);
+                expect(seen).to.equal(['live']);
+            });
+
+            it('gives up after `retries` transient refusals, and without reconnection retries none (as nes)', async () => {
+
+                const bounded = await refusing({ '/a': [503, 503, 503] });
+                const c = client(bounded.url);
+                await c.connect({ delay: 5, retries: 2 });
+                const err = await expect(c.subscribe('/a', () => { })).to.reject(PulseError, 'Refused with 503');
+                expect(err.statusCode).to.equal(503);
+                expect(subsOf(bounded)).to.equal(['/a', '/a', '/a']);
+                expect(c.subscriptions()).to.equal([]);
+
+                const once = await refusing({ '/a': [503] });
+                const plain = client(once.url);
+                await plain.connect({ reconnect: false });
+                await expect(plain.subscribe('/a', () => { })).to.reject(PulseError, 'Refused with 503');
+                await wait(30);
+                expect(subsOf(once)).to.equal(['/a']);
+                expect(plain.subscriptions()).to.equal([]);
+            });
+
+            it('drops a sub refused by any other error at once (as nes)', async () => {
+
+                const server = await refusing({ '/a': [404], '/b': [500] });
+                const c = client(server.url);
+                await c.connect({ delay: 5 });
+                expect((await expect(c.subscribe('/a', () => { })).to.reject(PulseError)).statusCode).to.equal(404);
+                expect((await expect(c.subscribe('/b', () => { })).to.reject(PulseError)).statusCode).to.equal(500);
+                await wait(30);
+                expect(subsOf(server)).to.equal(['/a', '/b']);
+                expect(c.subscriptions()).to.equal([]);
+            });
+
+            it('stops sending a refused sub again once unsubscribed or the connection is lost', async () => {
+
+                const server = await refusing({ '/a': [503, 503], '/b': [503] });
+                const c = client(server.url);
+                await c.connect({ delay: 50, jitter: 0 });
+
+                // unsubscribe(): the sub rejects with its refusal; subscribing the path again right away is a new
+                // subscription that the old one's failure leaves alone
+                const unsubscribed = expect(c.subscribe('/a', () => { })).to.reject(PulseError, 'Refused with 503');
+                await until(() => subsOf(server).length === 1);
+                const unsub = c.unsubscribe('/a');
+                const seen: unknown[] = [];
+                const again = c.subscribe('/a', (message) => seen.push(message));     // refused once, then sent again
+                await unsubscribed;
+                await unsub;
+                await again;
+                await until(() => seen.length === 1);
+                expect(c.subscriptions()).to.equal(['/a']);
+                expect(subsOf(server)).to.equal(['/a', '/a', '/a']);
+
+                // the connection lost: the sub rejects as one in flight does, and its path is dropped
+                const lost = expect(c.subscribe('/b', () => { })).to.reject(PulseError, 'Request failed - server disconnected');
+                await until(() => subsOf(server).length === 4);
+                server.sockets[0]!.terminate();
+                await lost;
+                expect(c.subscriptions()).to.equal(['/a']);
+                await wait(120);                                  // past the backoff: nothing sent again
+                expect(subsOf(server).filter((path) => path === '/b')).to.equal(['/b']);
+            });
+
+            it('does not send again a sub refused after it was unsubscribed', async () => {
+
+                const server = await refusing({ '/a': [503] }, 30);
+                const c = client(server.url);
+                await c.connect({ delay: 5 });
+                const refused = expect(c.subscribe('/a', () => { })).to.reject(PulseError, 'Refused with 503');
+                await until(() => subsOf(server).length === 1);
+                await c.unsubscribe('/a');
+                await refused;
+                await wait(40);
+                expect(subsOf(server)).to.equal(['/a']);
+                expect(c.subscriptions()).to.equal([]);
+            });
+
+            it('stops sending a refused sub again on disconnect()', async () => {
+
+                const server = await refusing({ '/a': [503] });
+                const c = client(server.url);
+                await c.connect({ delay: 50 });
+                const refused = expect(c.subscribe('/a', () => { })).to.reject(PulseError, 'Request failed - server disconnected');
+                await until(() => subsOf(server).length === 1);
+                await c.disconnect();
+                await refused;
+                expect(c.subscriptions()).to.equal([]);
+                await wait(80);
+                expect(subsOf(server)).to.equal(['/a']);
+            });
         });
 
         describe('chunked payloads', () => {
