@@ -337,6 +337,7 @@ export class Client {
     private _active: ConnectionSettings | null = null;          // settings of the current connection (its auth)
     private readonly _positions = new Positions();
     private _presence = new Set<PresenceTracker<any>>();
+    private _subRetries = new Map<string, { timer: ReturnType<typeof setTimeout>; cancel: (reason?: PulseError) => void }>();   // subs waiting to be sent again
 
     constructor(url: string, options: ClientOptions = {}) {
 
@@ -803,6 +804,10 @@ export class Client {
             request.reject(new PulseError('Request failed - server disconnected', 'disconnect'));
         }
 
+        for (const path of [...this._subRetries.keys()]) {
+            this._cancelRetry(path, new PulseError('Request failed - server disconnected', 'disconnect'));
+        }
+
         const listeners = this._disconnectListeners;
         if (listeners) {
             this._disconnectListeners = null;
@@ -832,8 +837,7 @@ export class Client {
             return this._disconnect(ignore, true);
         }
 
-        const base = Math.min(reconnection.maxDelay, reconnection.delay * 2 ** reconnection.attempts);
-        const wait = Math.round(base * (1 - reconnection.jitter * Math.random()));
+        const wait = this._backoff(reconnection, reconnection.attempts);
         ++reconnection.attempts;
 
         this._reconnectionTimer = setTimeout(() => {
@@ -847,6 +851,12 @@ export class Client {
                 }
             });
         }, wait);
+    }
+
+    private _backoff(reconnection: Reconnection, attempt: number): number {
+
+        const base = Math.min(reconnection.maxDelay, reconnection.delay * 2 ** attempt);
+        return Math.round(base * (1 - reconnection.jitter * Math.random()));
     }
 
     private _clearReconnectionTimer(): void {
@@ -864,18 +874,61 @@ export class Client {
         return this._ready && this._ws!.readyState === OPEN;
     }
 
+    // A sub the server cannot serve for now (502, 503, 504: e.g. its broker has not confirmed the subscription)
+    // is sent again with the reconnection backoff, up to `retries` times, while the path is still wanted. Until
+    // it is answered it behaves as a sub in flight: another error, unsubscribe(), or the loss of the connection
+    // rejects it and drops the path.
     private _sub(path: string): Promise<void> {
 
-        // The reply's position (recovery) is adopted as the reply is read, before any publication that follows it
-        const promise = this._send<void>(clientMessage.sub(path), (pulse: ServerResponse['pulse']) => {
+        const handlers = this._subscriptions.get(path);
+        const attempt = (failures: number): Promise<void> => {
 
-            if (pulse?.position && this._subscriptions.has(path)) {
-                this._positions.adopt(path, pulse.position);
+            // The reply's position (recovery) is adopted as the reply is read, before any publication that follows it
+            return this._send<void>(clientMessage.sub(path), (pulse: ServerResponse['pulse']) => {
+
+                if (pulse?.position && this._subscriptions.has(path)) {
+                    this._positions.adopt(path, pulse.position);
+                }
+            }).catch((err: PulseError) => {
+
+                const reconnection = this._reconnection;
+                if (!transientStatus(err.statusCode) || !reconnection || failures >= reconnection.retries || this._subscriptions.get(path) !== handlers) {
+                    throw err;
+                }
+
+                return new Promise<void>((resolve, reject) => {
+
+                    const timer = setTimeout(() => {
+
+                        this._subRetries.delete(path);
+                        resolve(attempt(failures + 1));
+                    }, this._backoff(reconnection, failures));
+
+                    this._subRetries.set(path, { timer, cancel: (reason) => reject(reason ?? err) });
+                });
+            });
+        };
+
+        const promise = attempt(0);
+        promise.catch(() => {
+
+            if (this._subscriptions.get(path) === handlers) {              // not a later subscription of the path
+                this._drop(path);
             }
         });
 
-        promise.catch(() => this._drop(path));
         return promise;
+    }
+
+    // Ends the wait of a sub to be sent again: it rejects with `reason`, or with its last error (unsubscribed)
+    private _cancelRetry(path: string, reason?: PulseError): void {
+
+        const retry = this._subRetries.get(path);
+        if (retry) {
+            this._subRetries.delete(path);
+            clearTimeout(retry.timer);
+            retry.cancel(reason);
+        }
     }
 
     // Ends a subscription on this side, and with it its recovery position
@@ -883,6 +936,7 @@ export class Client {
 
         this._subscriptions.delete(path);
         this._positions.forget(path);
+        this._cancelRetry(path);
     }
 
     // Sends a request once the hello is answered, resolving with its response (passed through `reply`, called as
