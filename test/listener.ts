@@ -329,6 +329,72 @@ describe('listener', () => {
 
     describe('heartbeat', () => {
 
+        // Peers that answer every ping as the nes client does and count them; `silent` stops one answering.
+        // `apart` ms between connections puts them in different slices of the interval.
+        const answering = async (srv: Hapi.Server, count: number, apart = 0): Promise<Array<{ peer: Peer; pings: number[]; silent: boolean }>> => {
+
+            const peers = [];
+            let id = 100;
+            for (let i = 0; i < count; ++i) {
+                await wait(i ? apart : 0);
+                const entry = { peer: await Peer.open(url(srv)), pings: [] as number[], silent: false };
+                entry.peer.ws.on('message', (data) => {
+
+                    const message = JSON.parse(data.toString());
+                    if (message.type === 'ping' && message.statusCode === undefined) {
+                        entry.pings.push(performance.now());
+                        if (!entry.silent) {
+                            entry.peer.send({ type: 'ping', id: ++id });
+                        }
+                    }
+                });
+
+                await entry.peer.hello();
+                peers.push(entry);
+            }
+
+            return peers;
+        };
+
+        it('pings every socket once per interval, the sockets spread over the interval', async () => {
+
+            const srv = await server({ heartbeat: { interval: 400, timeout: 200 } });
+            await srv.start();
+            const joined = performance.now();
+            const peers = await answering(srv, 5, 60);
+            await until(() => peers.every((entry) => entry.pings.length >= 1), 5000, 'a ping each');
+            expect(peers[0]!.pings[0]! - joined).to.be.at.least(400 - 50 - 5);       // not before its hello: about an interval after joining
+
+            const base = peers.map((entry) => entry.pings.length);
+            await until(() => peers.every((entry, i) => entry.pings.length - base[i]! >= 3), 8000, 'three more pings each');
+            const counts = peers.map((entry, i) => entry.pings.length - base[i]!);
+            expect(Math.max(...counts) - Math.min(...counts)).to.be.at.most(1);      // none pinged twice in a round
+            expect(peers.every((entry) => entry.peer.closed === null)).to.be.true();
+
+            // Sockets that joined 60 ms apart sit in different slices of the interval (50 ms each): one round's pings
+            // span several slices instead of going out in one pass.
+            const firsts = peers.map((entry) => entry.pings[0]!);
+            expect(Math.max(...firsts) - Math.min(...firsts)).to.be.at.least(100);
+            await srv.stop();
+        });
+
+        it('closes a socket that stops answering within interval + timeout + one slice', async () => {
+
+            const interval = 300;
+            const timeout = 100;
+            const srv = await server({ heartbeat: { interval, timeout } });
+            await srv.start();
+            const [quiet, kept] = await answering(srv, 2);
+            await until(() => quiet!.pings.length >= 1, 3000, 'a first ping');
+            quiet!.silent = true;
+            const silentAt = performance.now();
+            expect((await quiet!.peer.closedWith(3000)).code).to.equal(CloseCode.heartbeatTimeout);
+            expect(performance.now() - silentAt).to.be.below(interval + timeout + 50 + 400);    // + slack for a loaded machine
+            expect(performance.now() - quiet!.pings[quiet!.pings.length - 1]!).to.be.at.least(timeout - 20);
+            expect(kept!.peer.closed).to.be.null();
+            await srv.stop();
+        });
+
         it('does not time out a socket whose request is still in flight', async () => {
 
             let pings = 0;

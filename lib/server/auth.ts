@@ -230,8 +230,6 @@ export interface UserIndex<S extends Credentialed> {
     rekey(socket: S, indexed: string | null, apply: () => void): void;
 }
 
-const verifyConcurrency = 64;                            // credential checks a sweep runs at once
-
 // The key a user is indexed and targeted under: as in nes, any truthy user, so 42 and '42' are one user
 // (and the same on every node, where envelopes carry it as a string).
 export const userKey = (user: unknown): string | null => {
@@ -326,7 +324,7 @@ export class Authenticator<S extends Credentialed> {
     // Re-checks credentials with the auth strategy (server.auth.verify) once per minAuthVerifyInterval.
     // Resolves false when they no longer verify (or the strategy did not answer within verifyTimeout); the
     // caller tells the client and closes. Every message that arrives while a check is pending waits for it.
-    // The sweep forces it: credentials that stop verifying are caught within one interval, not two.
+    // recheck() forces it: credentials that stop verifying are caught within one interval, not two.
     // Synchronous `true` when no check is due, so that most messages pay no await for it.
     verify(socket: Credentialed, force = false): true | Promise<boolean> {
 
@@ -374,23 +372,14 @@ export class Authenticator<S extends Credentialed> {
         return Promise.race([verified, expired]).finally(() => clearTimeout(timer));
     }
 
-    // Every socket, at most verifyConcurrency checks at a time: a slow strategy delays revocation by one
-    // verify latency, not by one per socket. Never rejects: verify() settles to a boolean.
-    async sweep(sockets: S[]): Promise<void> {
+    // Once per interval for each authenticated socket (the listener spreads these over the interval), whatever
+    // its messages: a failing check closes it. A slow strategy delays revocation by one verify latency.
+    recheck(socket: S): void {
 
-        let next = 0;
-        const worker = async (): Promise<void> => {
-
-            while (next < sockets.length) {
-                const socket = sockets[next++]!;
-                const verified = this.verify(socket, true);
-                if (verified !== true && !await verified) {
-                    socket.close(CloseCode.authExpired, 'Credential verification failed');
-                }
-            }
-        };
-
-        await Promise.all(Array.from({ length: Math.min(verifyConcurrency, sockets.length) }, worker));
+        const verified = this.verify(socket, true);
+        if (verified !== true) {
+            void verified.then((ok) => ok || socket.close(CloseCode.authExpired, 'Credential verification failed'));     // settles to a boolean
+        }
     }
 }
 

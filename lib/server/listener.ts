@@ -1,6 +1,6 @@
 // Owns the WebSocket server: accepts upgrades (origin, limits, the application's hook), keeps the
-// socket registry and user index, runs one heartbeat sweep for all sockets, batches writes per tick, fans
-// publishes out, and shuts down cleanly. Sockets see it only as their SocketHost.
+// socket registry and user index, runs heartbeats and credential re-checks spread over their interval
+// (rounds.ts), batches writes per tick, fans publishes out, and shuts down cleanly. Sockets see it only as their SocketHost.
 
 import type { IncomingMessage } from 'node:http';
 import { performance } from 'node:perf_hooks';
@@ -21,6 +21,7 @@ import { userKey } from './auth';
 import { Metrics, meterOf } from './metrics';
 import type { UpgradeRejection } from './metrics';
 import { Prepared } from './prepared';
+import { Rounds } from './rounds';
 import { Connection } from './socket';
 import type { Socket } from './socket';
 import type { SocketConfig, SocketHost } from './socket';
@@ -68,9 +69,8 @@ export class Listener implements SocketHost {
     private started = false;
     private pendingUpgrades = 0;
     private socketCounter = 0;                             // ids cycle through counter.min..counter.max
-    private beatTimer: NodeJS.Timeout | null = null;
-    private checkTimer: NodeJS.Timeout | null = null;
-    private verifyTimer: NodeJS.Timeout | null = null;
+    private readonly beats: Rounds<Connection> | null = null;           // heartbeat pings, and their timeout checks
+    private readonly verifies: Rounds<Connection> | null = null;        // credential re-checks of authenticated sockets
     private readonly onUpgradeEvent = (req: IncomingMessage, socket: Duplex, head: Buffer) => this.upgrade(req, socket, head);
 
     constructor(readonly server: Server, readonly settings: Settings, readonly broker: Broker) {
@@ -85,6 +85,35 @@ export class Listener implements SocketHost {
             onConnection: settings.onConnection,
             onMessage: settings.onMessage
         };
+
+        // Each socket is pinged (and re-checked) once per interval at its own phase, a slice of sockets at a time,
+        // so that thousands of them never hold the event loop in one pass.
+        const heartbeat = this.config.heartbeat;
+        if (heartbeat) {
+            this.beats = new Rounds<Connection>({
+                interval: heartbeat.interval,
+                slot: 'beatSlot',
+                visit: (socket) => {
+
+                    socket.awaitingPong = true;
+                    socket.sendPrepared(ping);
+                },
+                followUp: {
+                    after: heartbeat.timeout,
+                    visit: (socket) => {
+
+                        if (socket.awaitingPong && !socket.inFlight) {
+                            socket.close(CloseCode.heartbeatTimeout, 'Heartbeat timeout');
+                        }
+                    }
+                }
+            });
+        }
+
+        const verifyInterval = settings.auth ? settings.auth.minAuthVerifyInterval : false;
+        if (verifyInterval) {
+            this.verifies = new Rounds<Connection>({ interval: verifyInterval, slot: 'verifySlot', visit: (socket) => this.authenticator.recheck(socket) });
+        }
 
         this.tunnel = new Tunnel(server, {
             endpoint: settings.auth ? settings.auth.endpoint : null,
@@ -155,16 +184,15 @@ export class Listener implements SocketHost {
         this.subscriptions.presence.start();
         this.stopped = false;
         this.brokerUp = this.started = true;
-        this.scheduleBeat();
-        this.scheduleVerify();
+        this.beats?.start();
+        this.verifies?.start();
     }
 
     async stop(): Promise<void> {
 
         this.stopped = true;
-        clearTimeout(this.beatTimer!);
-        clearTimeout(this.checkTimer!);
-        clearTimeout(this.verifyTimer!);
+        this.beats?.stop();
+        this.verifies?.stop();
 
         // Let tunnelled requests in flight finish (bounded), then send everyone elsewhere.
         const deadline = Date.now() + this.config.closeTimeout;
@@ -301,11 +329,14 @@ export class Listener implements SocketHost {
 
         const socket = new Connection(ws, req, this, this.generateId());
         this.sockets.set(socket.id, socket);
+        this.beats?.add(socket);
     }
 
     async remove(socket: Connection): Promise<void> {
 
         this.sockets.delete(socket.id);
+        this.beats?.delete(socket);
+        this.verifies?.delete(socket);
         this.unindex(socket);
         socket.onClosed();
         if (this.metrics) {
@@ -331,14 +362,20 @@ export class Listener implements SocketHost {
     // ---- User index ----
 
     // A socket's credentials change (hello, reauth): it leaves its user's indexes (here and per topic) before,
-    // and joins `indexed`'s after, unless it closed while authenticating (remove() ran).
+    // and joins `indexed`'s after, and the credential re-checks, unless it closed while authenticating (remove()
+    // ran).
     private rekey(socket: Connection, indexed: string | null, apply: () => void): void {
 
         this.subscriptions.reindex(socket, () => {
 
             this.unindex(socket);
             apply();
-            if (indexed !== null && this.sockets.get(socket.id) === socket) {
+            if (this.sockets.get(socket.id) !== socket) {
+                return;
+            }
+
+            this.verifies?.add(socket);                          // now authenticated: re-checked once per interval
+            if (indexed !== null) {
                 let set = this.byUser.get(indexed);
                 if (!set) {
                     set = new Set();
@@ -362,21 +399,6 @@ export class Listener implements SocketHost {
         }
     }
 
-    private scheduleVerify(): void {
-
-        const interval = this.settings.auth ? this.settings.auth.minAuthVerifyInterval : false;
-        if (!interval) {
-            return;
-        }
-
-        // Every interval, whatever the previous sweep still waits on: a slow check delays no other socket's.
-        this.verifyTimer = setTimeout(() => {
-
-            this.scheduleVerify();
-            void this.authenticator.sweep([...this.sockets.values()]);  // never rejects
-        }, interval);
-    }
-
     // ---- Recovery ----
 
     // Where a history path stands, and what came after `since` (see catchup.ts).
@@ -394,35 +416,6 @@ export class Listener implements SocketHost {
             metrics.recovered(route, result.recovered);
             return result;
         });
-    }
-
-    // ---- Heartbeat: one sweep for every socket ----
-
-    private scheduleBeat(): void {
-
-        const heartbeat = this.config.heartbeat;
-        if (!heartbeat) {
-            return;
-        }
-
-        this.beatTimer = setTimeout(() => {
-
-            for (const socket of this.sockets.values()) {
-                socket.awaitingPong = true;
-                socket.sendPrepared(ping);
-            }
-
-            this.checkTimer = setTimeout(() => {
-
-                for (const socket of this.sockets.values()) {
-                    if (socket.awaitingPong && !socket.inFlight) {
-                        socket.close(CloseCode.heartbeatTimeout, 'Heartbeat timeout');
-                    }
-                }
-            }, heartbeat.timeout);
-
-            this.scheduleBeat();
-        }, heartbeat.interval);
     }
 
     // ---- Outbound ----

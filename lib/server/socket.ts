@@ -119,6 +119,8 @@ export class Connection implements Socket {
     readonly subscriptions = new Map<string, Topic>();
     user: string | null = null;
     awaitingPong = false;
+    beatSlot = -1;                                      // where the listener's heartbeat rounds keep this socket
+    verifySlot = -1;                                    // and its credential re-check rounds
     inFlight = 0;
     verifiedAt = 0;
     verifying: Promise<boolean> | null = null;          // a credential check under way: every message waits for it
