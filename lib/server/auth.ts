@@ -210,8 +210,9 @@ type RequestHeaders = Pick<Tunnel, 'requestHeaders'>;
 // What authentication reads and sets on a socket.
 export interface Credentialed {
     readonly auth: SocketAuth;
+    readonly authenticated: boolean;            // auth.isAuthenticated, without making socket.auth
     readonly info: { remoteAddress: string };
-    readonly upgradeHeaders: Record<string, string>;
+    readonly upgradeHeaders: Readonly<Record<string, string>>;
     user: string | null;
     credentialsVersion: number;                 // counts credential changes (hello, reauth)
     identityVersion: number;                    // counts changes of user or strategy
@@ -329,7 +330,7 @@ export class Authenticator<S extends Credentialed> {
     verify(socket: Credentialed, force = false): true | Promise<boolean> {
 
         const interval = this.config ? this.config.minAuthVerifyInterval : false;
-        if (!interval || !socket.auth.isAuthenticated) {
+        if (!interval || !socket.authenticated) {
             return true;
         }
 

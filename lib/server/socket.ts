@@ -17,6 +17,7 @@ import type { Catchup } from './catchup';
 import type { Metrics } from './metrics';
 import { textFrame, windowOf } from './compression';
 import type { Deflater } from './compression';
+import { PathMap } from './path-map';
 import type { Frame, Prepared } from './prepared';
 import type { Subscriptions, Topic } from './subscriptions';
 import { identityHeaders } from './tunnel';
@@ -87,6 +88,17 @@ const OPEN = 1;
 // What a waiting frame counts towards the outbound limit; one still compressing, its uncompressed size.
 const sizeOf = (frame: Frame | string): number => (typeof frame === 'string' || Buffer.isBuffer(frame) ? frame.length : frame.bytes);
 
+// What only an authenticated socket needs.
+class Credential {
+    verifiedAt = 0;
+    verifying: Promise<boolean> | null = null;          // a credential check under way: every message waits for it
+    credentialsVersion = 0;                             // counts credential changes (hello, reauth)
+    identityVersion = 0;                                // counts changes of user or strategy
+    expiresAt: number | null = null;
+    expiryTimer: NodeJS.Timeout | null = null;
+    failed = false;                                     // a check failed: the socket is closing
+}
+
 const maxTimer = 2 ** 31 - 1;                   // setTimeout's longest delay
 const asText = { binary: false, compress: false };          // ws never compresses: see compression.ts
 const batchBytes = 64 * 1024;                  // gathered frames are written early past this many bytes
@@ -111,25 +123,19 @@ export class Connection implements Socket {
 
     readonly id: string;
     private appState: Record<string, unknown> | null = null;
-    readonly auth: SocketAuth = { isAuthenticated: false, credentials: null, artifacts: null };
-    readonly server: Server;
+    private authState: SocketAuth | null = null;
     readonly info: SocketInfo;
 
     // Internal state, read by the listener, auth and subscriptions.
-    readonly subscriptions = new Map<string, Topic>();
+    readonly subscriptions = new PathMap<Topic>();
     user: string | null = null;
     awaitingPong = false;
     beatSlot = -1;                                      // where the listener's heartbeat rounds keep this socket
     verifySlot = -1;                                    // and its credential re-check rounds
     inFlight = 0;
-    verifiedAt = 0;
-    verifying: Promise<boolean> | null = null;          // a credential check under way: every message waits for it
-    credentialsVersion = 0;                             // counts credential changes (hello, reauth)
-    identityVersion = 0;                                // counts changes of user or strategy
     recovery = false;                            // negotiated the recovery extension
     expiry = false;                              // negotiated the expiry extension
-    expiresAt: number | null = null;
-    readonly upgradeHeaders: Record<string, string>;          // what tunnelled requests inherit: host, cookie, x-forwarded-*
+    readonly upgradeHeaders: Readonly<Record<string, string>>;          // what tunnelled requests inherit: host, cookie, x-forwarded-*
     readonly connectedAt = Date.now();
     closeCode = 1005;                                           // the server's close code, else the client's (1005: none)
     closeReason = '';
@@ -148,15 +154,12 @@ export class Connection implements Socket {
     private closing: [code?: number, reason?: string] | null = null;   // a close that waits for them
     private pathQueue: Map<string, Promise<void>> | null = null;   // sub/unsub still running, per path
     catchups: Map<string, Catchup> | null = null;                // history paths catching up, or with a floor
-    private expiryTimer: NodeJS.Timeout | null = null;
-    private credentialsFailed = false;
-    private rateWindow = 0;
-    private rateCount = 0;
+    private credential: Credential | null = null;                 // made at the first authentication
+    private rate: { window: number; count: number } | null = null;  // with limits.rate only
 
     constructor(private readonly ws: WebSocket, req: IncomingMessage, private readonly host: SocketHost, id: string) {
 
         this.id = id;
-        this.server = host.server;
         this.upgradeHeaders = identityHeaders(req);
         this.info = {
             remoteAddress: req.socket.remoteAddress!,
@@ -173,7 +176,7 @@ export class Connection implements Socket {
         (ws as SocketWs)[kSocket] = this;
         ws.on('message', onMessage as WsHandler);
         ws.on('error', onError as WsHandler);
-        ws.once('close', onClose as WsHandler);
+        ws.on('close', onClose as WsHandler);                          // emitted once; once() would wrap it (~170 bytes)
     }
 
     // ---- Public API (as @hapi/nes) ----
@@ -182,6 +185,79 @@ export class Connection implements Socket {
     get app(): Record<string, unknown> {
 
         return (this.appState ??= {});
+    }
+
+    // As nes's socket.auth; made on first use (an unauthenticated socket nobody asks about has none).
+    get auth(): SocketAuth {
+
+        return (this.authState ??= { isAuthenticated: false, credentials: null, artifacts: null });
+    }
+
+    get server(): Server {
+
+        return this.host.server;
+    }
+
+    // Internal reads that make nothing.
+    get authenticated(): boolean {
+
+        return this.authState?.isAuthenticated ?? false;
+    }
+
+    get credentials(): Record<string, any> | null {
+
+        return this.authState?.credentials ?? null;
+    }
+
+    // Credential bookkeeping (read and set by auth and subscriptions), kept apart: most sockets never authenticate.
+    private get authenticatedState(): Credential {
+
+        return (this.credential ??= new Credential());
+    }
+
+    get verifiedAt(): number {
+
+        return this.credential?.verifiedAt ?? 0;
+    }
+
+    set verifiedAt(at: number) {
+
+        this.authenticatedState.verifiedAt = at;
+    }
+
+    get verifying(): Promise<boolean> | null {
+
+        return this.credential?.verifying ?? null;
+    }
+
+    set verifying(check: Promise<boolean> | null) {
+
+        this.authenticatedState.verifying = check;
+    }
+
+    get credentialsVersion(): number {
+
+        return this.credential?.credentialsVersion ?? 0;
+    }
+
+    set credentialsVersion(version: number) {
+
+        this.authenticatedState.credentialsVersion = version;
+    }
+
+    get identityVersion(): number {
+
+        return this.credential?.identityVersion ?? 0;
+    }
+
+    set identityVersion(version: number) {
+
+        this.authenticatedState.identityVersion = version;
+    }
+
+    get expiresAt(): number | null {
+
+        return this.credential?.expiresAt ?? null;
     }
 
     // Completed hello: may receive broadcasts.
@@ -441,9 +517,10 @@ export class Connection implements Socket {
     // reauth; at expiry the socket is closed unless a reauth moved the expiry.
     expireAt(expiresAt: number | null, notice: number): void {
 
-        clearTimeout(this.expiryTimer!);
-        this.expiryTimer = null;
-        this.expiresAt = expiresAt;
+        const credential = this.authenticatedState;
+        clearTimeout(credential.expiryTimer!);
+        credential.expiryTimer = null;
+        credential.expiresAt = expiresAt;
         if (expiresAt === null || this.state === State.closed) {         // a socket gone mid-hello keeps no timer
             return;
         }
@@ -453,7 +530,7 @@ export class Connection implements Socket {
         const fire = () => {
 
             if (Date.now() < at) {
-                this.expiryTimer = setTimeout(fire, Math.min(at - Date.now(), maxTimer));
+                credential.expiryTimer = setTimeout(fire, Math.min(at - Date.now(), maxTimer));
                 return;
             }
 
@@ -466,7 +543,7 @@ export class Connection implements Socket {
             this.expireAt(expiresAt, 0);
         };
 
-        this.expiryTimer = setTimeout(fire, Math.min(Math.max(at - Date.now(), 0), maxTimer));
+        credential.expiryTimer = setTimeout(fire, Math.min(Math.max(at - Date.now(), 0), maxTimer));
     }
 
     // Closing stops all sends at once; a peer that does not answer the close frame is cut off.
@@ -524,7 +601,7 @@ export class Connection implements Socket {
         this.state = State.closed;
         this.clearHelloTimer();
         clearTimeout(this.killTimer!);
-        clearTimeout(this.expiryTimer!);
+        clearTimeout(this.credential?.expiryTimer ?? undefined);
         this.catchups = null;
         for (const resolve of this.closedWaiters ?? []) {
             resolve();
@@ -585,12 +662,13 @@ export class Connection implements Socket {
         const rate = this.host.config.limits.rate;
         if (rate) {
             const now = Date.now();
-            if (now - this.rateWindow >= rate.interval) {
-                this.rateWindow = now;
-                this.rateCount = 0;
+            const counted = (this.rate ??= { window: 0, count: 0 });
+            if (now - counted.window >= rate.interval) {
+                counted.window = now;
+                counted.count = 0;
             }
 
-            if (++this.rateCount > rate.messages) {
+            if (++counted.count > rate.messages) {
                 this.host.metrics?.limitHit('rate');
                 this.close(CloseCode.rateLimited, 'Message rate limit exceeded');
                 return;
@@ -677,8 +755,8 @@ export class Connection implements Socket {
     private refuseCredentials(type: string, id: MessageId): void {
 
         this.sendError(Boom.forbidden('Credential verification failed'), type, id);
-        if (!this.credentialsFailed) {
-            this.credentialsFailed = true;
+        if (!this.authenticatedState.failed) {
+            this.authenticatedState.failed = true;
             setImmediate(() => this.close(CloseCode.authExpired, 'Credential verification failed'));
         }
     }

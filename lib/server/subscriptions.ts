@@ -72,11 +72,21 @@ export class Topic {
     pending: Promise<void> | null = null;               // a filtered delivery still waiting on async filters
     ready: Promise<void> | null = null;                 // the broker subscription of a new path, until it is confirmed
 
-    constructor(readonly path: string, readonly route: SubscriptionRoute, readonly params: Record<string, string>) {
+    private readonly knownParams: Record<string, string> | null;
 
+    // Filters, onUnsubscribe and scopes naming {params} read the path's params: kept for those routes only. The
+    // others (most) work them out again if ever asked, rather than hold an object for every path.
+    constructor(readonly path: string, readonly route: SubscriptionRoute, params: Record<string, string>, private readonly lookup: (path: string) => Record<string, string>) {
+
+        this.knownParams = route.filter || route.onUnsubscribe || route.auth?.scopeHasParams ? params : null;
         if (route.auth?.index) {
             this.byUser = new Map();
         }
+    }
+
+    get params(): Record<string, string> {
+
+        return this.knownParams ?? this.lookup(this.path);
     }
 
     add(socket: Connection): void {
@@ -134,6 +144,8 @@ export class Subscriptions {
     private readonly router = new Router<SubscriptionRoute>();
     private readonly patterns = new Set<string>();
     readonly presence: Presence;
+
+    private readonly paramsOf = (path: string): Record<string, string> => this.match(path)!.params;     // a topic's path always matches
 
     constructor(private readonly server: Server, private readonly hooks: SubscriptionsHooks) {
 
@@ -257,7 +269,7 @@ export class Subscriptions {
 
         let topic = this.topics.get(path);
         if (!topic) {
-            topic = new Topic(path, route, params);
+            topic = new Topic(path, route, params, this.paramsOf);
             this.topics.set(path, topic);
             if (route.source) {
                 this.presence.open(topic, path, route.source.presence!);
@@ -414,7 +426,7 @@ export class Subscriptions {
         const results = sockets.map((socket) => {
 
             try {
-                const result = filter(envelope.path, envelope.message, { socket, credentials: socket.auth.credentials, params: topic.params, internal: envelope.internal });
+                const result = filter(envelope.path, envelope.message, { socket, credentials: socket.credentials, params: topic.params, internal: envelope.internal });
                 if (typeof (result as PromiseLike<FilterResult> | undefined)?.then === 'function') {          // any thenable
                     async = true;
                     return Promise.resolve(result).catch((err) => this.filterFailed(err, envelope));
@@ -468,7 +480,7 @@ export class Subscriptions {
             let decision: FilterResult = true;
             if (filter) {
                 try {
-                    decision = await filter(envelope.path, envelope.message, { socket, credentials: socket.auth.credentials, params: topic.params, internal: envelope.internal });
+                    decision = await filter(envelope.path, envelope.message, { socket, credentials: socket.credentials, params: topic.params, internal: envelope.internal });
                 }
                 catch (err) {
                     decision = this.filterFailed(err, envelope);
@@ -534,7 +546,7 @@ export class Subscriptions {
             return;
         }
 
-        const credentials = socket.auth.credentials;
+        const credentials = socket.credentials;
         if (!credentials) {
             if (auth.mode === 'required') {
                 throw Boom.unauthorized('Authentication required to subscribe');
