@@ -18,6 +18,7 @@ import type { Position } from '../protocol';
 import * as Auth from './auth';
 import { Deflater, negotiation } from './compression';
 import { userKey } from './auth';
+import { Deadlines } from './deadlines';
 import { Metrics, meterOf } from './metrics';
 import type { UpgradeRejection } from './metrics';
 import { Prepared } from './prepared';
@@ -69,6 +70,7 @@ export class Listener implements SocketHost {
     private started = false;
     private pendingUpgrades = 0;
     private socketCounter = 0;                             // ids cycle through counter.min..counter.max
+    readonly deadlines = new Deadlines<Connection>({ fire: (socket) => socket.expiryDue() });   // credential expiry
     private readonly beats: Rounds<Connection> | null = null;           // heartbeat pings, and their timeout checks
     private readonly verifies: Rounds<Connection> | null = null;        // credential re-checks of authenticated sockets
     private readonly onUpgradeEvent = (req: IncomingMessage, socket: Duplex, head: Buffer) => this.upgrade(req, socket, head);

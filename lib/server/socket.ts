@@ -14,6 +14,7 @@ import type { ClientMessage, HelloRequest, Limits as ProtocolLimits, MessageId, 
 import type { Authenticator, SocketAuth } from './auth';
 import * as Catchups from './catchup';
 import type { Catchup } from './catchup';
+import type { Deadline, Deadlines } from './deadlines';
 import type { Metrics } from './metrics';
 import { textFrame, windowOf } from './compression';
 import type { Deflater } from './compression';
@@ -54,6 +55,7 @@ export interface SocketHost extends Catchups.RecoverySource<Connection> {
     readonly metrics: Metrics | null;
     flushLater(socket: Connection): void;                       // write the gathered frames on the next tick
     remove(socket: Connection): Promise<void>;                  // ws reported the close; never rejects
+    readonly deadlines: Deadlines<Connection>;              // calls expiryDue() when a socket's expiry deadline comes
 }
 
 // A socket only moves forward: closing stops every send at once, closed is when ws reported the close.
@@ -95,11 +97,11 @@ class Credential {
     credentialsVersion = 0;                             // counts credential changes (hello, reauth)
     identityVersion = 0;                                // counts changes of user or strategy
     expiresAt: number | null = null;
-    expiryTimer: NodeJS.Timeout | null = null;
+    expiry: Deadline<Connection> | null = null;             // the next warning or close, in the host's deadlines
+    warn = false;                                       // that deadline is the warning
     failed = false;                                     // a check failed: the socket is closing
 }
 
-const maxTimer = 2 ** 31 - 1;                   // setTimeout's longest delay
 const asText = { binary: false, compress: false };          // ws never compresses: see compression.ts
 const batchBytes = 64 * 1024;                  // gathered frames are written early past this many bytes
 
@@ -518,32 +520,32 @@ export class Connection implements Socket {
     expireAt(expiresAt: number | null, notice: number): void {
 
         const credential = this.authenticatedState;
-        clearTimeout(credential.expiryTimer!);
-        credential.expiryTimer = null;
+        if (credential.expiry) {
+            this.host.deadlines.cancel(credential.expiry);
+            credential.expiry = null;
+        }
+
         credential.expiresAt = expiresAt;
-        if (expiresAt === null || this.state === State.closed) {         // a socket gone mid-hello keeps no timer
+        if (expiresAt === null || this.state === State.closed) {         // a socket gone mid-hello keeps no deadline
             return;
         }
 
-        const warn = this.expiry && notice > 0;
-        const at = warn ? expiresAt - notice : expiresAt;
-        const fire = () => {
+        credential.warn = this.expiry && notice > 0;
+        credential.expiry = this.host.deadlines.add(this, credential.warn ? expiresAt - notice : expiresAt);
+    }
 
-            if (Date.now() < at) {
-                credential.expiryTimer = setTimeout(fire, Math.min(at - Date.now(), maxTimer));
-                return;
-            }
+    // Called by the host's deadlines (not before the deadline, at most a slice of them later).
+    expiryDue(): void {
 
-            if (!warn) {
-                this.close(CloseCode.authExpired, 'Credentials expired');
-                return;
-            }
+        const credential = this.credential!;
+        credential.expiry = null;
+        if (!credential.warn) {
+            this.close(CloseCode.authExpired, 'Credentials expired');
+            return;
+        }
 
-            this.reply({ type: 'expiring', expiresAt });
-            this.expireAt(expiresAt, 0);
-        };
-
-        credential.expiryTimer = setTimeout(fire, Math.min(Math.max(at - Date.now(), 0), maxTimer));
+        this.reply({ type: 'expiring', expiresAt: credential.expiresAt! });
+        this.expireAt(credential.expiresAt, 0);
     }
 
     // Closing stops all sends at once; a peer that does not answer the close frame is cut off.
@@ -601,7 +603,11 @@ export class Connection implements Socket {
         this.state = State.closed;
         this.clearHelloTimer();
         clearTimeout(this.killTimer!);
-        clearTimeout(this.credential?.expiryTimer ?? undefined);
+        if (this.credential?.expiry) {
+            this.host.deadlines.cancel(this.credential.expiry);
+            this.credential.expiry = null;
+        }
+
         this.catchups = null;
         for (const resolve of this.closedWaiters ?? []) {
             resolve();
