@@ -377,10 +377,8 @@ export class Authenticator<S extends Credentialed> {
     // its messages: a failing check closes it. A slow strategy delays revocation by one verify latency.
     recheck(socket: S): void {
 
-        const verified = this.verify(socket, true);
-        if (verified !== true) {
-            void verified.then((ok) => ok || socket.close(CloseCode.authExpired, 'Credential verification failed'));     // settles to a boolean
-        }
+        // Only authenticated sockets are rechecked: verify() always checks, and settles to a boolean.
+        void Promise.resolve(this.verify(socket, true)).then((ok) => ok || socket.close(CloseCode.authExpired, 'Credential verification failed'));
     }
 }
 

@@ -219,7 +219,7 @@ export class Connection implements Socket {
 
     get verifiedAt(): number {
 
-        return this.credential?.verifiedAt ?? 0;
+        return this.authenticatedState.verifiedAt;               // read for authenticated sockets only
     }
 
     set verifiedAt(at: number) {
