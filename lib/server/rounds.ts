@@ -87,9 +87,10 @@ export class Rounds<T extends object> {
         members.push(member);
         ++this.size;
 
-        // The timer may sleep past this bucket's next visit (it skips empty buckets): wake up for it. (While a turn
-        // is being visited, the timer is set once it is done.)
-        if (this.running && !this.draining) {
+        // The member's first visit is at least a round minus one turn away: a timer due before that finds it when it
+        // looks for the next turn. One that sleeps past it (it skips empty turns), or none, is set again. (While a
+        // turn is being visited, the timer is set once it is done.)
+        if (this.running && !this.draining && this.due >= this.turn - 1 + this.buckets) {
             this.schedule();
         }
     }
