@@ -12,6 +12,7 @@ export interface PublishEnvelope {
     user?: string;                       // only sockets authenticated as this user
     position?: Position;                 // set by the broker when the path keeps history
     at?: number;                         // when server.publish() was called (ms since the epoch), while metrics are exported
+    once?: string[];                     // a publish to several paths, once per socket: the socket gets it on the first of these it holds
 }
 
 export interface BroadcastEnvelope {
@@ -41,6 +42,7 @@ export interface BrokerSink {
     stats?(): { sockets: number; users: number };
     resendPresence?(): void;
     reloadPresence?(): void;
+    membership?(command: MembershipCommand): void | Promise<void>;   // a server-side (un)subscribe, for this node's sockets
 }
 
 export interface Broker {
@@ -74,6 +76,9 @@ export interface Broker {
 
     // Membership of presence paths, kept by the broker (see below).
     readonly presence?: PresenceStore;
+
+    // Server-side subscriptions and persistent memberships (see GroupStore).
+    readonly groups?: GroupStore;
 }
 
 // ---- Presence (optional: a broker without `presence` serves no subscription that enables it) ----
@@ -131,3 +136,28 @@ export interface PresenceStore {
     // Sockets and users of every live node, each as its node last reported them (a user on two nodes counts twice).
     cluster(): Promise<{ nodes: number; sockets: number; users: number }>;
 }
+
+// ---- Server-side subscriptions (optional: a broker without `groups` serves none) ----
+
+// Subscribe or unsubscribe every socket of `user`, or the socket `socket`, on every node.
+export interface MembershipCommand {
+    action: 'subscribe' | 'unsubscribe';
+    paths: string[];
+    user?: string;
+    socket?: string;
+    message?: unknown;                   // unsubscribe: sent with the revoke
+}
+
+export interface GroupStore {
+
+    // Tells every node (this one included, through sink.membership). With `persist`, first records (subscribe)
+    // or removes (unsubscribe) the user's persistent membership of the paths, in one step with the telling:
+    // both happen or neither. A subscribe that would leave the user more than `persist.max` paths is refused
+    // (Boom 429) and changes nothing. `ttl` (ms, null: none) ends the recorded membership of those paths.
+    send(command: MembershipCommand, persist: { ttl: number | null; max: number } | null): Promise<void>;
+
+    // The recorded memberships: a user's paths, a path's users (unordered, cluster-wide).
+    paths(user: string): Promise<string[]>;
+    members(path: string): Promise<string[]>;
+}
+

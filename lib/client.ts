@@ -5,7 +5,7 @@
 import type { ClientOptions as WsOptions } from 'ws';
 
 import { ChunkAssembler, CloseCode, clientMessage, presencePath, transientStatus, validateServerMessage } from './protocol';
-import type { ErrorFields, HelloRequest, HelloResponse, MessageId, Position, PresenceMessage, ServerMessage, ServerResponse, Unnumbered } from './protocol';
+import type { ErrorFields, HelloRequest, HelloResponse, JoinMessage, MessageId, Position, PresenceMessage, PubMessage, RevokeMessage, ServerMessage, ServerResponse, Unnumbered } from './protocol';
 
 export type { Position, PresenceDiff, PresenceList, PresenceMember, PresenceMessage } from './protocol';
 
@@ -80,6 +80,12 @@ export interface SubscriptionFlags {
     // expired, or the broker restarted). The handler is called once with message undefined; the application
     // should fetch the current state (with a request, for example). Later publications arrive as usual.
     recovered?: false;
+
+    // Handlers given to joined() only: the server-side subscription's path and the pattern's parameters, and
+    // `joined` on the call that announces a new one (message undefined).
+    path?: string;
+    params?: Record<string, string>;
+    joined?: true;
 }
 
 export type SubscriptionHandler<T = unknown> = (message: T, flags: SubscriptionFlags) => void;
@@ -297,6 +303,28 @@ class Positions {
     }
 }
 
+// '/room/{id}' against '/room/7': { id: '7' }; null when the path does not match.
+const matchSegments = (pattern: string[], segments: string[]): Record<string, string> | null => {
+
+    if (pattern.length !== segments.length) {
+        return null;
+    }
+
+    const params: Record<string, string> = {};
+    for (let i = 0; i < pattern.length; ++i) {
+        const expected = pattern[i]!;
+        const actual = segments[i]!;
+        const param = /^{(\w+)}$/.exec(expected);
+        if (param && actual) {
+            params[param[1]!] = actual;
+        }
+        else if (expected !== actual) {
+            return null;
+        }
+    }
+
+    return params;
+};
 
 export class Client {
 
@@ -338,6 +366,8 @@ export class Client {
     private readonly _positions = new Positions();
     private _presence = new Set<PresenceTracker<any>>();
     private _subRetries = new Map<string, { timer: ReturnType<typeof setTimeout>; cancel: (reason?: PulseError) => void }>();   // subs waiting to be sent again
+    private _joinHandlers: { pattern: string; segments: string[]; handler: SubscriptionHandler<any> }[] = [];
+    private _joined = new Set<string>();                        // server-side subscriptions of this connection
 
     constructor(url: string, options: ClientOptions = {}) {
 
@@ -454,6 +484,26 @@ export class Client {
         await this.subscribe(presencePath(path), tracker.handler);
         this._presence.add(tracker);
         return tracker;
+    }
+
+    // Server-side subscriptions (hapi-pulse groups extension, protocol.md §8.4): `handler` gets the publications
+    // of every path the server subscribed this client to and that matches `pattern` ('/room/{id}': a `{name}`
+    // segment matches any one segment), the announcement of each new one (flags.joined) and its end
+    // (flags.revoked). The first pattern registered that matches wins. Registering one (before connect()) opts
+    // in; a stock nes server ignores the request.
+    joined<T = unknown>(pattern: string, handler: SubscriptionHandler<T>): void {
+
+        if (typeof pattern !== 'string' || pattern[0] !== '/' || typeof handler !== 'function') {
+            throw new PulseError(typeof handler !== 'function' ? 'Invalid handler' : 'Invalid pattern', 'user');
+        }
+
+        this._joinHandlers.push({ pattern, segments: pattern.split('/'), handler });
+    }
+
+    // The paths the server subscribed this connection to (as of the last hello and join or revoke since).
+    joinedPaths(): string[] {
+
+        return [...this._joined];
     }
 
     unsubscribe(path: string, handler?: SubscriptionHandler<any> | null): Promise<void> {
@@ -693,15 +743,26 @@ export class Client {
 
         const positions = pulse?.positions ?? {};
         const recovered = pulse?.recovered ?? {};
+        if (this._joinHandlers.length) {
+            const joined = Array.isArray(pulse?.joined) ? pulse.joined : [];
+            for (const path of this._joined) {
+                if (!joined.includes(path)) {
+                    this._positions.forget(path);                   // the server dropped it while we were away
+                }
+            }
+
+            this._joined = new Set(joined);
+        }
+
         for (const path of Object.keys(positions)) {
-            const handlers = this._subscriptions.get(path);
+            const flags: SubscriptionFlags = { recovered: false };
+            const handlers = this._subscriptions.get(path) ?? this._joinedHandlers(path, flags);
             if (!handlers || recovered[path] === true) {
                 continue;
             }
 
             this._positions.adopt(path, positions[path]!);
             if (recovered[path] === false) {
-                const flags: SubscriptionFlags = { recovered: false };
                 for (const handler of [...handlers]) {
                     this._call(handler, undefined, flags);
                 }
@@ -715,9 +776,13 @@ export class Client {
     protected _extensions(subs: string[]): HelloRequest['pulse'] | undefined {
 
         const pulse: NonNullable<HelloRequest['pulse']> = {};
+        if (this._joinHandlers.length) {
+            pulse.groups = true;
+        }
+
         if (this._settings.recovery) {
             pulse.recovery = true;
-            const positions = this._positions.of(subs);
+            const positions = this._positions.of([...subs, ...this._joined]);
             if (positions) {
                 pulse.positions = positions;
             }
@@ -727,7 +792,50 @@ export class Client {
             pulse.expiry = true;
         }
 
-        return pulse.recovery || pulse.expiry ? pulse : undefined;
+        return pulse.recovery || pulse.expiry || pulse.groups ? pulse : undefined;
+    }
+
+    // The handler of a server-side subscription (as a list, like a path's own handlers), with its flags.
+    private _joinedHandlers(path: string, flags: SubscriptionFlags): SubscriptionHandler<any>[] | undefined {
+
+        const segments = path.split('/');
+        for (const { segments: pattern, handler } of this._joinHandlers) {
+            const params = matchSegments(pattern, segments);
+            if (params) {
+                flags.path = path;
+                flags.params = params;
+                return [handler];
+            }
+        }
+
+        return undefined;
+    }
+
+    // A server-side subscription's announcement, publication or end, for a path the application did not subscribe.
+    private _onJoined(update: PubMessage | RevokeMessage | JoinMessage): void {
+
+        const flags: SubscriptionFlags = {};
+        const handlers = this._joinedHandlers(update.path, flags);
+        if (update.type === 'join') {
+            this._joined.add(update.path);
+            if (update.pulse) {
+                this._positions.adopt(update.path, update.pulse.position);
+            }
+
+            flags.joined = true;
+        }
+        else if (update.type === 'revoke') {
+            this._joined.delete(update.path);
+            this._positions.forget(update.path);
+            flags.revoked = true;
+        }
+        else if (update.position) {
+            this._positions.advance(update.path, update.position);
+        }
+
+        for (const handler of handlers ?? []) {
+            this._call(handler, update.type === 'join' ? undefined : update.message, flags);
+        }
     }
 
     // Expiry warning: renew the credentials with the auth function, if there is one.
@@ -1074,6 +1182,10 @@ export class Client {
 
             case 'pub':
             case 'revoke': {
+                if (!this._subscriptions.has(update.path) && this._joinHandlers.length) {
+                    return this._onJoined(update);
+                }
+
                 const handlers = this._subscriptions.get(update.path);
                 const flags: SubscriptionFlags = {};
                 if (update.type === 'revoke') {
@@ -1092,6 +1204,9 @@ export class Client {
 
                 return;
             }
+
+            case 'join':
+                return this._onJoined(update);                    // Extension, only sent when negotiated
 
             case 'expiring':
                 return this._expiring(update.expiresAt);           // Extension, only sent when negotiated

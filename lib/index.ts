@@ -11,6 +11,7 @@ import * as Inspector from './server/inspector';
 import { Listener } from './server/listener';
 import { settle } from './settings';
 import type { PluginOptions } from './settings';
+import type { SubscribeUserOptions } from './server/groups';
 import type { ConnectOptions, DisconnectLog, ErrorType as ClientErrorType, PulseError, RequestOptions, RequestResponse, SubscriptionHandler } from './client';
 import type { Socket, Socket as PulseSocket } from './server/socket';
 import type { SubscriptionOptions, SubscriptionOptions as PulseSubscriptionOptions } from './server/subscriptions';
@@ -22,6 +23,8 @@ import type { PresenceMemberInfo, PresenceStats } from './server/presence';
 import type { PresenceCount } from './broker';
 export { presencePath } from './protocol';
 export type { PresenceDiff, PresenceList, PresenceMember, PresenceMessage } from './protocol';
+export type { GroupStore, MembershipCommand } from './broker';
+export type { SubscribeUserOptions } from './server/groups';
 export { MemoryBroker } from './brokers/memory';
 export type { MemoryBrokerOptions } from './brokers/memory';
 export type { InspectorOptions, PluginOptions } from './settings';
@@ -105,7 +108,13 @@ declare module '@hapi/hapi' {
     interface Server {
         broadcast(message: unknown, options?: { user?: string | number }): Promise<void>;
         subscription<Message = any, Internal = unknown>(path: string, options?: SubscriptionOptions<Message, Internal>): void;
-        publish(path: string, message: unknown, options?: { internal?: unknown; user?: string | number }): Promise<void>;
+        publish(path: string | string[], message: unknown, options?: { internal?: unknown; user?: string | number; once?: boolean }): Promise<void>;
+        subscribeUser(user: string | number, paths: string | string[], options?: SubscribeUserOptions): Promise<void>;
+        unsubscribeUser(user: string | number, paths: string | string[], options?: { message?: unknown }): Promise<void>;
+        subscribeSocket(id: string, paths: string | string[]): Promise<void>;
+        unsubscribeSocket(id: string, paths: string | string[], options?: { message?: unknown }): Promise<void>;
+        groupMembers(path: string): Promise<string[]>;
+        userGroups(user: string | number): Promise<string[]>;
         eachSocket(each: (socket: Socket) => unknown, options?: { subscription?: string; user?: string | number }): Promise<void>;
         pulseStats(): PulseStats;
         presence: PresenceApi;
@@ -182,12 +191,48 @@ export const plugin: Plugin<PluginOptions> = {
             listenerOf(this).subscriptions.add(path, opts);
         });
 
-        server.decorate('server', 'publish', function (this: Server, path: string, message: unknown, opts?: { internal?: unknown; user?: string | number }) {
+        server.decorate('server', 'publish', function (this: Server, path: string | string[], message: unknown, opts?: { internal?: unknown; user?: string | number; once?: boolean }) {
 
-            Hoek.assert(typeof path === 'string' && path[0] === '/', 'Missing or invalid subscription path:', path || 'empty');
-            Hoek.assert(isWellFormed(path), 'Subscription path must be well-formed Unicode:', path);
-            Hoek.assert(!path.startsWith(presencePrefix + '/'), 'Cannot publish to a presence path:', path);
+            for (const one of Array.isArray(path) ? path : [path]) {
+                Hoek.assert(typeof one === 'string' && one[0] === '/', 'Missing or invalid subscription path:', one || 'empty');
+                Hoek.assert(isWellFormed(one), 'Subscription path must be well-formed Unicode:', one);
+                Hoek.assert(!one.startsWith(presencePrefix + '/'), 'Cannot publish to a presence path:', one);
+            }
+
             return listenerOf(this).publish(path, message, opts);
+        });
+
+        // Server-side subscriptions: argument errors reject, as every failure of these does.
+        const groups = (server: Server, run: (listener: Listener) => Promise<any>) => Promise.resolve().then(() => run(listenerOf(server)));
+
+        server.decorate('server', 'subscribeUser', function (this: Server, user: string | number, paths: string | string[], opts?: SubscribeUserOptions) {
+
+            return groups(this, (listener) => listener.groups.subscribeUser(user, paths, opts));
+        });
+
+        server.decorate('server', 'unsubscribeUser', function (this: Server, user: string | number, paths: string | string[], opts?: { message?: unknown }) {
+
+            return groups(this, (listener) => listener.groups.unsubscribeUser(user, paths, opts));
+        });
+
+        server.decorate('server', 'subscribeSocket', function (this: Server, id: string, paths: string | string[]) {
+
+            return groups(this, (listener) => listener.groups.subscribeSocket(id, paths));
+        });
+
+        server.decorate('server', 'unsubscribeSocket', function (this: Server, id: string, paths: string | string[], opts?: { message?: unknown }) {
+
+            return groups(this, (listener) => listener.groups.unsubscribeSocket(id, paths, opts));
+        });
+
+        server.decorate('server', 'groupMembers', function (this: Server, path: string) {
+
+            return groups(this, (listener) => listener.groups.members(path));
+        });
+
+        server.decorate('server', 'userGroups', function (this: Server, user: string | number) {
+
+            return groups(this, (listener) => listener.groups.pathsOf(user));
         });
 
         server.decorate('server', 'eachSocket', function (this: Server, each: (socket: Socket) => unknown, opts?: { subscription?: string; user?: string | number }) {

@@ -30,6 +30,7 @@ export const transientStatus = (statusCode: number | undefined): boolean => stat
 export interface HelloExtensions {
     recovery?: boolean;
     expiry?: boolean;
+    groups?: boolean;                    // the server may subscribe the socket itself (join) (§8.4)
 }
 
 export interface Position {
@@ -136,7 +137,7 @@ export interface HelloResponse extends ErrorFields {
     id: MessageId;
     heartbeat?: false | { interval: number; timeout: number };
     socket?: string;
-    pulse?: HelloExtensions & { positions?: Record<string, Position>; recovered?: Record<string, boolean>; expiresAt?: number };
+    pulse?: HelloExtensions & { positions?: Record<string, Position>; recovered?: Record<string, boolean>; expiresAt?: number; joined?: string[] };
 }
 
 export interface ServerResponse extends ErrorFields {
@@ -169,6 +170,13 @@ export interface RevokeMessage {
     message?: unknown;
 }
 
+// The server subscribed the socket to `path` (groups extension only).
+export interface JoinMessage {
+    type: 'join';
+    path: string;
+    pulse?: { position: Position };
+}
+
 export interface ExpiringMessage {
     type: 'expiring';
     expiresAt: number;
@@ -179,7 +187,7 @@ export interface BareError extends ErrorFields {
     id?: undefined;
 }
 
-export type ServerMessage = HelloResponse | ServerResponse | PingMessage | UpdateMessage | PubMessage | RevokeMessage | ExpiringMessage | BareError;
+export type ServerMessage = HelloResponse | ServerResponse | PingMessage | UpdateMessage | PubMessage | RevokeMessage | JoinMessage | ExpiringMessage | BareError;
 
 // An error reply as the server builds it: the Boom output (its payload without statusCode), the filtered headers,
 // and the type and id of the message it answers, whatever type the client sent.
@@ -332,6 +340,10 @@ class Check {
 
         if (value.expiry === true) {
             result.expiry = true;
+        }
+
+        if (value.groups === true) {
+            result.groups = true;
         }
 
         if (value.positions !== undefined) {
@@ -494,12 +506,22 @@ export const validateServerMessage = (raw: unknown): ServerMessage => {
         throw new ProtocolError('Received a message with an invalid statusCode', 'statusCode');
     }
 
-    if ((raw.type === 'pub' || raw.type === 'revoke') && typeof raw.path !== 'string') {
+    if ((raw.type === 'pub' || raw.type === 'revoke' || raw.type === 'join') && typeof raw.path !== 'string') {
         throw new ProtocolError(`Received a ${raw.type} message without a path`, 'path');
     }
 
     if (raw.position !== undefined && !isPosition(raw.position)) {
         throw new ProtocolError(notAPosition('position'), 'position');
+    }
+
+    if (raw.type === 'join' && raw.pulse !== undefined) {
+        if (!isObject(raw.pulse)) {
+            throw new ProtocolError('Received a join message with an invalid pulse', 'pulse');
+        }
+
+        if (!isPosition(raw.pulse.position)) {
+            throw new ProtocolError(notAPosition('pulse.position'), 'pulse.position');
+        }
     }
 
     return raw as unknown as ServerMessage;

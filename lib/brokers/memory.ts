@@ -15,9 +15,10 @@
 import { randomBytes } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 
+import { tooManyRequests } from '@hapi/boom';
 import { assert } from '@hapi/hoek';
 
-import type { BroadcastEnvelope, Broker, BrokerSink, HistoryOptions, PresenceStore, PublishEnvelope, Recovery } from '../broker';
+import type { BroadcastEnvelope, Broker, BrokerSink, GroupStore, HistoryOptions, MembershipCommand, PresenceStore, PublishEnvelope, Recovery } from '../broker';
 import type { Position } from '../protocol';
 import { MemoryPresence } from './memory-presence';
 
@@ -67,11 +68,14 @@ export class MemoryBroker implements Broker {
     private shortest = maxSweep;                        // shortest ttl seen, bounded by maxSweep
     private timer: NodeJS.Timeout | null = null;
 
+    readonly groups: GroupStore & { readonly size: number; sweep(time: number): void };
+
     constructor(options: MemoryBrokerOptions = {}) {
 
         const { maxStreams = 10000 } = options;
         assert(Number.isInteger(maxStreams) && maxStreams > 0, 'Invalid MemoryBroker maxStreams');
         this.maxStreams = maxStreams;
+        this.groups = new MemoryGroups((command) => this.sink?.membership?.(command));
     }
 
     // Number of paths whose history is currently held (expired ones are dropped by the next sweep or
@@ -267,6 +271,7 @@ export class MemoryBroker implements Broker {
     private sweep(): void {
 
         const time = now();
+        this.groups.sweep(time);
         for (const [path, stream] of this.streams) {
             if (this.expired(stream, time)) {
                 this.drop(path);
@@ -284,3 +289,113 @@ export class MemoryBroker implements Broker {
         this.timer.unref();
     }
 }
+
+// Persistent memberships of this process: user -> path -> end of the membership (null: none), and the reverse
+// index. Ended ones are dropped when read and by the broker's sweep.
+class MemoryGroups implements GroupStore {
+
+    private readonly byUser = new Map<string, Map<string, number | null>>();
+    private readonly byPath = new Map<string, Set<string>>();
+
+    constructor(private readonly tell: (command: MembershipCommand) => void | Promise<void>) { }
+
+    // Users with at least one membership (ended ones count until read or swept). Read-only; for monitoring and tests.
+    get size(): number {
+
+        return this.byUser.size;
+    }
+
+    send(command: MembershipCommand, persist: { ttl: number | null; max: number } | null): Promise<void> {
+
+        if (persist) {
+            const user = command.user!;                              // persistent memberships are a user's
+            const time = now();
+            const held = this.live(user, time);
+            if (command.action === 'subscribe') {
+                const added = command.paths.filter((path) => !held?.has(path)).length;
+                if ((held?.size ?? 0) + added > persist.max) {
+                    return Promise.reject(tooManyRequests('Too many subscriptions'));
+                }
+
+                for (const path of command.paths) {
+                    this.set(user, path, persist.ttl === null ? null : time + persist.ttl);
+                }
+            }
+            else {
+                for (const path of command.paths) {
+                    this.remove(user, path);
+                }
+            }
+        }
+
+        return Promise.resolve(this.tell(command));
+    }
+
+    paths(user: string): Promise<string[]> {
+
+        return Promise.resolve([...this.live(user, now())?.keys() ?? []]);
+    }
+
+    members(path: string): Promise<string[]> {
+
+        const time = now();
+        return Promise.resolve([...this.byPath.get(path) ?? []].filter((user) => this.live(user, time)?.has(path)));
+    }
+
+    sweep(time: number): void {
+
+        for (const user of [...this.byUser.keys()]) {
+            this.live(user, time);
+        }
+    }
+
+    // The user's memberships, the ended ones dropped.
+    private live(user: string, time: number): Map<string, number | null> | undefined {
+
+        const paths = this.byUser.get(user);
+        for (const [path, end] of paths ?? []) {
+            if (end !== null && end <= time) {
+                this.remove(user, path);
+            }
+        }
+
+        return this.byUser.get(user);
+    }
+
+    private set(user: string, path: string, end: number | null): void {
+
+        let paths = this.byUser.get(user);
+        if (!paths) {
+            paths = new Map();
+            this.byUser.set(user, paths);
+        }
+
+        paths.set(path, end);
+        let users = this.byPath.get(path);
+        if (!users) {
+            users = new Set();
+            this.byPath.set(path, users);
+        }
+
+        users.add(user);
+    }
+
+    private remove(user: string, path: string): void {
+
+        const paths = this.byUser.get(user);
+        if (!paths?.delete(path)) {
+            return;
+        }
+
+        if (!paths.size) {
+            this.byUser.delete(user);
+        }
+
+        const users = this.byPath.get(path)!;
+        users.delete(user);
+        if (!users.size) {
+            this.byPath.delete(path);
+        }
+    }
+}
+

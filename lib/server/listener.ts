@@ -21,6 +21,8 @@ import { userKey } from './auth';
 import { Deadlines } from './deadlines';
 import { Metrics, meterOf } from './metrics';
 import type { UpgradeRejection } from './metrics';
+import { Groups } from './groups';
+import type { HelloJoin } from './groups';
 import { Prepared } from './prepared';
 import { Rounds } from './rounds';
 import { Connection } from './socket';
@@ -63,6 +65,7 @@ export class Listener implements SocketHost {
     readonly tunnel: Tunnel;
     readonly deflater: Deflater | null;                    // shared by every socket that negotiated compression
     metrics: Metrics | null = null;                      // with the inspector, or once an OpenTelemetry SDK reads it
+    readonly groups: Groups;
 
     private readonly wss: WebSocketServer;
     private stopped = true;
@@ -150,6 +153,7 @@ export class Listener implements SocketHost {
             this.metrics = this.createMetrics();
         }
 
+        this.groups = new Groups(this, broker.groups, !!(settings.auth && settings.auth.index));
         server.listener.on('upgrade', this.onUpgradeEvent);
     }
 
@@ -180,7 +184,8 @@ export class Listener implements SocketHost {
             lost: (path) => this.resync(path),
             stats: () => this.nodeStats(),
             resendPresence: () => this.subscriptions.presence.resend(),
-            reloadPresence: () => this.subscriptions.presence.reload()
+            reloadPresence: () => this.subscriptions.presence.reload(),
+            membership: (command) => (this.stopped ? undefined : this.groups.apply(command))
         });
 
         this.subscriptions.presence.start();
@@ -420,6 +425,11 @@ export class Listener implements SocketHost {
         });
     }
 
+    joinGroups(socket: Connection, positions: Record<string, Position> | undefined): Promise<HelloJoin> {
+
+        return this.groups.hello(socket, positions);
+    }
+
     // ---- Outbound ----
 
     // Sockets that gathered frames during this tick; each writes them once, on the next tick.
@@ -440,8 +450,20 @@ export class Listener implements SocketHost {
         }
     }
 
-    // While this node stops, publishes still reach the other nodes (its own sockets are closing).
-    publish(path: string, message: unknown, options: { internal?: unknown; user?: string | number } = {}): Promise<void> {
+    // While this node stops, publishes still reach the other nodes (its own sockets are closing). Several paths:
+    // one publish per path; with `once`, a socket on several of them gets it on the first of those it holds.
+    publish(path: string | string[], message: unknown, options: { internal?: unknown; user?: string | number; once?: boolean } = {}): Promise<void> {
+
+        if (typeof path !== 'string') {
+            const paths = [...new Set(path)];
+            const once = options.once ? paths : undefined;
+            return Promise.all(paths.map((one) => this.publishOne(one, message, options, once))).then(() => undefined);
+        }
+
+        return this.publishOne(path, message, options, undefined);
+    }
+
+    private publishOne(path: string, message: unknown, options: { internal?: unknown; user?: string | number }, once: string[] | undefined): Promise<void> {
 
         if (options.user !== undefined && userKey(options.user) === null) {
             return Promise.reject(new Error(invalidUser));
@@ -468,6 +490,10 @@ export class Listener implements SocketHost {
 
         if (options.user !== undefined) {
             envelope.user = userKey(options.user)!;
+        }
+
+        if (once) {
+            envelope.once = once;
         }
 
         if (this.metrics?.exporting) {

@@ -86,7 +86,7 @@ export const meterOf = (option: boolean | { meterProvider: MeterProviderLike }):
 export const receivedTypes = ['hello', 'reauth', 'request', 'message', 'sub', 'unsub', 'ping', 'invalid', 'binary'] as const;
 export type ReceivedType = typeof receivedTypes[number];
 
-export const sentTypes = ['hello', 'reauth', 'request', 'message', 'sub', 'unsub', 'pub', 'update', 'ping', 'revoke', 'expiring', 'error'] as const;
+export const sentTypes = ['hello', 'reauth', 'request', 'message', 'sub', 'unsub', 'pub', 'update', 'ping', 'revoke', 'expiring', 'join', 'error'] as const;
 export type SentType = typeof sentTypes[number];
 
 // Every type the server sends is listed (checked by the compiler): sentTypeOf() never meets another.

@@ -19,6 +19,7 @@ import type { Metrics } from './metrics';
 import { textFrame, windowOf } from './compression';
 import type { Deflater } from './compression';
 import { PathMap } from './path-map';
+import type { HelloJoin } from './groups';
 import type { Frame, Prepared } from './prepared';
 import type { Subscriptions, Topic } from './subscriptions';
 import { identityHeaders } from './tunnel';
@@ -56,6 +57,7 @@ export interface SocketHost extends Catchups.RecoverySource<Connection> {
     flushLater(socket: Connection): void;                       // write the gathered frames on the next tick
     remove(socket: Connection): Promise<void>;                  // ws reported the close; never rejects
     readonly deadlines: Deadlines<Connection>;              // calls expiryDue() when a socket's expiry deadline comes
+    joinGroups(socket: Connection, positions: Record<string, Position> | undefined): Promise<HelloJoin>;   // the user's recorded memberships, at hello
 }
 
 // A socket only moves forward: closing stops every send at once, closed is when ws reported the close.
@@ -137,6 +139,7 @@ export class Connection implements Socket {
     inFlight = 0;
     recovery = false;                            // negotiated the recovery extension
     expiry = false;                              // negotiated the expiry extension
+    groups = false;                              // negotiated the groups extension (told of server-side subscriptions)
     readonly upgradeHeaders: Readonly<Record<string, string>>;          // what tunnelled requests inherit: host, cookie, x-forwarded-*
     readonly connectedAt = Date.now();
     closeCode = 1005;                                           // the server's close code, else the client's (1005: none)
@@ -328,6 +331,14 @@ export class Connection implements Socket {
     }
 
     // Replies and notices (the server built them: they encode).
+    // Groups extension: the server subscribed this socket to `path` (told only when negotiated, before any pub of it).
+    joined(path: string, position: Position | null): void {
+
+        if (this.groups) {
+            this.reply(position ? { type: 'join', path, pulse: { position } } : { type: 'join', path });
+        }
+    }
+
     private reply(message: ServerMessage | ErrorReply): void {
 
         this.sendText(encode(message));
@@ -776,6 +787,7 @@ export class Connection implements Socket {
         this.state = State.helloing;
         const catchups: Catchup[] = [];
         let unavailable = false;
+        let joined: HelloJoin | null = null;
         try {
             if (request.version !== version) {
                 throw Boom.badRequest(`Incorrect protocol version (expected ${version} but received ${request.version || 'none'})`);
@@ -784,6 +796,7 @@ export class Connection implements Socket {
             if (request.pulse) {
                 this.recovery = !!request.pulse.recovery;
                 this.expiry = !!request.pulse.expiry;
+                this.groups = !!request.pulse.groups;
             }
 
             await this.host.authenticator.authenticate(this, request.auth, false);
@@ -809,6 +822,12 @@ export class Connection implements Socket {
 
                     throw Object.assign(boom, { path });
                 }
+            }
+
+            if (this.isOpen()) {
+                joined = await this.host.joinGroups(this, request.pulse?.positions);
+                catchups.push(...joined.catchups);
+                unavailable ||= joined.unavailable;
             }
         }
         catch (err) {
@@ -838,7 +857,13 @@ export class Connection implements Socket {
         };
 
         if (request.pulse) {
-            response.pulse = this.acknowledge(catchups);
+            const pulse = this.acknowledge(catchups);
+            if (this.groups) {
+                pulse.groups = true;
+                pulse.joined = joined!.joined;
+            }
+
+            response.pulse = pulse;
         }
 
         this.reply(response);
@@ -854,7 +879,7 @@ export class Connection implements Socket {
     }
 
     // The hello reply's extension block: what was accepted, and per history path where the socket stands.
-    private acknowledge(catchups: Catchup[]): HelloResponse['pulse'] {
+    private acknowledge(catchups: Catchup[]): NonNullable<HelloResponse['pulse']> {
 
         const pulse: NonNullable<HelloResponse['pulse']> = { recovery: this.recovery, expiry: this.expiry };
         if (this.recovery && catchups.length) {
@@ -919,8 +944,21 @@ export class Connection implements Socket {
         this.reply({ type: 'message', id, message: response });
     }
 
-    // Subs and unsubs of one path take effect in the order they were sent (others run concurrently).
-    private inOrder(path: string, work: () => Promise<void>): Promise<void> {
+    // Room left under maxSubscriptions, counting the subscriptions still being made.
+    room(): number {
+
+        return this.host.config.limits.maxSubscriptions - this.subscriptions.size - this.reservedSubs;
+    }
+
+    // Slots taken (or given back, negative) by subscriptions the server is making.
+    reserve(count: number): void {
+
+        this.reservedSubs += count;
+    }
+
+    // Subs and unsubs of one path take effect in the order they were sent (others run concurrently), server-side
+    // ones included.
+    inOrder(path: string, work: () => Promise<void>): Promise<void> {
 
         const previous = this.pathQueue?.get(path);
         const run = previous ? previous.then(work) : work();

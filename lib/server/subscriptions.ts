@@ -384,7 +384,7 @@ export class Subscriptions {
 
         const pub = preparePub(envelope, envelope.message);
         if (!topic.route.filter) {
-            for (const socket of topic.recipients(envelope.user)) {
+            for (const socket of recipients(topic, envelope)) {
                 socket.deliver(pub);
             }
 
@@ -421,7 +421,7 @@ export class Subscriptions {
     private filterAndSend(topic: Topic, envelope: PublishEnvelope, pub: Prepared): void | Promise<void> {
 
         const filter = topic.route.filter!;
-        const sockets = [...topic.recipients(envelope.user)];
+        const sockets = [...recipients(topic, envelope)];
         let async = false;
         const results = sockets.map((socket) => {
 
@@ -473,8 +473,8 @@ export class Subscriptions {
 
         const filter = topic.route.filter;
         for (const envelope of envelopes) {
-            if (envelope.path !== topic.path || envelope.user !== undefined && envelope.user !== socket.user) {
-                continue;                                                   // never another path's, nor another user's
+            if (envelope.path !== topic.path || envelope.user !== undefined && envelope.user !== socket.user || envelope.once && elsewhere(socket, envelope.once, topic.path)) {
+                continue;                                                   // never another path's, nor another user's, nor twice
             }
 
             let decision: FilterResult = true;
@@ -606,6 +606,29 @@ export class Subscriptions {
         }
     }
 }
+
+// A publish to several paths, once per socket: the socket gets it on the first listed path it holds.
+const elsewhere = (socket: Connection, paths: string[], path: string): boolean => {
+
+    for (const listed of paths) {
+        if (listed === path) {
+            break;
+        }
+
+        if (socket.subscriptions.has(listed)) {
+            return true;
+        }
+    }
+
+    return false;
+};
+
+const recipients = (topic: Topic, envelope: PublishEnvelope): Iterable<Connection> => {
+
+    const sockets = topic.recipients(envelope.user);
+    const once = envelope.once;
+    return once ? [...sockets].filter((socket) => !elsewhere(socket, once, topic.path)) : sockets;
+};
 
 // The nes pub message, key order as nes sends it, the message serialised once for both forms; the form
 // with `position` only goes to sockets that negotiated recovery.
