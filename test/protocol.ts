@@ -90,8 +90,8 @@ describe('protocol', () => {
         it('checks hello extensions', () => {
 
             const position = { epoch: 'e', offset: 3 };
-            expect(validateClientMessage({ type: 'hello', id: 1, version: '2', pulse: { recovery: true, expiry: true, positions: { '/a': position }, other: 1 } }))
-                .to.equal({ type: 'hello', id: 1, version: '2', pulse: { recovery: true, expiry: true, positions: { '/a': position } } });
+            expect(validateClientMessage({ type: 'hello', id: 1, version: '2', pulse: { recovery: true, expiry: true, groups: true, positions: { '/a': position }, other: 1 } }))
+                .to.equal({ type: 'hello', id: 1, version: '2', pulse: { recovery: true, expiry: true, groups: true, positions: { '/a': position } } });
             expect(validateClientMessage({ type: 'hello', id: 1, version: '2', pulse: { recovery: 'yes' } })).to.equal({ type: 'hello', id: 1, version: '2', pulse: {} });
 
             expect(fails({ type: 'hello', id: 1, version: '2', pulse: [] })).to.include({ field: 'pulse' });
@@ -189,6 +189,15 @@ describe('protocol', () => {
             expect(() => validateServerMessage({ type: 'pub', message: 1 })).to.throw('Received a pub message without a path');
             expect(() => validateServerMessage({ type: 'revoke' })).to.throw('Received a revoke message without a path');
             expect(() => validateServerMessage({ type: 'pub', path: '/a', position: { epoch: 'e' } })).to.throw(ProtocolError);
+        });
+
+        it('checks join messages (groups extension)', () => {
+
+            expect(validateServerMessage({ type: 'join', path: '/a' })).to.equal({ type: 'join', path: '/a' });
+            expect(validateServerMessage({ type: 'join', path: '/a', pulse: { position: { epoch: 'e', offset: 0 } } })).to.equal({ type: 'join', path: '/a', pulse: { position: { epoch: 'e', offset: 0 } } });
+            expect(() => validateServerMessage({ type: 'join' })).to.throw('Received a join message without a path');
+            expect(() => validateServerMessage({ type: 'join', path: '/a', pulse: 1 })).to.throw('Received a join message with an invalid pulse');
+            expect(() => validateServerMessage({ type: 'join', path: '/a', pulse: {} })).to.throw(ProtocolError, /pulse.position must be an object/);
         });
     });
 
