@@ -234,22 +234,22 @@ describe('redis broker across nodes', { skip: !redisAvailable }, () => {
         }
 
         const channels = async () => ((await admin.sendCommand(['PUBSUB', 'CHANNELS', `${prefix}*`])) as string[]).sort();
-        expect(await channels()).to.equal([`${prefix}b`]);
+        expect(await channels()).to.equal([`${prefix}b`, `${prefix}g`]);                   // broadcasts and membership commands
 
         const client = await connect(b!.srv);
         await client.subscribe('/item/1', () => { });
         await client.subscribe('/item/2', () => { });
-        expect(await channels()).to.equal([`${prefix}b`, `${prefix}p:/item/1`, `${prefix}p:/item/2`]);
+        expect(await channels()).to.equal([`${prefix}b`, `${prefix}g`, `${prefix}p:/item/1`, `${prefix}p:/item/2`]);
         const numsub = await admin.sendCommand(['PUBSUB', 'NUMSUB', `${prefix}p:/item/1`, `${prefix}b`]) as [string, number, string, number];
         expect(numsub).to.equal([`${prefix}p:/item/1`, 1, `${prefix}b`, 2]);
 
         await client.unsubscribe('/item/1');
-        await eventually(async () => (await channels()).length === 2);
-        expect(await channels()).to.equal([`${prefix}b`, `${prefix}p:/item/2`]);
+        await eventually(async () => (await channels()).length === 3);
+        expect(await channels()).to.equal([`${prefix}b`, `${prefix}g`, `${prefix}p:/item/2`]);
 
         await client.disconnect();
-        await eventually(async () => (await channels()).length === 1);
-        expect(await channels()).to.equal([`${prefix}b`]);
+        await eventually(async () => (await channels()).length === 2);
+        expect(await channels()).to.equal([`${prefix}b`, `${prefix}g`]);                   // broadcasts and membership commands
 
         await a!.srv.stop();
         await b!.srv.stop();

@@ -32,6 +32,7 @@ import type { Position } from '../../protocol';
 import { Echoes } from './echoes';
 import { RedisPresence } from './presence';
 import type { RedisPresenceOptions } from './presence';
+import { RedisGroups } from './groups';
 import { Keys, Scripts } from './scripts';
 import { Sequencer } from './sequencer';
 
@@ -62,6 +63,9 @@ export class RedisBroker implements Broker {
     private readonly echoes: Echoes;
     private readonly sequencer: Sequencer;
 
+    // Server-side subscriptions: commands on the membership channel, recorded memberships in hashes (groups.ts).
+    readonly groups: RedisGroups;
+
     private sink: BrokerSink | null = null;
     private pub: Client | null = null;
     private sub: Client | null = null;
@@ -86,6 +90,7 @@ export class RedisBroker implements Broker {
         this.scripts = new Scripts((args) => this.command(args), this.keys);
         this.own = `${this.id}:`;
         this.echoes = new Echoes(timeout);
+        this.groups = new RedisGroups((args) => this.command(args), this.scripts, this.keys, (json, publish) => this.announce(this.keys.membership, json, publish));
         this.sequencer = new Sequencer({
             read: (path, since) => this.scripts.missed(path, since),
             deliver: (envelope) => this.sink?.deliver(envelope),
@@ -125,6 +130,7 @@ export class RedisBroker implements Broker {
         sub.on('ready', () => this.resubscribe());
         pub.on('ready', () => [...this.confirming.keys()].forEach((channel) => this.wake(channel)));
         this.channels.set(this.keys.broadcast, false);
+        this.channels.set(this.keys.membership, false);
 
         try {
             await this.bounded(Promise.all([pub.connect(), sub.connect()]));
@@ -134,7 +140,7 @@ export class RedisBroker implements Broker {
             throw boomify(err as Error, { statusCode: 503, message: `RedisBroker cannot connect to ${this.url}` });
         }
 
-        await this.listen(this.keys.broadcast);
+        await Promise.all([this.listen(this.keys.broadcast), this.listen(this.keys.membership)]);
         try {
             await this.presence.start();
         }
@@ -197,12 +203,18 @@ export class RedisBroker implements Broker {
         await echo;
     }
 
-    async broadcast(envelope: BroadcastEnvelope): Promise<void> {
+    broadcast(envelope: BroadcastEnvelope): Promise<void> {
+
+        return this.announce(this.keys.broadcast, JSON.stringify(envelope), (message) => this.command(['PUBLISH', this.keys.broadcast, message]));
+    }
+
+    // A message on a channel every node receives: resolves once this node handled it too.
+    private async announce(channel: string, json: string, publish: (message: string) => Promise<unknown>): Promise<void> {
 
         const seq = this.echoes.next();
-        const echo = this.expect(this.keys.broadcast, seq);
+        const echo = this.expect(channel, seq);
         try {
-            await this.command(['PUBLISH', this.keys.broadcast, this.own + seq + '\n' + JSON.stringify(envelope)]);
+            await publish(this.own + seq + '\n' + json);
         }
         catch (err) {
             this.echoes.cancel(seq);
@@ -316,7 +328,7 @@ export class RedisBroker implements Broker {
         for (const channel of this.channels.keys()) {
             const listening = this.listen(channel);
             all.push(listening);
-            if (channel !== this.keys.broadcast) {
+            if (channel !== this.keys.broadcast && channel !== this.keys.membership) {
                 const path = this.keys.path(channel);
                 listening.then(() => this.sequencer.resume(path));
             }
@@ -345,6 +357,9 @@ export class RedisBroker implements Broker {
             const envelope = JSON.parse(payload.slice(split + 1));
             if (channel === this.keys.broadcast) {
                 this.sink?.broadcast(envelope);
+            }
+            else if (channel === this.keys.membership) {
+                delivered = this.sink?.membership?.(envelope);
             }
             else {
                 delivered = this.sequencer.accept(envelope);

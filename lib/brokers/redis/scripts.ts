@@ -22,11 +22,13 @@ export interface Missed {
 export class Keys {
 
     readonly broadcast: string;
+    readonly membership: string;                          // server-side subscription commands (groups.ts)
     readonly run: string;                                 // names this Redis run (lost with the data on a restart)
 
     constructor(readonly prefix: string) {
 
         this.broadcast = `${prefix}b`;
+        this.membership = `${prefix}g`;
         this.run = `${prefix}run`;
     }
 
@@ -169,12 +171,12 @@ end
 return result
 `;
 
-interface Script {
+export interface Script {
     source: string;
     sha: string;
 }
 
-const script = (source: string): Script => ({ source, sha: createHash('sha1').update(source).digest('hex') });
+export const script = (source: string): Script => ({ source, sha: createHash('sha1').update(source).digest('hex') });
 
 const scripts = {
     publish: script(publishScript),
@@ -222,7 +224,7 @@ export class Scripts {
     }
 
     // By hash first; a Redis that does not know the script yet (a fresh or restarted one) gets its source.
-    private async run(script: Script, keys: string[], args: string[]): Promise<unknown> {
+    async run(script: Script, keys: string[], args: string[]): Promise<unknown> {
 
         try {
             return await this.command(['EVALSHA', script.sha, `${keys.length}`, ...keys, ...args]);
