@@ -1,12 +1,16 @@
 // The demo behind `npm start`: a hapi server with hapi-pulse, one route, one subscription and a
-// publish loop. Open the printed page in a browser, or connect any nes client to the printed URL.
+// publish loop, and a small chat at /chat (chat.ts). Open the printed pages in a browser, or connect any nes
+// client to the printed URL. With DEMO_REDIS_URL set, nodes started on several ports share one Redis
+// (DEMO_REDIS_PREFIX, default 'pulse-demo:').
 
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 import * as Hapi from '@hapi/hapi';
 
+import type { Broker } from '../lib/index';
 import * as Pulse from '../lib/index';
+import * as Chat from './chat';
 
 const page = `<!doctype html>
 <meta charset="utf-8">
@@ -15,6 +19,7 @@ const page = `<!doctype html>
 <p>This page loads the browser bundle, connects over a WebSocket, makes one request through the socket
 (<code>GET /hello</code>, which answers whether it came over a WebSocket) and subscribes to
 <code>/clock/seconds</code>, to which the server publishes every second. Each line below is one event.</p>
+<p>The chat is at <a href="/chat">/chat</a>.</p>
 <pre id="log"></pre>
 <script src="/hapi-pulse.min.js"></script>
 <script>
@@ -32,7 +37,17 @@ const page = `<!doctype html>
 const start = async (): Promise<Hapi.Server> => {
 
     const server = Hapi.server({ host: process.env.HOST ?? '127.0.0.1', port: Number(process.env.PORT ?? 3000) });
-    await server.register({ plugin: Pulse.plugin, options: { heartbeat: { interval: 10000, timeout: 5000 } } });
+    Chat.auth(server);
+
+    // Only when asked: the Redis broker needs @redis/client, which the one-node demo does without
+    const redisUrl = process.env.DEMO_REDIS_URL;
+    const broker: Broker | undefined = redisUrl ? new (require('../lib/redis').RedisBroker)({ url: redisUrl, prefix: process.env.DEMO_REDIS_PREFIX ?? 'pulse-demo:' }) : undefined;
+    await server.register({
+        plugin: Pulse.plugin,
+        options: { heartbeat: { interval: 10000, timeout: 5000 }, auth: { type: 'direct', index: true, route: { strategy: 'demo', mode: 'optional' } }, ...(broker ? { broker } : {}) }
+    });
+
+    Chat.setup(server);
 
     server.route({ method: 'GET', path: '/hello', handler: (request) => ({ hello: 'world', viaWebSocket: request.socket !== null }) });
     server.route({ method: 'GET', path: '/', handler: (_request, h) => h.response(page).type('text/html') });
@@ -44,6 +59,7 @@ const start = async (): Promise<Hapi.Server> => {
 
     server.subscription('/clock/{unit}');
     await server.start();
+    await Chat.seed(server);
 
     let tick = 0;
     const timer = setInterval(() => {
@@ -55,7 +71,7 @@ const start = async (): Promise<Hapi.Server> => {
 
     const ws = server.info.uri.replace(/^http/, 'ws');
     console.log(`hapi-pulse demo listening on ${server.info.uri}`);
-    console.log(`  browser:  open ${server.info.uri}/`);
+    console.log(`  browser:  open ${server.info.uri}/ and the chat at ${server.info.uri}/chat`);
     console.log(`  node:     const { Client } = require('hapi-pulse/client'); const client = new Client('${ws}');`);
     console.log(`            await client.connect(); await client.subscribe('/clock/seconds', console.log);`);
     console.log(`  @hapi/nes clients connect to ${ws} unchanged.`);

@@ -1,18 +1,124 @@
-// `npm start` runs dist/examples/server.js: it must serve, and a stock @hapi/nes client must connect.
+// `npm start` runs dist/examples/server.js: it must serve, and a stock @hapi/nes client must connect. Its chat is
+// proven in Chromium: two users in two browser contexts, on two nodes over Redis (one node without Redis, outside
+// CI). Chromium is driven from a child process running this same file (HAPI_PULSE_CHAT_URLS set), as in browser.ts.
 
-import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { execFile, spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import * as Fs from 'node:fs';
 import * as Net from 'node:net';
 import { join } from 'node:path';
 
 import * as Code from '@hapi/code';
 import * as Lab from '@hapi/lab';
+import { createClient } from '@redis/client';
 
-import { Nes } from './helpers';
+import { Nes, redisAvailable, redisUrl } from './helpers';
 
+const chatUrls = process.env.HAPI_PULSE_CHAT_URLS;
 const { expect } = Code;
-const lab = Lab.script();
+const lab = Lab.script({ schedule: !chatUrls });
 export { lab };
 const { describe, it } = lab;
+
+const chromiumPath = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
+const chromium = Fs.existsSync(chromiumPath);
+const ci = process.env.CI === 'true';
+
+// Starts the demo; resolves with its http address once it prints it.
+const demo = (env: Record<string, string>): Promise<{ child: ChildProcess; address: string }> => {
+
+    const child = spawn(process.execPath, [join(__dirname, '..', 'examples', 'server.js')], { env: { ...process.env, PORT: '0', ...env }, stdio: ['ignore', 'pipe', 'inherit'] });
+    return new Promise((resolve, reject) => {
+
+        let output = '';
+        const timer = setTimeout(() => reject(new Error('example did not start: ' + output)), 10000);
+        child.stdout!.on('data', (chunk) => {
+
+            output += chunk;
+            const match = /listening on (http:\/\/\S+)/.exec(output);
+            if (match) {
+                clearTimeout(timer);
+                resolve({ child, address: match[1]! });
+            }
+        });
+    });
+};
+
+const stopDemo = async (child: ChildProcess): Promise<void> => {
+
+    const exited = new Promise((resolve) => child.once('exit', resolve));
+    child.kill('SIGTERM');
+    await exited;
+};
+
+// The keys a demo run left under its own prefix (its recorded memberships have no ttl).
+const forget = async (prefix: string): Promise<void> => {
+
+    const admin = createClient({ url: redisUrl });
+    await admin.connect();
+    try {
+        for await (const batch of admin.scanIterator({ MATCH: `${prefix}*`, COUNT: 1000 })) {
+            const keys = ([] as string[]).concat(batch);
+            if (keys.length) {
+                await admin.del(keys);
+            }
+        }
+    }
+    finally {
+        admin.destroy();
+    }
+};
+
+// ---- Child: two browser contexts, alice on the first URL and bob on the second; prints both logs as JSON ----
+
+const chat = async (urls: string[]): Promise<void> => {
+
+    const { chromium: browserType } = require('playwright-core');
+    const browser = await browserType.launch({ executablePath: chromiumPath, headless: true, args: ['--no-sandbox', '--disable-gpu'] });
+    try {
+        const pageErrors: string[] = [];
+        const open = async (url: string) => {
+
+            const context = await browser.newContext();
+            const page = await context.newPage();
+            page.on('pageerror', (err: Error) => pageErrors.push(err.message));
+            await page.goto(url);
+            return page;
+        };
+
+        const [alice, bob] = [await open(urls[0]!), await open(urls[1]!)];
+        const seen = (page: any, text: string) => page.waitForFunction((expected: string) => (window as any).chat.log().includes(expected), text, { timeout: 15000 });
+        const run = (page: any, script: string) => page.evaluate(script);
+
+        await run(alice, `chat.signIn('alice')`);
+        await run(bob, `chat.signIn('bob')`);
+        const rooms = await run(bob, `chat.rooms()`);
+        await run(bob, `chat.call('POST', '/rooms/dev/members')`);
+        await seen(bob, 'joined #dev');
+        await run(alice, `chat.call('POST', '/rooms/lobby/messages', { text: 'hi bob' })`);
+        await seen(bob, '#lobby alice: hi bob');
+        await run(alice, `chat.call('POST', '/users/bob/messages', { text: 'psst' })`);
+        await seen(bob, 'private from alice to bob: psst');
+        await run(bob, `chat.call('POST', '/me/drop')`);
+        await seen(bob, 'disconnected, reconnecting');
+        await run(alice, `chat.call('POST', '/rooms/lobby/messages', { text: 'while you were away' })`);
+        await seen(alice, '#lobby alice: while you were away');
+        await seen(bob, '#lobby alice: while you were away');
+        process.stdout.write(JSON.stringify({ rooms, alice: await run(alice, 'chat.log()'), bob: await run(bob, 'chat.log()'), pageErrors }));
+    }
+    finally {
+        await browser.close();
+    }
+};
+
+if (chatUrls) {
+    chat(JSON.parse(chatUrls)).catch((err) => {
+
+        console.error(err);
+        process.exitCode = 1;
+    });
+}
 
 describe('example server', () => {
 
@@ -53,6 +159,44 @@ describe('example server', () => {
             const exited = new Promise((resolve) => child.once('exit', resolve));
             child.kill('SIGTERM');
             await exited;
+        }
+    });
+
+    it('chat: two users in two Chromium contexts, on two nodes over Redis: rooms, a private message, recovery', { skip: !chromium && !ci, timeout: 60000 }, async () => {
+
+        if (!chromium) {
+            throw new Error(`Chromium not installed at ${chromiumPath} (required when CI=true)`);
+        }
+
+        // Two nodes when there is a Redis (always under CI), one otherwise; keys under a prefix of this run only
+        const prefix = `pulse-demo-test:${process.pid}:${randomBytes(6).toString('hex')}:`;
+        const env: Record<string, string> = redisAvailable || ci ? { DEMO_REDIS_URL: redisUrl, DEMO_REDIS_PREFIX: prefix } : {};
+        const nodes = [await demo(env)];
+        try {
+            nodes.push(env.DEMO_REDIS_URL ? await demo(env) : nodes[0]!);
+            const urls = nodes.map((node) => node.address + '/chat');
+            const output = await new Promise<string>((resolve, reject) => {
+
+                execFile(process.execPath, [__filename], { env: { ...process.env, HAPI_PULSE_CHAT_URLS: JSON.stringify(urls) }, timeout: 50000 }, (err, stdout, stderr) => (err ? reject(new Error(`${err.message}\n${stderr}`)) : resolve(stdout)));
+            });
+
+            const result = JSON.parse(output);
+            expect(result.pageErrors).to.equal([]);
+            expect(result.rooms).to.equal(['/room/lobby', '/dm']);                   // joined at hello: recorded at startup
+            expect(result.bob.split('\n').filter((line: string) => line === 'connected as bob').length).to.equal(2);
+            expect(result.bob).to.include('joined #dev');
+            expect(result.alice).to.not.include('joined #dev');                       // bob's room only
+            expect(result.bob).to.include('private from alice to bob: psst');
+            expect(result.bob.indexOf('#lobby alice: while you were away') as number).to.be.above(result.bob.lastIndexOf('disconnected, reconnecting') as number);
+        }
+        finally {
+            for (const node of new Set(nodes)) {
+                await stopDemo(node.child);
+            }
+
+            if (env.DEMO_REDIS_URL) {
+                await forget(prefix);
+            }
         }
     });
 
