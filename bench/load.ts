@@ -777,15 +777,19 @@ serve({
     },
 
     // Subscribes every open socket to `path` (nes: a sub message; socket.io: a 'sub' emit with ack), `inflight` at a time.
+    // Every socket subscribes to `path`, or with `spread` to `per` consecutive paths of /multi/0 … /multi/<spread - 1>
+    // (socket i: /multi/i, /multi/i+1, … modulo spread), one sub at a time per socket.
     subscribeAll: async (args) => {
 
         const path = String(args.path);
+        const spread = Number(args.spread ?? 0);
+        const per = Number(args.per ?? 1);
         const inflight = Number(args.inflight ?? 100);
         const t0 = nowMs();
         let next = 0;
         let failed = 0;
 
-        const one = (conn: Conn) => new Promise<void>((resolve) => {
+        const one = (conn: Conn, target: string) => new Promise<void>((resolve) => {
 
             const id = nextRequestId++;
             const timer = setTimeout(() => {
@@ -802,13 +806,20 @@ serve({
                 resolve();
             });
 
-            send(conn, proto === 'nes' ? JSON.stringify({ type: 'sub', id, path }) : `42${id}${JSON.stringify(['sub', path])}`);
+            send(conn, proto === 'nes' ? JSON.stringify({ type: 'sub', id, path: target }) : `42${id}${JSON.stringify(['sub', target])}`);
         });
+
+        const each = async (conn: Conn) => {
+
+            for (let j = 0; j < (spread ? per : 1); ++j) {
+                await one(conn, spread ? `/multi/${(conn.index + j) % spread}` : path);
+            }
+        };
 
         const worker = async () => {
 
             while (next < conns.length) {
-                await one(conns[next++]!);
+                await each(conns[next++]!);
             }
         };
 

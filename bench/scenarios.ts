@@ -175,6 +175,19 @@ async function ensureFan(s: Session): Promise<void> {
     }
 }
 
+// Each socket of the session on 3 of /multi/0 … /multi/9 (consecutive, so every path is shared with others).
+async function ensureMulti(s: Session): Promise<void> {
+
+    if (!s.state.multi) {
+        const result = await s.client.call<{ ms: number; failed: number }>('subscribeAll', { path: '', spread: 10, per: 3, inflight: 100 }, 120_000);
+        if (result.failed) {
+            throw new Error(`${result.failed} subscriptions to /multi/* failed`);
+        }
+
+        s.state.multi = true;
+    }
+}
+
 // Sessions. Every socket of 'small' and 'large' subscribes to its own /item/{index} in its hello; fan-out scenarios
 // add a '/fan' subscription to every socket when they start.
 
@@ -421,6 +434,62 @@ function compressed(kind: 'small' | 'large', label: string): Scenario {
         }
     };
 }
+
+// hapi-pulse only: server.publish(paths, message, { once: true }) to 10 paths, each socket on 3 of them, beside a
+// burst of the same size to one path every socket holds.
+const multiPath: Scenario = {
+    id: 'multi-path-1k',
+    title: 'Publish to 10 paths once per socket, 1k sockets each on 3 of them',
+    describe: (quick) => {
+
+        const sz = sizes(quick);
+        return `${sz.small} sockets, socket i subscribed to \`/multi/i % 10\` and the next two; the server publishes a burst of ${sz.fanout.small} ` +
+            `messages of ${sz.messageBytes} B, each with \`server.publish([10 paths], message, { once: true })\` (one delivery per socket), then ` +
+            'the same burst to `/fan`, which every socket holds (single path). delivered/s = deliveries / (last delivery − first publish).';
+    },
+    targets: ['pulse'],
+    baselines: [],
+    headline: { key: 'rate', label: 'delivered/s (10 paths, once)', better: 'higher', format: rate },
+    metrics: [
+        { key: 'serverCpuUs', label: 'server CPU/delivery', better: 'lower', format: us },
+        { key: 'singleRate', label: 'delivered/s (1 path)', better: 'higher', format: rate },
+        { key: 'singleCpuUs', label: 'server CPU/delivery (1 path)', better: 'lower', format: us },
+        { key: 'lost', label: 'lost', better: 'lower', format: count }
+    ],
+    session: small,
+    order: 4,
+    run: async (ctx, s) => {
+
+        const sz = sizes(ctx.quick);
+        const sockets = sz.small;
+        const messages = sz.fanout.small;
+        const size = sz.messageBytes;
+        const paths = Array.from({ length: 10 }, (_, i) => `/multi/${i}`);
+        await ensureFan(s);
+        await ensureMulti(s);
+
+        const burst = async (op: 'fanout' | 'fanoutOnce', count: number, seqBase: number) => {
+
+            const expected = sockets * count;
+            await s.client.call('arm', { mode: 'fan' });
+            await s.server.call('cpuMark');
+            const pub = await s.server.call<Published>(op, { path: '/fan', paths, count, size, seqBase }, 60_000);
+            const got = await s.client.call<Delivered>('wait', { total: expected, timeoutMs: 60_000 }, 65_000);
+            const cpu = await s.server.call<Cpu>('cpuRead');
+            if (got.bad) {
+                throw new Error(`${got.bad} messages out of order`);
+            }
+
+            return { rate: got.delivered / ((got.lastAt - pub.t0) / 1000), cpuUs: cpu.cpuUs / got.delivered, lost: expected - got.delivered };
+        };
+
+        await burst('fanoutOnce', 10, 0);                                             // warm-up, both ways
+        await burst('fanout', 10, 100);
+        const once = await burst('fanoutOnce', messages, 1000);
+        const single = await burst('fanout', messages, 5000);
+        return { rate: once.rate, serverCpuUs: once.cpuUs, singleRate: single.rate, singleCpuUs: single.cpuUs, lost: once.lost + single.lost };
+    }
+};
 
 function targeted(kind: 'small' | 'large', label: string): Scenario {
 
@@ -778,6 +847,7 @@ export const scenarios: readonly Scenario[] = [
     compressed('large', '5k'),
     targeted('small', '1k'),
     targeted('large', '5k'),
+    multiPath,
     {
         id: 'storm',
         title: 'Storm: 10,000 publishes in a tight loop to 5,000 targeted sockets',

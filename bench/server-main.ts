@@ -124,6 +124,21 @@ serve({
         return { t0, t1: nowMs(), published: count };
     },
 
+    // Burst: `count` publishes, each to every path of `paths` at once, once per socket (hapi-pulse only).
+    fanoutOnce: (args) => {
+
+        const srv = need();
+        const paths = args.paths as string[];
+        const count = Number(args.count);
+        const messages = Array.from({ length: count }, (_, i) => message(Number(args.seqBase ?? 0) + i, paths[0]!, Number(args.size)));
+        const t0 = nowMs();
+        for (const msg of messages) {
+            srv.publishOnce!(paths, msg);
+        }
+
+        return { t0, t1: nowMs(), published: count };
+    },
+
     // Steady publishing to one path: `rate` per second, paced every 5 ms, seq 0, 1, 2... until steadyStop,
     // `durationMs` or `maxCount`. Resolves with the count once it stops.
     steady: async (args) => {

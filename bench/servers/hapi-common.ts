@@ -33,6 +33,7 @@ export async function createHapiTarget(pluginModule: unknown, options: object = 
     const nes = server as unknown as NesDecorated;
     nes.subscription('/fan');
     nes.subscription('/item/{id}');
+    nes.subscription('/multi/{id}');                    // the multi-path scenario (hapi-pulse only publishes to several)
     for (const [path, config] of extra.subscriptions ?? []) {
         nes.subscription(path, config);
     }
@@ -60,6 +61,7 @@ export async function createHapiTarget(pluginModule: unknown, options: object = 
                 }
             } :
             (path, message) => nes.publish(path, message),
+        publishOnce: (paths, message) => nes.publish(paths as never, message, { once: true }),
         publishErrors: () => publishErrors,
         connections: () => sockets,
         stop: () => server.stop({ timeout: 500 })

@@ -11,6 +11,7 @@ export interface BenchServer {
     connections(): number;                              // Open client connections, as the server sees them
     stop(): Promise<void>;
     publishErrors?(): number;                           // Rejected publishes (brokers that can refuse, e.g. Redis)
+    publishOnce?(paths: string[], message: object): void;   // hapi-pulse only: one publish to several paths, once per socket
 }
 
 // Options from the orchestrator's `listen` call. hapi-pulse reads the first three (the two-node and recovery
