@@ -315,7 +315,7 @@ const matchSegments = (pattern: string[], segments: string[]): Record<string, st
         const expected = pattern[i]!;
         const actual = segments[i]!;
         const param = /^{(\w+)}$/.exec(expected);
-        if (param && actual) {
+        if (param) {
             params[param[1]!] = actual;
         }
         else if (expected !== actual) {

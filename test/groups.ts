@@ -476,6 +476,7 @@ describe('server-side subscriptions: edges', () => {
         client.joined('/room/lobby', (message) => teams.push(message));
         client.joined('/room/{id}', (message, flags) => rooms.push([message, flags.params]));
         expect(() => client.joined('room', () => { })).to.throw('Invalid pattern');
+        expect(() => client.joined(5 as any, () => { })).to.throw('Invalid pattern');
         expect(() => client.joined('/room', null as any)).to.throw('Invalid handler');
         await client.connect({ auth: header('john') });
         defer(() => client.disconnect());

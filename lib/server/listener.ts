@@ -185,7 +185,7 @@ export class Listener implements SocketHost {
             stats: () => this.nodeStats(),
             resendPresence: () => this.subscriptions.presence.resend(),
             reloadPresence: () => this.subscriptions.presence.reload(),
-            membership: (command) => (this.stopped ? undefined : this.groups.apply(command))
+            membership: (command) => this.groups.apply(command)          // only sockets done with hello: none while stopping
         });
 
         this.subscriptions.presence.start();
