@@ -575,7 +575,7 @@ describe('server-side subscriptions: edges', () => {
         expect(srv.logs.filter(({ tags }) => tags.includes('subscribe')).map(({ data }) => data.error.output.statusCode)).to.equal([429]);
     });
 
-    it('closes a hello whose memberships cannot be read with try-again, after the reply; a refused membership is logged and left out', async () => {
+    it('goes on without memberships that cannot be read (logged), closes with try-again when a route is unavailable, leaves a refused one out', async () => {
 
         class Unreachable extends MemoryBroker {
 
@@ -615,7 +615,8 @@ describe('server-side subscriptions: edges', () => {
         broker.down = true;
         const down = await peer(srv, 'john', { groups: true });
         expect(down.hello0.pulse.joined).to.equal([]);
-        expect((await down.closedWith()).code).to.equal(CloseCode.tryAgain);
+        await wait(50);
+        expect(down.closed).to.be.null();
         expect(srv.logs.filter(({ tags }) => tags.includes('subscribe')).map(({ data }) => data.error.message)).to.equal(['no', 'busy', 'no', 'busy', 'Redis down']);        // the connected socket is told of /room/busy too
     });
 

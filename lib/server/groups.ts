@@ -30,7 +30,7 @@ export interface SubscribeUserOptions {
 export interface HelloJoin {
     joined: string[];
     catchups: Catchup[];
-    unavailable: boolean;                // the memberships could not be read (broker out of reach)
+    unavailable: boolean;                // a route answered 502/503/504 for one of them: try again later
 }
 
 const tooMany = 'Too many subscriptions';
@@ -151,8 +151,8 @@ export class Groups {
             paths = await this.store.paths(socket.user);
         }
         catch (err) {
+            // The broker out of reach: the socket goes on without them (as any socket does while Redis is down)
             this.host.server.log(['pulse', 'subscribe', 'error'], { socket: socket.id, user: socket.user, error: err });
-            result.unavailable = true;
             return result;
         }
 
