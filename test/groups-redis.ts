@@ -4,17 +4,14 @@
 
 import { randomBytes } from 'node:crypto';
 
-import * as Basic from '@hapi/basic';
 import * as Code from '@hapi/code';
 import type * as Hapi from '@hapi/hapi';
 import * as Lab from '@hapi/lab';
 import { createClient } from '@redis/client';
 
-import { Client } from '../lib/client';
-import type { SubscriptionFlags } from '../lib/client';
 import { RedisBroker } from '../lib/redis';
-import { Nes, Proxy, redisUrl, server, skipWithoutRedis, teardown, until, url, wait } from './helpers';
-import type { NesClient } from './helpers';
+import { Proxy, redisUrl, server, skipWithoutRedis, teardown, until, url, wait } from './helpers';
+import { basic, clients, header } from './groups-clients';
 
 const { expect } = Code;
 const lab = Lab.script();
@@ -44,16 +41,6 @@ after(async () => {
     admin.destroy();
 });
 
-const basic = async (srv: Hapi.Server): Promise<void> => {
-
-    await srv.register(Basic);
-    srv.auth.strategy('default', 'basic', {
-        validate: (_request: unknown, username: string, password: string) => ({ isValid: password === 'secret', credentials: { user: username } })
-    });
-    srv.auth.default('default');
-};
-
-const header = (user: string) => ({ headers: { authorization: 'Basic ' + Buffer.from(`${user}:secret`).toString('base64') } });
 
 type Node = Hapi.Server & { logs: { tags: string[]; data: any }[]; prefix: string };
 
@@ -79,27 +66,7 @@ const nodes = async (count: number, options: Record<string, unknown> = {}, redis
     return list;
 };
 
-interface Seen { message: unknown; flags: SubscriptionFlags }
-
-const pulseClient = async (srv: Hapi.Server, user: string, options: { recovery?: boolean } = {}): Promise<Client & { seen: Seen[] }> => {
-
-    const client = new Client(url(srv), options) as Client & { seen: Seen[] };
-    client.seen = [];
-    client.onError = () => { };
-    client.joined('/room/{id}', (message, flags) => client.seen.push({ message, flags }));
-    await client.connect({ auth: header(user) });
-    defer(() => client.disconnect());
-    return client;
-};
-
-const nesClient = async (srv: Hapi.Server, user: string): Promise<NesClient> => {
-
-    const client = new Nes.Client(url(srv));
-    client.onError = () => { };
-    await client.connect({ auth: header(user) });
-    defer(() => client.disconnect());
-    return client;
-};
+const { pulseClient, nesClient } = clients(defer);
 
 describe('server-side subscriptions over Redis', { skip }, () => {
 

@@ -1,18 +1,16 @@
 // Server-side subscriptions on one node (in-process broker), over real sockets: our client, the stock nes
 // client and raw peers; persistent memberships joined at hello, recovery, queries, multi-path publish and limits.
 
-import * as Basic from '@hapi/basic';
 import * as Boom from '@hapi/boom';
 import * as Code from '@hapi/code';
 import type * as Hapi from '@hapi/hapi';
 import * as Lab from '@hapi/lab';
 
 import { Client } from '../lib/client';
-import type { SubscriptionFlags } from '../lib/client';
 import type { Broker, BrokerSink } from '../lib/index';
 import { CloseCode, MemoryBroker } from '../lib/index';
-import { Nes, Peer, server, teardown, url, until, wait } from './helpers';
-import type { NesClient } from './helpers';
+import { Peer, server, teardown, url, until, wait } from './helpers';
+import { basic, clients, header } from './groups-clients';
 
 const { expect } = Code;
 const lab = Lab.script();
@@ -20,16 +18,6 @@ export { lab };
 const { describe, it } = lab;
 const defer = teardown(lab);
 
-const basic = async (srv: Hapi.Server): Promise<void> => {
-
-    await srv.register(Basic);
-    srv.auth.strategy('default', 'basic', {
-        validate: (_request: unknown, username: string, password: string) => ({ isValid: password === 'secret', credentials: { user: username } })
-    });
-    srv.auth.default('default');
-};
-
-const header = (user: string) => ({ headers: { authorization: 'Basic ' + Buffer.from(`${user}:secret`).toString('base64') } });
 
 const start = async (options: Record<string, unknown> = {}, subscriptions?: (srv: Hapi.Server) => void): Promise<Hapi.Server & { logs: { tags: string[]; data: any }[] }> => {
 
@@ -48,27 +36,7 @@ const start = async (options: Record<string, unknown> = {}, subscriptions?: (srv
     return srv;
 };
 
-interface Seen { message: unknown; flags: SubscriptionFlags }
-
-const pulseClient = async (srv: Hapi.Server, user: string, options: { recovery?: boolean } = {}): Promise<Client & { seen: Seen[] }> => {
-
-    const client = new Client(url(srv), options) as Client & { seen: Seen[] };
-    client.seen = [];
-    client.onError = () => { };
-    client.joined('/room/{id}', (message, flags) => client.seen.push({ message, flags }));
-    await client.connect({ auth: header(user) });
-    defer(() => client.disconnect());
-    return client;
-};
-
-const nesClient = async (srv: Hapi.Server, user: string): Promise<NesClient> => {
-
-    const client = new Nes.Client(url(srv));
-    client.onError = () => { };
-    await client.connect({ auth: header(user) });
-    defer(() => client.disconnect());
-    return client;
-};
+const { pulseClient, nesClient } = clients(defer);
 
 const peer = async (srv: Hapi.Server, user: string, pulse?: Record<string, unknown>): Promise<Peer & { hello0: any }> => {
 
