@@ -1,12 +1,15 @@
 // The chat of the demo: sign in as a demo user; rooms are groups the server joins users to (recorded, so a user's
 // next socket, on any node, is in them at hello); private messages are publishes aimed at one user; with
-// recovery, what was said while a browser was away arrives when it reconnects.
+// recovery, what was said while a browser was away arrives when it reconnects; the online list is the presence of
+// /online, a group every user is in, with each user's alias and the availability the user picks.
 
 import * as Boom from '@hapi/boom';
 import type * as Hapi from '@hapi/hapi';
 
 export const users = ['alice', 'bob', 'carol'];
 export const rooms = ['lobby', 'random', 'dev'];
+export const availabilities = ['available', 'away', 'busy'];
+const alias = (user: string): string => user[0]!.toUpperCase() + user.slice(1);
 
 export const page = `<!doctype html>
 <meta charset="utf-8">
@@ -14,9 +17,12 @@ export const page = `<!doctype html>
 <h1>hapi-pulse chat</h1>
 <p>Sign in as a demo user. The server joins users to rooms (server-side subscriptions: every socket of the user,
 on every node, and later sockets at hello). Private messages are publishes aimed at one user. Messages sent while a
-browser is disconnected arrive when it reconnects (recovery).</p>
+browser is disconnected arrive when it reconnects (recovery). The online list is the presence of a group every
+user is in: each user's alias and availability, updated live.</p>
 <p><select id="user">${users.map((user) => `<option>${user}</option>`).join('')}</select> <button id="signin">Sign in</button>
 <span id="status">signed out</span></p>
+<p>I am <select id="availability">${availabilities.map((availability) => `<option>${availability}</option>`).join('')}</select>.
+Online: <span id="online"></span></p>
 <p>Rooms: <span id="rooms"></span></p>
 <p><select id="room">${rooms.map((room) => `<option>${room}</option>`).join('')}</select>
 <button id="join">Join</button> <button id="leave">Leave</button>
@@ -30,8 +36,17 @@ browser is disconnected arrive when it reconnects (recovery).</p>
     const $ = (id) => document.getElementById(id);
     const log = (line) => { $('log').textContent += line + '\\n'; console.log(line); };
     let client = null;
+    let me = null;
     const showRooms = () => { $('rooms').textContent = client.joinedPaths().filter((path) => path.startsWith('/room/')).map((path) => path.slice(6)).join(', '); };
     const call = (method, path, payload) => client.request({ method, path, payload }).catch((err) => log('error: ' + err.message));
+
+    // The members of /online (kept by followPresence: the list, then the diffs): "Alice: available, Bob: busy"
+    const showOnline = (online) => {
+        const members = [...online.members.values()].sort((a, b) => a.alias.localeCompare(b.alias));
+        $('online').textContent = members.map((member) => member.alias + ': ' + member.availability).join(', ');
+        const mine = members.find((member) => member.user === me);
+        if (mine) { $('availability').value = mine.availability; }          // the same in every tab of the user
+    };
 
     const signIn = async (user) => {
         client = new HapiPulse.Client('ws://' + location.host, { recovery: true });
@@ -48,7 +63,9 @@ browser is disconnected arrive when it reconnects (recovery).</p>
         });
         client.onConnect = () => { $('status').textContent = 'signed in as ' + user + ' (socket ' + client.id + ')'; showRooms(); log('connected as ' + user); };
         client.onDisconnect = (willReconnect) => log('disconnected' + (willReconnect ? ', reconnecting' : ''));
+        me = user;
         await client.connect({ auth: { headers: { authorization: 'Demo ' + user } } });
+        await client.followPresence('/online', showOnline);
     };
 
     $('signin').onclick = () => signIn($('user').value).catch((err) => log('error: ' + err.message));
@@ -57,7 +74,8 @@ browser is disconnected arrive when it reconnects (recovery).</p>
     $('say').onclick = () => call('POST', '/rooms/' + $('room').value + '/messages', { text: $('text').value });
     $('send').onclick = () => call('POST', '/users/' + $('to').value + '/messages', { text: $('dm').value });
     $('drop').onclick = () => call('POST', '/me/drop');
-    window.chat = { signIn, call, log: () => $('log').textContent, rooms: () => client.joinedPaths() };
+    $('availability').onchange = () => call('PUT', '/me/availability', { availability: $('availability').value });
+    window.chat = { signIn, call, log: () => $('log').textContent, rooms: () => client.joinedPaths(), online: () => $('online').textContent };
 </script>`;
 
 const userOf = (request: Hapi.Request): string => (request.auth.credentials as { user: string }).user;
@@ -85,6 +103,12 @@ export const setup = (server: Hapi.Server): void => {
 
     server.subscription('/room/{id}', { auth: { mode: 'required' }, history: { size: 100, ttl: 10 * 60 * 1000 } });
     server.subscription('/dm', { auth: { mode: 'required', index: true }, history: { size: 100, ttl: 10 * 60 * 1000 } });
+
+    // Nothing is published on /online: its sockets are its members. A user's info is computed when the user's first
+    // socket on this node joins; the availability the user last picked through this node outlives a reconnection.
+    const picked = new Map<string, string>();
+    const info = (user: string) => ({ user, alias: alias(user), availability: picked.get(user) ?? 'available' });
+    server.subscription('/online', { auth: { mode: 'required' }, presence: { info: (credentials) => info((credentials as { user: string }).user) } });
 
     const room = (request: Hapi.Request): string => {
 
@@ -129,6 +153,26 @@ export const setup = (server: Hapi.Server): void => {
             }
         },
         {
+            method: 'PUT',
+            path: '/me/availability',
+            options: { auth: 'demo' },
+            handler: async (request) => {
+
+                const availability = String((request.payload as { availability?: unknown } | null)?.availability);
+                if (!availabilities.includes(availability)) {
+                    throw Boom.badRequest('Availability must be one of: ' + availabilities.join(', '));
+                }
+
+                const user = userOf(request);
+                picked.set(user, availability);
+                if (!await server.presence.update('/online', user, info(user))) {          // the others see it in their next diff
+                    throw Boom.conflict('Not online');
+                }
+
+                return { availability };
+            }
+        },
+        {
             method: 'POST',
             path: '/me/drop',
             options: { auth: 'demo' },
@@ -166,10 +210,11 @@ export const setup = (server: Hapi.Server): void => {
     ]);
 };
 
-// Every demo user starts in the lobby and can receive private messages, on whichever node they connect.
+// Every demo user starts in the lobby, can receive private messages and is online while connected, on whichever
+// node they connect.
 export const seed = async (server: Hapi.Server): Promise<void> => {
 
     for (const user of users) {
-        await server.subscribeUser(user, ['/room/lobby', '/dm'], { persist: true });
+        await server.subscribeUser(user, ['/room/lobby', '/dm', '/online'], { persist: true });
     }
 };

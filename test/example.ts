@@ -83,6 +83,13 @@ const chat = async (urls: string[]): Promise<void> => {
             const context = await browser.newContext();
             const page = await context.newPage();
             page.on('pageerror', (err: Error) => pageErrors.push(err.message));
+            page.on('console', (message: any) => {
+
+                // The client's onError (a handler that threw, ...); not the browser's own request for /favicon.ico
+                if (message.type() === 'error' && !message.location().url.endsWith('/favicon.ico')) {
+                    pageErrors.push(message.text());
+                }
+            });
             await page.goto(url);
             return page;
         };
@@ -90,10 +97,18 @@ const chat = async (urls: string[]): Promise<void> => {
         const [alice, bob] = [await open(urls[0]!), await open(urls[1]!)];
         const seen = (page: any, text: string) => page.waitForFunction((expected: string) => (window as any).chat.log().includes(expected), text, { timeout: 15000 });
         const run = (page: any, script: string) => page.evaluate(script);
+        const online = (page: any, text: string, timeout = 15000) => page.waitForFunction((expected: string) => (window as any).chat.online() === expected, text, { timeout });
 
         await run(alice, `chat.signIn('alice')`);
         await run(bob, `chat.signIn('bob')`);
         const rooms = await run(bob, `chat.rooms()`);
+
+        // The online list: each user's alias and availability; bob picks another one in his page, alice sees it
+        await online(alice, 'Alice: available, Bob: available');
+        await bob.selectOption('#availability', 'busy');
+        await online(alice, 'Alice: available, Bob: busy');
+        await online(bob, 'Alice: available, Bob: busy');
+
         await run(bob, `chat.call('POST', '/rooms/dev/members')`);
         await seen(bob, 'joined #dev');
         await run(alice, `chat.call('POST', '/rooms/lobby/messages', { text: 'hi bob' })`);
@@ -105,7 +120,15 @@ const chat = async (urls: string[]): Promise<void> => {
         await run(alice, `chat.call('POST', '/rooms/lobby/messages', { text: 'while you were away' })`);
         await seen(alice, '#lobby alice: while you were away');
         await seen(bob, '#lobby alice: while you were away');
-        process.stdout.write(JSON.stringify({ rooms, alice: await run(alice, 'chat.log()'), bob: await run(bob, 'chat.log()'), pageErrors }));
+        const bobLog = await run(bob, 'chat.log()');
+        const availability = await run(bob, `document.getElementById('availability').value`);
+
+        // Bob closes his page: his socket closes and he leaves alice's list within two presence intervals (0.5 s
+        // here); 5 s leaves room for a loaded machine
+        await online(alice, 'Alice: available, Bob: busy');                 // still busy after his reconnection
+        await bob.close();
+        await online(alice, 'Alice: available', 5000);
+        process.stdout.write(JSON.stringify({ rooms, alice: await run(alice, 'chat.log()'), bob: bobLog, availability, pageErrors }));
     }
     finally {
         await browser.close();
@@ -162,7 +185,7 @@ describe('example server', () => {
         }
     });
 
-    it('chat: two users in two Chromium contexts, on two nodes over Redis: rooms, a private message, recovery', { skip: !chromium && !ci, timeout: 60000 }, async () => {
+    it('chat: two users in two Chromium contexts, on two nodes over Redis: rooms, a private message, recovery, the online list', { skip: !chromium && !ci, timeout: 60000 }, async () => {
 
         if (!chromium) {
             throw new Error(`Chromium not installed at ${chromiumPath} (required when CI=true)`);
@@ -182,7 +205,8 @@ describe('example server', () => {
 
             const result = JSON.parse(output);
             expect(result.pageErrors).to.equal([]);
-            expect(result.rooms).to.equal(['/room/lobby', '/dm']);                   // joined at hello: recorded at startup
+            expect(result.rooms).to.equal(['/room/lobby', '/dm', '/online']);       // joined at hello: recorded at startup
+            expect(result.availability).to.equal('busy');
             expect(result.bob.split('\n').filter((line: string) => line === 'connected as bob').length).to.equal(2);
             expect(result.bob).to.include('joined #dev');
             expect(result.alice).to.not.include('joined #dev');                       // bob's room only
