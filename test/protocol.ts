@@ -212,6 +212,12 @@ describe('protocol', () => {
             expect(encode({ type: 'request', id: 1, statusCode: 200, payload: json, headers: { a: 'b' } })).to.equal('{"type":"request","id":1,"statusCode":200,"payload":{"raw" : [1]},"headers":{"a":"b"}}');
             expect(encode({ type: 'request', id: 1, statusCode: 200, payload: json })).to.equal('{"type":"request","id":1,"statusCode":200,"payload":{"raw" : [1]}}');
             expect(encode({ type: 'request', id: 1, statusCode: 200, payload: { raw: [1] } })).to.equal('{"type":"request","id":1,"statusCode":200,"payload":{"raw":[1]}}');
+
+            // A pub whose message is JSON already (presence lists and diffs) is placed as it is, where JSON.stringify puts it
+            const message = { a: [1, 'é'], b: null };
+            const position = { epoch: 'e', offset: 3 };
+            expect(encode({ type: 'pub', path: '/a"b', message: new EncodedPayload(JSON.stringify(message)) })).to.equal(encode({ type: 'pub', path: '/a"b', message }));
+            expect(encode({ type: 'pub', path: '/a', message: new EncodedPayload(JSON.stringify(message)), position })).to.equal(encode({ type: 'pub', path: '/a', message, position }));
             expect(() => encode({ type: 'update', message: 1n })).to.throw(TypeError);
         });
     });

@@ -1,14 +1,18 @@
 // Byte-for-byte: the same conversation with a stock @hapi/nes server and with hapi-pulse must produce
 // the same frames (apart from socket ids), so a stock nes client cannot tell them apart.
 
+import { randomBytes } from 'node:crypto';
+
 import * as Boom from '@hapi/boom';
 import * as Code from '@hapi/code';
 import type * as Hapi from '@hapi/hapi';
 import * as Lab from '@hapi/lab';
+import { createClient } from '@redis/client';
 
+import { RedisBroker } from '../lib/redis';
 import { chunk, encode } from '../lib/protocol';
 import type { Position } from '../lib/protocol';
-import { Peer, server, url, until, wait } from './helpers';
+import { Peer, redisAvailable, redisUrl, server, url, until, wait } from './helpers';
 import type { Flavour } from './helpers';
 
 const { expect } = Code;
@@ -235,5 +239,156 @@ describe('wire format', () => {
             overridden.close();
             await srv.stop();
         }
+    });
+
+    // Presence lists and diffs are made from infos kept as JSON (server/presence.ts through protocol.presenceJson):
+    // what a follower receives must be what encode() gives for the same message, on one node and through Redis.
+    describe('presence frames', () => {
+
+        const infos: unknown[] = [{ text: 'é "quoted" \\ \u2028 </script>', n: -1.5e-7 }, [1, 'two', null, { deep: [true] }], 'x'.repeat(300), 0, null, { 10: 'a', b: 'c', 2: 'd' }];
+        const path = '/p/\u00fc"x';
+        const derived = '/$presence' + path;
+        const prefix = `pulse-test:wire:${process.pid}:${randomBytes(4).toString('hex')}:`;
+
+        lab.after(async () => {
+
+            if (!redisAvailable) {
+                return;
+            }
+
+            const admin = createClient({ url: redisUrl });
+            await admin.connect();
+            const keys: string[] = [];
+            for await (const batch of admin.scanIterator({ MATCH: `${prefix}*`, COUNT: 1000 })) {
+                keys.push(...batch);
+            }
+
+            if (keys.length) {
+                await admin.del(keys);
+            }
+
+            admin.destroy();
+        });
+
+        const node = async (maxChunkChars: number | false, broker?: RedisBroker): Promise<Hapi.Server> => {
+
+            const srv = await server({ payload: { maxChunkChars }, auth: { type: 'direct', route: { strategy: 'user', mode: 'optional' } }, ...(broker ? { broker } : {}) }, 'pulse', (s) => {
+
+                s.auth.scheme('user', () => ({
+                    authenticate: (request: Hapi.Request, h: Hapi.ResponseToolkit) => {
+
+                        if (!request.headers['x-user']) {
+                            throw Boom.unauthorized(null, 'User');
+                        }
+
+                        return h.authenticated({ credentials: { user: request.headers['x-user'], info: JSON.parse(request.headers['x-info'] as string) } });
+                    }
+                }) as any);
+                s.auth.strategy('user', 'user');
+            });
+
+            srv.subscription('/p/{id}', { presence: { info: (credentials) => credentials.info, interval: 10 } });
+            await srv.start();
+            return srv;
+        };
+
+        const run = async (maxChunkChars: number | false, nodes: Hapi.Server[]): Promise<void> => {
+
+            const [a, b] = [nodes[0]!, nodes[nodes.length - 1]!];
+            const whole = (peer: Peer): string[] => {
+
+                if (!maxChunkChars) {
+                    return peer.frames;
+                }
+
+                const messages: string[] = [];
+                let text = '';
+                for (const frame of peer.frames) {
+                    text += frame.slice(1);
+                    if (frame[0] === '!') {
+                        messages.push(text);
+                        text = '';
+                    }
+                }
+
+                return messages;
+            };
+
+            const follower = await Peer.open(url(a));
+            follower.send({ type: 'hello', id: 1, version: '2', subs: [derived] });
+            await until(() => whole(follower).length === 2);
+            const pubs = () => whole(follower).slice(1);
+            const expected: string[] = [encode({ type: 'pub', path: derived, message: { presence: 'list', members: [], anonymous: 0 } })];
+            const byId = new Map<string, unknown>();
+            const members: Peer[] = [];
+            const join = async (user: string | null, info: unknown): Promise<void> => {
+
+                const member = await Peer.open(url(b));
+                member.send({ type: 'hello', id: 1, version: '2', subs: [path], ...(user ? { auth: { headers: { 'x-user': user, 'x-info': JSON.stringify(info) } } } : {}) });
+                members.push(member);
+            };
+
+            // One join per diff, so that the id in each is that user's (the only thing taken from the frames)
+            for (let i = 0; i < infos.length; ++i) {
+                await join(`user${i}`, infos[i]);
+                await until(() => pubs().length === expected.length + 1);
+                const id = JSON.parse(pubs()[expected.length]!).message.joins[0].id;
+                byId.set(id, infos[i]);
+                expected.push(encode({ type: 'pub', path: derived, message: { presence: 'diff', joins: [{ id, info: infos[i] }], updates: [], leaves: [], anonymous: 0 } }));
+            }
+
+            await join(null, null);
+            await until(() => pubs().length === expected.length + 1);
+            expected.push(encode({ type: 'pub', path: derived, message: { presence: 'diff', joins: [], updates: [], leaves: [], anonymous: 1 } }));
+
+            const [first, second] = [...byId.keys()];
+            const update = { status: 'away', 'quote"d': '\u00e9' };
+            expect(await b.presence.update(path, 'user0', update)).to.be.true();
+            await until(() => pubs().length === expected.length + 1);
+            expected.push(encode({ type: 'pub', path: derived, message: { presence: 'diff', joins: [], updates: [{ id: first!, info: update }], leaves: [], anonymous: 1 } }));
+            byId.set(first!, update);
+
+            members[1]!.close();
+            await until(() => pubs().length === expected.length + 1);
+            expected.push(encode({ type: 'pub', path: derived, message: { presence: 'diff', joins: [], updates: [], leaves: [second!], anonymous: 1 } }));
+            byId.delete(second!);
+
+            expect(pubs()).to.equal(expected);
+
+            // A later follower gets the list (in the store's order: the ids are taken from it, the infos are ours)
+            const late = await Peer.open(url(a));
+            late.send({ type: 'hello', id: 1, version: '2', subs: [derived] });
+            await until(() => whole(late).length === 2);
+            const listed: { id: string }[] = JSON.parse(whole(late)[1]!).message.members;
+            expect(listed.map((member) => member.id).sort()).to.equal([...byId.keys()].sort());
+            const list = encode({ type: 'pub', path: derived, message: { presence: 'list', members: listed.map(({ id }) => ({ id, info: byId.get(id) })), anonymous: 1 } });
+            expect(whole(late)[1]).to.equal(list);
+
+            if (maxChunkChars) {
+                expect(late.frames.slice(-chunk(list, maxChunkChars).length)).to.equal(chunk(list, maxChunkChars));
+                expect(follower.frames.slice(-chunk(expected[expected.length - 1]!, maxChunkChars).length)).to.equal(chunk(expected[expected.length - 1]!, maxChunkChars));
+            }
+
+            for (const peer of [follower, late, ...members]) {
+                peer.close();
+            }
+
+            for (const srv of nodes) {
+                await srv.stop();
+            }
+        };
+
+        it('sends presence lists and diffs byte for byte as encode() would, on one node', async () => {
+
+            for (const maxChunkChars of [false, 16] as const) {
+                await run(maxChunkChars, [await node(maxChunkChars)]);
+            }
+        });
+
+        it('sends presence lists and diffs byte for byte as encode() would, between two nodes over Redis', { skip: !redisAvailable, timeout: 20000 }, async () => {
+
+            const broker = () => new RedisBroker({ url: redisUrl, prefix, timeout: 1000 });
+            await run(32, [await node(32, broker()), await node(32, broker())]);
+        });
     });
 });

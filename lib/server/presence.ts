@@ -29,7 +29,8 @@ import * as Hoek from '@hapi/hoek';
 import type { Server } from '@hapi/hapi';
 
 import type { PresenceChange, PresenceCount, PresenceEntry, PresenceStore, PublishEnvelope } from '../broker';
-import { presencePrefix } from '../protocol';
+import { EncodedPayload, encode, presenceJson, presencePrefix } from '../protocol';
+import type { PresenceMember } from '../protocol';
 import { Prepared } from './prepared';
 import type { Connection, Socket } from './socket';
 
@@ -96,10 +97,7 @@ interface LocalPath {
     joined: Map<Connection, string>;                              // the user each socket joined as
 }
 
-interface Member {
-    info: string;
-    id: string;
-}
+type Member = PresenceMember<EncodedPayload>;                // what followers see of a member, its info JSON already
 
 // What this node knows of the members of a path that has followers here.
 class Replica {
@@ -424,7 +422,7 @@ export class Presence {
     private set(replica: Replica, user: string, info: string | null): void {
 
         const member = replica.members.get(user);
-        const current = member?.info ?? null;
+        const current = member?.info.json ?? null;
         if (current === info) {
             return;
         }
@@ -438,7 +436,7 @@ export class Presence {
             replica.members.delete(user);
         }
         else {
-            replica.members.set(user, { info, id: member?.id ?? this.id(user) });
+            replica.members.set(user, { id: member?.id ?? this.id(user), info: new EncodedPayload(info) });
         }
     }
 
@@ -451,28 +449,28 @@ export class Presence {
     private sendDiff(replica: Replica): void {
 
         replica.timer = null;
-        const joins: string[] = [];
-        const updates: string[] = [];
+        const joins: Member[] = [];
+        const updates: Member[] = [];
         const leaves: string[] = [];
         for (const [user, before] of replica.touched) {
             const member = replica.members.get(user);
             if (!member) {
                 if (before !== null) {
-                    leaves.push(JSON.stringify(this.id(user)));
+                    leaves.push(this.id(user));
                 }
             }
             else if (before === null) {
-                joins.push(fragment(member));
+                joins.push(member);
             }
-            else if (before !== member.info) {
-                updates.push(fragment(member));
+            else if (before !== member.info.json) {
+                updates.push(member);
             }
         }
 
         replica.touched.clear();
         const anonymous = replica.counts.anonymous;
         if (joins.length || updates.length || leaves.length || anonymous !== replica.anonymousSent) {
-            const diff = new Prepared(`{"type":"pub","path":${JSON.stringify(replica.derived)},"message":{"presence":"diff","joins":[${joins.join(',')}],"updates":[${updates.join(',')}],"leaves":[${leaves.join(',')}],"anonymous":${anonymous}}}`);
+            const diff = new Prepared(encode({ type: 'pub', path: replica.derived, message: presenceJson({ presence: 'diff', joins, updates, leaves, anonymous }) }));
             for (const socket of replica.followers) {
                 socket.sendPrepared(diff);
             }
@@ -502,7 +500,7 @@ export class Presence {
                 continue;                                             // its hello is not answered yet
             }
 
-            replica.list ??= new Prepared(`{"type":"pub","path":${JSON.stringify(replica.derived)},"message":{"presence":"list","members":[${[...replica.members.values()].map(fragment).join(',')}],"anonymous":${replica.counts.anonymous}}}`);
+            replica.list ??= new Prepared(encode({ type: 'pub', path: replica.derived, message: presenceJson({ presence: 'list', members: [...replica.members.values()], anonymous: replica.counts.anonymous }) }));
             socket.sendPrepared(replica.list);
             replica.fresh.delete(socket);
             replica.followers.add(socket);
@@ -557,5 +555,3 @@ export class Presence {
         return { node: this.nodeStats(), cluster: await this.queried.cluster() };
     }
 }
-
-const fragment = (member: Member): string => `{"id":${JSON.stringify(member.id)},"info":${member.info}}`;
