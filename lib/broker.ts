@@ -15,6 +15,12 @@ export interface PublishEnvelope {
     once?: string[];                     // a publish to several paths, once per socket: the socket gets it on the first of these it holds
 }
 
+// One path of a publish to several paths (see Broker.publishMany), with that path's history settings.
+export interface PathPublish {
+    envelope: PublishEnvelope;
+    history?: HistoryOptions;
+}
+
 export interface BroadcastEnvelope {
     message: unknown;
     user?: string;
@@ -56,6 +62,15 @@ export interface Broker {
     // Resolves once the local delivery (if any) has been handed to the sockets and the message has
     // been accepted for the other nodes. Rejects when the message cannot be accepted.
     publish(envelope: PublishEnvelope, history?: HistoryOptions): Promise<void>;
+
+    // One publish to several paths (server.publish([paths])), as one message: one envelope per path (distinct
+    // paths, in the order given), identical but for `path`, so that the broker serialises the rest once. All or
+    // nothing: it resolves once every path's publish was accepted (and this node's deliveries handed to the
+    // sockets), or rejects having delivered and recorded none of them. Each path is otherwise as if published
+    // alone: delivered through sink.deliver() with its own envelope, numbered in its own history (the broker sets
+    // each `position`), in order with the path's other publishes. Optional: without it, the server calls publish()
+    // once per path, which is not all or nothing.
+    publishMany?(publishes: PathPublish[]): Promise<void>;
 
     broadcast(envelope: BroadcastEnvelope): Promise<void>;
 

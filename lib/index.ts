@@ -16,7 +16,7 @@ import type { ConnectOptions, DisconnectLog, ErrorType as ClientErrorType, Pulse
 import type { Socket, Socket as PulseSocket } from './server/socket';
 import type { SubscriptionOptions, SubscriptionOptions as PulseSubscriptionOptions } from './server/subscriptions';
 
-export type { Broker, BrokerSink, PublishEnvelope, BroadcastEnvelope, HistoryOptions, Recovery } from './broker';
+export type { Broker, BrokerSink, PublishEnvelope, BroadcastEnvelope, HistoryOptions, PathPublish, Recovery } from './broker';
 export type { PresenceChange, PresenceCount, PresenceEntry, PresenceMemberEntry, PresenceStore } from './broker';
 export type { PresenceMemberInfo, PresenceOptions, PresenceStats } from './server/presence';
 import type { PresenceMemberInfo, PresenceStats } from './server/presence';

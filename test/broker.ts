@@ -445,5 +445,105 @@ export const conformance = (lab: Lab.script.Script, name: string, make: () => Br
 
             await broker.stop();
         });
+
+        it('publishes to several paths in one call: every path delivered, each numbered in its own history', async () => {
+
+            const broker = make();
+            const sink = recorder();
+            await broker.start(sink);
+            const paths = ['/many/a', '/many/b', '/many/c'];
+            await Promise.all(paths.map((path) => broker.subscribe(path)));
+
+            const history = { size: 10, ttl: 60000 };
+            await broker.publish({ path: '/many/a', message: 'before' }, history);
+
+            // /many/b keeps no history; /many/a has one entry already, /many/c none
+            const publishes = paths.map((path) => ({ envelope: { path, message: { text: 'all' }, internal: 'x', user: 'john', once: paths } as PublishEnvelope, history: path === '/many/b' ? undefined : history }));
+            await broker.publishMany!(publishes);
+            const [a, b, c] = publishes.map(({ envelope }) => envelope);
+            expect(a!.position!.offset).to.equal(2);
+            expect(b!.position).to.not.exist();
+            expect(c!.position!.offset).to.equal(1);
+            await until(() => sink.delivered.length === 4);
+            expect(sink.delivered.slice(1)).to.equal([a!, b!, c!]);
+
+            expect(await broker.recover('/many/a', { epoch: a!.position!.epoch, offset: 1 }, history)).to.equal({ recovered: true, entries: [a!], position: a!.position! });
+            expect(await broker.recover('/many/c', { epoch: c!.position!.epoch, offset: 0 }, history)).to.equal({ recovered: true, entries: [c!], position: c!.position! });
+
+            // A later publish of one of the paths follows on in its history; no message at all travels too; none is nothing
+            const next: PublishEnvelope = { path: '/many/c', message: 'next' };
+            await broker.publish(next, history);
+            expect(next.position).to.equal({ epoch: c!.position!.epoch, offset: 2 });
+            const empty = ['/many/a', '/many/b'].map((path) => ({ envelope: { path, message: undefined } as PublishEnvelope, history }));
+            await broker.publishMany!(empty);
+            expect(empty.map(({ envelope }) => envelope.position!.offset)).to.equal([3, 1]);
+            await broker.publishMany!([]);
+            await until(() => sink.delivered.length === 7);
+            await wait(50);
+            expect(sink.delivered.slice(4).map((envelope) => [envelope.path, envelope.message, envelope.position?.offset])).to.equal([['/many/c', 'next', 2], ['/many/a', undefined, 3], ['/many/b', undefined, 1]]);
+
+            await broker.stop();
+        });
+
+        it('publishes to several paths all or nothing: a message that cannot be serialised reaches and records no path', async () => {
+
+            const broker = make();
+            const sink = recorder();
+            await broker.start(sink);
+            await Promise.all(['/none/a', '/none/b'].map((path) => broker.subscribe(path)));
+
+            const history = { size: 10, ttl: 60000 };
+            const cycle: Record<string, unknown> = {};
+            cycle.self = cycle;
+            await expect(broker.publishMany!([{ envelope: { path: '/none/a', message: cycle }, history }, { envelope: { path: '/none/b', message: cycle }, history }])).to.reject(TypeError);
+            await broker.publishMany!([{ envelope: { path: '/none/b', message: 'after' }, history }, { envelope: { path: '/none/a', message: 'after' } }]);
+            await until(() => sink.delivered.length === 2);
+            await wait(50);
+            expect(sink.delivered.map((envelope) => [envelope.path, envelope.message])).to.equal([['/none/b', 'after'], ['/none/a', 'after']]);
+            expect(sink.delivered[0]!.position!.offset).to.equal(1);                         // the refused one took no offset
+            expect((await broker.recover('/none/a', null, history)).position.offset).to.equal(0);
+
+            await broker.stop();
+        });
+
+        it('delivers server.publish([paths]) on each path through its own filter, and checks every path before sending any', async () => {
+
+            const srv = await server({ auth: { type: 'direct', index: true }, broker: make() }, 'pulse', basic);
+            srv.subscription('/team/{id}', { auth: { index: true }, filter: (path, message, { credentials }) => !(path === '/team/2' && credentials?.user === 'jane') });
+            srv.subscription('/open/{id}');
+            await srv.start();
+
+            const john = await connect(srv, 'john');
+            const jane = await connect(srv, 'jane');
+            const got: unknown[] = [];
+            for (const [name, client] of [['john', john], ['jane', jane]] as const) {
+                for (const path of ['/team/1', '/team/2', '/open/1']) {
+                    await client.subscribe(path, (message: unknown) => got.push([name, path, message]));
+                }
+            }
+
+            await srv.publish(['/team/1', '/team/2', '/open/1'], 'each');
+            await until(() => got.length === 5);
+            await srv.publish(['/team/2', '/team/1', '/open/1'], 'once', { once: true });
+            await until(() => got.length === 6);
+
+            // /open/{id} is not indexed: a targeted publish listing it is refused before anything is sent; an
+            // unserialisable message too
+            await expect(srv.publish(['/team/1', '/open/1'], 'refused', { user: 'john' })).to.reject('Subscription auth indexing is disabled');
+            const cycle: Record<string, unknown> = {};
+            cycle.self = cycle;
+            await expect(srv.publish(['/team/1', '/team/2'], cycle)).to.reject(TypeError);
+            await srv.publish(['/team/1', '/team/2'], 'for john', { user: 'john' });
+            await until(() => got.length === 8);
+            await wait(50);
+            expect(got).to.have.length(8);
+            expect(got.slice(0, 5)).to.contain([['john', '/team/1', 'each'], ['john', '/team/2', 'each'], ['john', '/open/1', 'each'], ['jane', '/team/1', 'each'], ['jane', '/open/1', 'each']]);
+            expect(got[5]).to.equal(['john', '/team/2', 'once']);              // jane: /team/2 is hers first, and its filter drops her
+            expect(got.slice(6)).to.equal([['john', '/team/1', 'for john'], ['john', '/team/2', 'for john']]);
+
+            await john.disconnect();
+            await jane.disconnect();
+            await srv.stop();
+        });
     });
 };

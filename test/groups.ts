@@ -427,6 +427,70 @@ describe('publish to many paths', () => {
     });
 });
 
+describe('publish to many paths: the broker call', () => {
+
+    const subscribed = async (srv: Hapi.Server, paths: string[]): Promise<unknown[]> => {
+
+        const client = await nesClient(srv, 'john');
+        const got: unknown[] = [];
+        for (const path of paths) {
+            await client.subscribe(path, (message: unknown) => got.push([path, message]));
+        }
+
+        return got;
+    };
+
+    it('hands the broker one publishMany() call, or one publish() per path to a broker without it', async () => {
+
+        const calls: string[] = [];
+        const many = new MemoryBroker();
+        const publishMany = many.publishMany.bind(many);
+        many.publishMany = (publishes) => {
+
+            calls.push(`many ${publishes.map(({ envelope }) => envelope.path).join(' ')}`);
+            return publishMany(publishes);
+        };
+
+        const inner = new MemoryBroker();
+        const plain: Broker = {
+            start: (sink: BrokerSink) => inner.start(sink),
+            stop: () => inner.stop(),
+            publish: (envelope, history) => {
+
+                calls.push(`one ${envelope.path}`);
+                return inner.publish(envelope, history);
+            },
+            broadcast: (envelope) => inner.broadcast(envelope),
+            subscribe: () => inner.subscribe(),
+            unsubscribe: () => inner.unsubscribe(),
+            recover: (path, since, history) => inner.recover(path, since, history)
+        };
+
+        for (const broker of [many, plain]) {
+            const srv = await start({ broker }, (hapi) => hapi.subscription('/room/{id}', { history: { size: 10, ttl: 60000 } }));
+            const got = await subscribed(srv, ['/room/1', '/room/2']);
+            await srv.publish(['/room/1', '/nowhere', '/room/2', '/room/1'], 'both');
+            await srv.publish(['/nowhere', '/room/2'], 'one left: a plain publish');
+            await until(() => got.length === 3);
+            expect(got).to.equal([['/room/1', 'both'], ['/room/2', 'both'], ['/room/2', 'one left: a plain publish']]);
+        }
+
+        expect(calls).to.equal(['many /room/1 /room/2', 'one /room/1', 'one /room/2', 'one /room/2']);
+    });
+
+    it('rejects with a filter\'s programmer error once every path was delivered (in-process broker)', async () => {
+
+        const srv = await start({}, (hapi) => hapi.subscription('/room/{id}', { filter: (path, message) => (path === '/room/1' && message === 'bug' ? (null as any).field : true) }));
+        const got = await subscribed(srv, ['/room/1', '/room/2']);
+        await expect(srv.publish(['/room/1', '/room/2'], 'bug')).to.reject(TypeError);
+        await until(() => got.length === 1);
+        await srv.publish(['/room/1', '/room/2'], 'fine');
+        await until(() => got.length === 3);
+        expect(got).to.equal([['/room/2', 'bug'], ['/room/1', 'fine'], ['/room/2', 'fine']]);
+        expect(srv.logs.filter(({ tags }) => tags.includes('filter')).map(({ data }) => data.path)).to.equal(['/room/1']);
+    });
+});
+
 describe('server-side subscriptions: edges', () => {
 
     it('routes by pattern: the first matching pattern gets the path, a path no pattern matches is dropped', async () => {

@@ -72,6 +72,19 @@ describe('memory broker', () => {
         await broker.stop();
     });
 
+    it('records a publish to several paths without delivering it once stopped (no sink)', async () => {
+
+        const broker = new MemoryBroker();
+        const delivered: string[] = [];
+        await broker.start({ deliver: (envelope) => void delivered.push(envelope.path), broadcast: () => { } });
+        await broker.stop();
+
+        const history = { size: 5, ttl: 60000 };
+        await broker.publishMany(['/a', '/b'].map((path) => ({ envelope: { path, message: 'late' }, history })));
+        expect(delivered).to.equal([]);
+        expect(messages(await broker.recover('/a', { epoch: broker.epoch, offset: 0 }, history))).to.equal(['late']);
+    });
+
     it('keeps exactly the last `size` entries across compactions', async () => {
 
         const broker = new MemoryBroker();

@@ -334,6 +334,29 @@ describe('Metrics', () => {
         john.close();
     });
 
+    it('counts a publish to several paths under each path\'s route, and its delivery lag on each path held', async () => {
+
+        const { reader, provider } = meter();
+        const srv = await server({ metrics: { meterProvider: provider } });
+        srv.subscription('/room/{id}');
+        srv.subscription('/news', { filter: () => true });
+        await srv.start();
+        cleanup(() => srv.stop());
+
+        const peer = await Peer.open(url(srv));
+        await peer.hello({ subs: ['/room/1', '/news'] });
+        await srv.publish(['/room/1', '/room/2', '/news', '/nowhere'], 'everywhere');
+        await until(() => peer.frames.length === 3);                            // the hello reply, then one pub per path held
+
+        const metrics = await reader.read();
+        expect(point(metrics, 'pulse.server.publishes', { 'pulse.route': '/room/{id}' })).to.equal(2);
+        expect(point(metrics, 'pulse.server.publishes', { 'pulse.route': '/news' })).to.equal(1);
+        expect(histogram(metrics, 'pulse.broker.publish.duration', { 'pulse.route': '/room/{id}' })!.count).to.equal(2);
+        expect(histogram(metrics, 'pulse.broker.delivery.lag', { 'pulse.route': '/room/{id}' })!.count).to.equal(1);        // no socket on /room/2
+        expect(histogram(metrics, 'pulse.broker.delivery.lag', { 'pulse.route': '/news' })!.count).to.equal(1);
+        peer.close();
+    });
+
     it('validates the metrics option', async () => {
 
         await expect(server({ metrics: 'yes' })).to.reject(/Invalid hapi-pulse configuration: "metrics" must be one of \[boolean, object\]/);

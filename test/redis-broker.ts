@@ -938,6 +938,117 @@ describe('redis broker across nodes', { skip: !redisAvailable }, () => {
         }
     }
 
+    it('publishes to several paths with one command: one EVALSHA from the publisher, the message in it once', { skip: !redisServerAvailable }, async () => {
+
+        const redis = await PrivateRedis.start();
+        const monitor = Net.connect(redis.port, '127.0.0.1');
+        try {
+            const { list: [a, b] } = await nodes(2, {}, undefined, { url: redis.url, presence: { lease: 60000 } });   // no lease renewal meanwhile
+            for (const { srv } of [a!, b!]) {
+                srv.subscription('/kept/{id}', { history: { size: 10, ttl: 60000 } });
+                srv.subscription('/plain/{id}');
+                await srv.start();
+            }
+
+            const paths = ['/kept/1', '/plain/1', '/kept/2'];
+            const client = await connect(b!.srv);
+            const got: unknown[] = [];
+            for (const path of paths) {
+                await client.subscribe(path, (message: unknown) => got.push([path, message]));
+            }
+
+            await a!.srv.publish(paths, 'warm-up: loads the script');
+            await until(() => got.length === 3);
+
+            const probe = createClient({ url: redis.url });
+            await probe.connect();
+            const pubLine = (await probe.sendCommand(['CLIENT', 'LIST']) as string).split('\n').find((line) => line.includes(` name=hapi-pulse:${a!.broker.id}:pub `))!;
+            probe.destroy();
+            const publisher = / addr=(\S+) /.exec(pubLine)![1]!;
+
+            // Every command Redis runs from now on, with where it came from (a client's address, or lua)
+            let seen = '';
+            monitor.setEncoding('utf8');
+            monitor.on('data', (chunk: string) => (seen += chunk));
+            monitor.write('MONITOR\r\n');
+            await until(() => seen.startsWith('+OK'));
+
+            await a!.srv.publish(paths, 'the-message-marker', { once: true });
+            await until(() => got.length === 4);                                    // once: on /kept/1 only
+            await wait(100);
+            const lines = seen.split('\r\n').filter((line) => line.startsWith('+') && line !== '+OK');
+            const fromPublisher = lines.filter((line) => line.includes(`[0 ${publisher}]`));
+            expect(fromPublisher).to.have.length(1);
+            expect(fromPublisher[0]).to.include('"EVALSHA"');
+            expect(fromPublisher[0]!.split('the-message-marker')).to.have.length(2);
+            const published = lines.filter((line) => line.includes('[0 lua] "PUBLISH"'));
+            expect(published.map((line) => /"PUBLISH" "[^"]*p:([^"]*)"/.exec(line)![1])).to.equal(paths);
+            expect(got[3]).to.equal(['/kept/1', 'the-message-marker']);
+            await client.disconnect();
+        }
+        finally {
+            monitor.destroy();
+            await redis.kill();
+        }
+    });
+
+    it('publishes to several paths all or nothing: refused while Redis is unreachable, and when one path\'s history keys are of another type', async () => {
+
+        const proxy = await Proxy.start(Number(new URL(redisUrl).port || 6379));
+        try {
+            const prefix = uniquePrefix();
+            const history = { size: 10, ttl: 60000 };
+            const options = { timeout: 3000, client: { socket: { reconnectStrategy: () => 50 } } };
+            const a = { broker: new RedisBroker({ url: proxy.url, prefix, ...options }) };
+            const b = { broker: new RedisBroker({ url: redisUrl, prefix, ...options }) };
+            const servers: Hapi.Server[] = [];
+            for (const node of [a, b]) {
+                const srv = await server({ broker: node.broker });
+                srv.subscription('/h/{id}', { history });
+                srv.subscription('/plain/{id}');
+                await srv.start();
+                servers.push(srv);
+            }
+
+            const [srvA, srvB] = servers as [Hapi.Server, Hapi.Server];
+            const paths = ['/h/1', '/plain/1', '/h/2'];
+            const client = await connect(srvB);
+            const got: unknown[] = [];
+            for (const path of paths) {
+                await client.subscribe(path, (message: unknown) => got.push([path, message]));
+            }
+
+            // A cannot reach Redis: refused at once, nothing anywhere
+            let down = false;
+            srvA.events.on('log', (event) => (down ||= event.tags.includes('pub') && event.tags.includes('error')));
+            proxy.cut();
+            await until(() => down, 2000, 'the cut');
+            const unavailable = await expect(srvA.publish(paths, 'while down')).to.reject('Redis broker unavailable');
+            expect((unavailable as any).output.statusCode).to.equal(503);
+
+            // One path's history held by a key of another type: Redis refuses the whole script before writing anything
+            proxy.restore();
+            await admin.set(`${prefix}m:/h/2`, 'not a hash');
+            const refused = await expect(srvB.publish(paths, 'wrong type')).to.reject(/^Redis broker command failed: WRONGTYPE/);
+            expect((refused as any).output.statusCode).to.equal(500);
+            await admin.del(`${prefix}m:/h/2`);
+
+            await eventually(() => srvA.publish(paths, 'after').then(() => true, () => false), 5000);
+            await until(() => got.length === 3);
+            await wait(50);
+            expect(got).to.equal(paths.map((path) => [path, 'after']));
+            for (const path of ['/h/1', '/h/2']) {
+                expect((await b.broker.recover(path, null, history)).position.offset).to.equal(1);
+            }
+
+            await client.disconnect();
+            await Promise.all(servers.map((srv) => srv.stop()));
+        }
+        finally {
+            await proxy.close();
+        }
+    });
+
     it('checks the first publish after a reconnection for a gap, even one of a new epoch that comes in the same read as the resubscription', async () => {
 
         const relay = await Relay.start();

@@ -18,7 +18,7 @@ import { performance } from 'node:perf_hooks';
 import { tooManyRequests } from '@hapi/boom';
 import { assert } from '@hapi/hoek';
 
-import type { BroadcastEnvelope, Broker, BrokerSink, GroupStore, HistoryOptions, MembershipCommand, PresenceStore, PublishEnvelope, Recovery } from '../broker';
+import type { BroadcastEnvelope, Broker, BrokerSink, GroupStore, HistoryOptions, MembershipCommand, PathPublish, PresenceStore, PublishEnvelope, Recovery } from '../broker';
 import type { Position } from '../protocol';
 import { MemoryPresence } from './memory-presence';
 
@@ -108,6 +108,27 @@ export class MemoryBroker implements Broker {
         }
 
         return Promise.resolve(this.sink?.deliver(envelope));
+    }
+
+    // One call for every path. The message is serialised once first, so that one that cannot be (a cycle, a
+    // BigInt) rejects before any history is written or any path delivered.
+    publishMany(publishes: PathPublish[]): Promise<void> {
+
+        try {
+            JSON.stringify(publishes[0]?.envelope.message);
+        }
+        catch (err) {
+            return Promise.reject(err);
+        }
+
+        for (const { envelope, history } of publishes) {
+            if (history) {
+                this.append(envelope, history);
+            }
+        }
+
+        const sink = this.sink;
+        return Promise.all(sink ? publishes.map(({ envelope }) => sink.deliver(envelope)) : []).then(() => undefined);
     }
 
     broadcast(envelope: BroadcastEnvelope): Promise<void> {

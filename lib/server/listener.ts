@@ -451,19 +451,9 @@ export class Listener implements SocketHost {
     }
 
     // While this node stops, publishes still reach the other nodes (its own sockets are closing). Several paths:
-    // one publish per path; with `once`, a socket on several of them gets it on the first of those it holds.
+    // one broker message (publishMany); with `once`, a socket on several of them gets it on the first of those it
+    // holds. Every path is looked up and checked first: a misuse on any of them rejects before anything is sent.
     publish(path: string | string[], message: unknown, options: { internal?: unknown; user?: string | number; once?: boolean } = {}): Promise<void> {
-
-        if (typeof path !== 'string') {
-            const paths = [...new Set(path)];
-            const once = options.once ? paths : undefined;
-            return Promise.all(paths.map((one) => this.publishOne(one, message, options, once))).then(() => undefined);
-        }
-
-        return this.publishOne(path, message, options, undefined);
-    }
-
-    private publishOne(path: string, message: unknown, options: { internal?: unknown; user?: string | number }, once: string[] | undefined): Promise<void> {
 
         if (options.user !== undefined && userKey(options.user) === null) {
             return Promise.reject(new Error(invalidUser));
@@ -472,6 +462,55 @@ export class Listener implements SocketHost {
         if (!this.brokerUp) {
             return this.refused();
         }
+
+        if (typeof path === 'string') {
+            return this.publishOne(path, message, options);
+        }
+
+        // A path no subscription matches is dropped: nobody can hold it.
+        const routed: { path: string; route: SubscriptionRoute }[] = [];
+        for (const one of new Set(path)) {
+            const match = this.subscriptions.topics.get(one) ?? this.subscriptions.match(one);
+            if (match) {
+                if (options.user !== undefined && !match.route.auth?.index) {
+                    return Promise.reject(new Error('Subscription auth indexing is disabled'));
+                }
+
+                routed.push({ path: one, route: match.route });
+            }
+        }
+
+        if (routed.length < 2) {
+            return routed.length ? this.publishOne(routed[0]!.path, message, options) : Promise.resolve();
+        }
+
+        const once = options.once ? routed.map((item) => item.path) : undefined;
+        const publishes = routed.map(({ path: one, route }) => ({ envelope: this.envelope(one, message, options, once), history: route.history ?? undefined }));
+        const metrics = this.metrics?.exporting ? this.metrics : null;
+        if (metrics) {
+            const at = Date.now();
+            publishes.forEach(({ envelope }) => (envelope.at = at));
+        }
+
+        const watched = publishes.filter((_, i) => routed[i]!.route.filter).map(({ envelope }) => this.subscriptions.watch(envelope));
+        const started = performance.now();
+        const broker = this.broker;
+        const sent = rejectThrown(() => (broker.publishMany ? broker.publishMany(publishes) : Promise.all(publishes.map(({ envelope, history }) => broker.publish(envelope, history))).then(() => undefined)));
+        return sent.then(() => {
+
+            const failed = watched.find((watch) => watch.error !== undefined);
+            if (failed) {
+                throw failed.error;
+            }
+
+            if (metrics) {
+                const ms = performance.now() - started;
+                routed.forEach(({ route }) => metrics.published(route.pattern, ms));
+            }
+        });
+    }
+
+    private publishOne(path: string, message: unknown, options: { internal?: unknown; user?: string | number }): Promise<void> {
 
         // A path with local subscribers already knows its route; others go through the router.
         const match = this.subscriptions.topics.get(path) ?? this.subscriptions.match(path);
@@ -482,6 +521,20 @@ export class Listener implements SocketHost {
         if (options.user !== undefined && !match.route.auth?.index) {
             return Promise.reject(new Error('Subscription auth indexing is disabled'));
         }
+
+        const envelope = this.envelope(path, message, options, undefined);
+        if (this.metrics?.exporting) {
+            return this.measuredPublish(this.metrics, envelope, match.route);
+        }
+
+        if (!match.route.filter) {
+            return rejectThrown(() => this.broker.publish(envelope, match.route.history ?? undefined));
+        }
+
+        return this.watchedPublish(envelope, match.route);
+    }
+
+    private envelope(path: string, message: unknown, options: { internal?: unknown; user?: string | number }, once: string[] | undefined): PublishEnvelope {
 
         const envelope: PublishEnvelope = { path, message };
         if (options.internal !== undefined) {
@@ -496,15 +549,7 @@ export class Listener implements SocketHost {
             envelope.once = once;
         }
 
-        if (this.metrics?.exporting) {
-            return this.measuredPublish(this.metrics, envelope, match.route);
-        }
-
-        if (!match.route.filter) {
-            return rejectThrown(() => this.broker.publish(envelope, match.route.history ?? undefined));
-        }
-
-        return this.watchedPublish(envelope, match.route);
+        return envelope;
     }
 
     // With metrics exported: the envelope carries its publish time (for the delivery lag on every node), and the

@@ -27,7 +27,7 @@ import { assert, ignore } from '@hapi/hoek';
 import { createClient, ErrorReply } from '@redis/client';
 import type { RedisClientOptions } from '@redis/client';
 
-import type { BroadcastEnvelope, Broker, BrokerSink, HistoryOptions, PublishEnvelope, Recovery } from '../../broker';
+import type { BroadcastEnvelope, Broker, BrokerSink, HistoryOptions, PathPublish, PublishEnvelope, Recovery } from '../../broker';
 import type { Position } from '../../protocol';
 import { Echoes } from './echoes';
 import { RedisPresence } from './presence';
@@ -201,6 +201,38 @@ export class RedisBroker implements Broker {
         }
 
         await echo;
+    }
+
+    // One script for every path (scripts.ts): one command, the envelope serialised and sent once, each path's
+    // history write and publish as publish() would, all in one atomic step. Path i's message carries this node's
+    // sequence number first + i, so that the echo of each path this node receives is waited for as in publish().
+    async publishMany(publishes: PathPublish[]): Promise<void> {
+
+        if (!publishes.length) {
+            return;
+        }
+
+        const { path, position, ...rest } = publishes[0]!.envelope;
+        const json = JSON.stringify(rest);
+        const first = this.echoes.next(publishes.length);
+        const echoes = publishes.map(({ envelope }, i) => this.expect(this.keys.channel(envelope.path), first + i));
+        let positions: Position[];
+        try {
+            positions = await this.scripts.publishMany(publishes.map(({ envelope, history }) => ({ path: envelope.path, history })), this.own, first, json.slice(1, -1));
+        }
+        catch (err) {
+            publishes.forEach((_, i) => this.echoes.cancel(first + i));
+            throw err;
+        }
+
+        let k = 0;
+        for (const { envelope, history } of publishes) {
+            if (history) {
+                envelope.position = positions[k++]!;
+            }
+        }
+
+        await Promise.all(echoes);
     }
 
     broadcast(envelope: BroadcastEnvelope): Promise<void> {

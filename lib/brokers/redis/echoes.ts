@@ -15,10 +15,11 @@ export class Echoes {
 
     constructor(private readonly timeout: number) { }
 
-    // The sequence number of the next own message.
-    next(): number {
+    // The sequence number of the next own message; of the first of the next `count` (numbered on from it).
+    next(count = 1): number {
 
-        return ++this.seq;
+        this.seq += count;
+        return this.seq - count + 1;
     }
 
     // Resolves once message `seq` came back and its local delivery settled, or at the latest after `timeout`.

@@ -76,6 +76,59 @@ redis.call('PUBLISH', ARGV[1], ARGV[2] .. '\\n' .. entry)
 return { epoch, offset }
 `;
 
+// One publish to several paths: each path as publishScript would, in one atomic step. The envelope travels once:
+// each path's entry is `{"path":<path JSON>` + the body + (its position) + `}`.
+// KEYS: stream, meta of each path that keeps history, in order. ARGV: path count, header prefix, first sequence
+// number (path i's header is the prefix and first + i - 1), body (the envelope JSON without its path, braces and
+// position), fresh epoch, then for each path: channel, path JSON, size ('' when it keeps no history), ttl.
+// Returns { epoch, offset } of each path that keeps history, flat, in order. Redis does not undo the writes of a
+// script that fails midway: the history keys are checked first (a key of another type refuses the whole publish
+// before anything is written), and every write comes before the first publish.
+const publishManyScript = `
+for j = 1, #KEYS, 2 do
+    local stream, meta = redis.call('TYPE', KEYS[j])['ok'], redis.call('TYPE', KEYS[j + 1])['ok']
+    if (stream ~= 'none' and stream ~= 'stream') or (meta ~= 'none' and meta ~= 'hash') then
+        return redis.error_reply('WRONGTYPE history of ' .. KEYS[j] .. ' held by keys of another type')
+    end
+end
+local count, prefix, first, body = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), ARGV[4]
+if body ~= '' then
+    body = ',' .. body
+end
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local entries, result, k = {}, {}, 0
+for i = 1, count do
+    local a = 5 + (i - 1) * 4
+    local entry = '{"path":' .. ARGV[a + 2] .. body
+    local size = ARGV[a + 3]
+    if size == '' then
+        entry = entry .. '}'
+    else
+        local stream, meta = KEYS[k + 1], KEYS[k + 2]
+        k = k + 2
+        local epoch = redis.call('HGET', meta, 'epoch')
+        if not epoch then
+            epoch = ARGV[5] .. string.format('%d', i)
+            redis.call('DEL', stream)
+            redis.call('HSET', meta, 'epoch', epoch, 'created', now)
+        end
+        local offset = redis.call('HINCRBY', meta, 'offset', 1)
+        entry = entry .. ',"position":{"epoch":"' .. epoch .. '","offset":' .. string.format('%d', offset) .. '}}'
+        redis.call('XADD', stream, 'MAXLEN', '~', size, '0-' .. string.format('%d', offset), 't', now, 'e', entry)
+        redis.call('PEXPIRE', stream, ARGV[a + 4])
+        redis.call('PEXPIRE', meta, ARGV[a + 4])
+        result[k - 1] = epoch
+        result[k] = offset
+    end
+    entries[i] = entry
+end
+for i = 1, count do
+    redis.call('PUBLISH', ARGV[5 + (i - 1) * 4 + 1], prefix .. string.format('%d', first + i - 1) .. '\\n' .. entries[i])
+end
+return result
+`;
+
 // KEYS: stream, meta, run. ARGV: since epoch ('' for none), since offset, size, ttl, fresh run id.
 // Returns { epoch, offset, recovered (1 / 0), entry JSON... }.
 // A path nobody published to stores nothing: its position is \`~<run>:<ms>\` at offset 0, naming this Redis
@@ -180,6 +233,7 @@ export const script = (source: string): Script => ({ source, sha: createHash('sh
 
 const scripts = {
     publish: script(publishScript),
+    publishMany: script(publishManyScript),
     recover: script(recoverScript),
     missed: script(missedScript)
 };
@@ -197,6 +251,30 @@ export class Scripts {
 
         const [epoch, offset] = await this.run(scripts.publish, [this.keys.stream(path), this.keys.meta(path)], [this.keys.channel(path), header, json, `${history.size}`, `${history.ttl}`, freshEpoch()]) as [string, number];
         return { epoch, offset: Number(offset) };
+    }
+
+    // One publish to several paths (publishManyScript): `body` is the envelope JSON without its path, braces and
+    // position, the same for every path; path i goes out with header `prefix` + (first + i). Resolves with the
+    // position of each path that keeps history, in order.
+    async publishMany(paths: { path: string; history?: HistoryOptions | undefined }[], prefix: string, first: number, body: string): Promise<Position[]> {
+
+        const keys: string[] = [];
+        const args = [`${paths.length}`, prefix, `${first}`, body, freshEpoch()];
+        for (const { path, history } of paths) {
+            if (history) {
+                keys.push(this.keys.stream(path), this.keys.meta(path));
+            }
+
+            args.push(this.keys.channel(path), JSON.stringify(path), history ? `${history.size}` : '', history ? `${history.ttl}` : '');
+        }
+
+        const flat = await this.run(scripts.publishMany, keys, args) as (string | number)[];
+        const positions: Position[] = [];
+        for (let i = 0; i < flat.length; i += 2) {
+            positions.push({ epoch: flat[i] as string, offset: Number(flat[i + 1]) });
+        }
+
+        return positions;
     }
 
     async recover(path: string, since: Position | null, history: HistoryOptions): Promise<Recovery> {
