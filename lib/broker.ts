@@ -49,6 +49,7 @@ export interface BrokerSink {
     resendPresence?(): void;
     reloadPresence?(): void;
     membership?(command: MembershipCommand): void | Promise<void>;   // a server-side (un)subscribe, for this node's sockets
+    reloadGroups?(): void;                           // membership commands may have been missed (the same): read the recorded memberships again
 }
 
 export interface Broker {
@@ -161,6 +162,7 @@ export interface MembershipCommand {
     user?: string;
     socket?: string;
     message?: unknown;                   // unsubscribe: sent with the revoke
+    persist?: boolean;                   // subscribe: the membership is recorded (what it joins ends when a reload finds the record gone)
 }
 
 export interface GroupStore {

@@ -192,4 +192,32 @@ describe('server-side subscriptions over Redis', { skip }, () => {
         expect(joined).to.be.true();
         await until(() => onA.joinedPaths().length === 1 && onB.joinedPaths().length === 1, 5000, 'joins');
     });
+
+    it('a node cut from Redis catches up on recorded memberships when its subscription is back: joins the new, leaves the removed, keeps the client\'s own; what was not recorded stays missed', async () => {
+
+        const proxy = await Proxy.start(Number(new URL(redisUrl).port || 6379));
+        defer(() => proxy.close());
+        const [a, b] = await nodes(2, {}, (i) => (i === 1 ? proxy.url : redisUrl));
+        await a!.subscribeUser('john', '/room/2', { persist: true });
+        await a!.subscribeUser('jane', '/room/5', { persist: true });
+        const john = await pulseClient(b!, 'john');
+        await john.subscribe('/room/3', () => { });                              // his own
+        await a!.subscribeUser('john', '/room/3', { persist: true });            // recorded too: his own subscription holds it
+        expect(john.joinedPaths()).to.equal(['/room/2']);
+
+        proxy.cut();                                                            // b hears nothing of what follows
+        await a!.subscribeUser('john', '/room/1', { persist: true });
+        await a!.unsubscribeUser('john', ['/room/2', '/room/3']);
+        await a!.subscribeUser('john', '/room/4');                              // not recorded
+        const jane = await pulseClient(b!, 'jane');                             // her hello cannot read her memberships
+        expect(jane.joinedPaths()).to.equal([]);
+        expect(john.joinedPaths()).to.equal(['/room/2']);
+
+        proxy.restore();
+        await until(() => john.joinedPaths().join() === '/room/1' && jane.joinedPaths().join() === '/room/5', 10000, 'caught up');
+        expect(john.seen.filter(({ flags }) => flags.revoked).map(({ flags }) => flags.path)).to.equal(['/room/2']);
+        expect(john.subscriptions()).to.equal(['/room/3']);
+        await a!.publish('/room/1', 'back');
+        await until(() => john.seen.some(({ message }) => message === 'back'), 5000, 'publish');
+    });
 });

@@ -652,6 +652,134 @@ describe('server-side subscriptions: edges', () => {
         expect(srv.logs.filter(({ tags }) => tags.includes('subscribe')).map(({ data }) => data.error.message)).to.equal(['no', 'busy', 'no', 'busy', 'Redis down']);        // the connected socket is told of /room/busy too
     });
 
+    // A node that misses membership commands (as one whose broker subscription is down), told by the broker to read
+    // the recorded memberships again (as the Redis broker does once its subscription is back)
+    class Deaf extends MemoryBroker {
+
+        deaf = false;
+        reads = 0;
+        failing = 0;                                                 // the next reads that fail (the broker out of reach)
+        duringRead: (() => Promise<void>) | null = null;             // runs after a read, before its answer is returned
+        remote!: BrokerSink;
+
+        constructor() {
+
+            super();
+            const paths = this.groups.paths.bind(this.groups);
+            this.groups.paths = async (user) => {
+
+                ++this.reads;
+                const recorded = await paths(user);
+                if (this.failing) {
+                    --this.failing;
+                    throw Boom.serverUnavailable('Redis down');
+                }
+
+                const during = this.duringRead;
+                this.duringRead = null;
+                await during?.();
+                return recorded;
+            };
+        }
+
+        override start(sink: BrokerSink): Promise<void> {
+
+            this.remote = sink;
+            return super.start({ ...sink, membership: (command) => (this.deaf ? undefined : sink.membership!(command)) });
+        }
+    }
+
+    it('reloads the recorded memberships: joins those missed, leaves the removed ones it joined through a record, keeps the rest; retries a failed read', async () => {
+
+        const broker = new Deaf();
+        const srv = await start({ broker });
+        await srv.subscribeUser('john', '/room/2', { persist: true });
+        const john = await pulseClient(srv, 'john');                              // joins /room/2 at hello
+        await srv.subscribeUser('john', '/room/6', { persist: true });            // by a recorded command
+        await srv.subscribeUser('john', '/room/7');                               // by a command not recorded
+        await john.subscribe('/room/3', () => { });                               // his own
+        await srv.subscribeUser('john', '/room/3', { persist: true });            // recorded, already his own
+        await srv.subscribeUser('john', '/room/5', { persist: true, ttl: 100 });  // recorded until its ttl
+        await srv.subscribeUser('john', '/room/4', { persist: true });
+        await john.subscribe('/room/4', () => { });
+        await john.unsubscribe('/room/4');                                        // he left it himself
+        const jane = await pulseClient(srv, 'jane');
+        expect(srv.pulseStats().subscriptions).to.equal(5);                       // /room/2, 3, 5, 6, 7
+
+        broker.deaf = true;
+        await srv.subscribeUser('john', '/room/1', { persist: true });
+        await srv.unsubscribeUser('john', ['/room/2', '/room/3', '/room/6', '/room/7']);
+        await srv.subscribeUser('jane', '/room/1', { persist: true });
+        broker.deaf = false;
+        await wait(100);                                                          // /room/5's record ends
+
+        broker.failing = 1;
+        broker.remote.reloadGroups!();
+        await until(() => srv.logs.some(({ data }) => data?.reload), 1000, 'failed read');
+        expect(srv.pulseStats().subscriptions).to.equal(5);
+        await until(() => srv.pulseStats().subscriptions === 5 && jane.joinedPaths().join() === '/room/1', 3000, 'retried');
+        await until(() => john.seen.filter(({ flags }) => flags.revoked).length === 3, 1000, 'revokes');
+        expect(john.subscriptions()).to.equal(['/room/3']);
+        expect(john.joinedPaths().sort()).to.equal(['/room/1', '/room/4', '/room/7']);
+        expect(john.seen.filter(({ flags }) => flags.revoked).map(({ message, flags }) => [flags.path, message]).sort()).to.equal([['/room/2', undefined], ['/room/5', undefined], ['/room/6', undefined]]);
+        expect(srv.logs.filter(({ data }) => data?.reload).map(({ data }) => data.error.message)).to.equal(['Redis down']);
+
+        await srv.publish(['/room/1', '/room/4'], 'after');                       // /room/4 joined again
+        await until(() => john.seen.filter(({ message }) => message === 'after').length === 2);
+    });
+
+    it('reads a user\'s memberships again when a command reached its sockets during the read; joins only what fits and what the route allows', async () => {
+
+        const broker = new Deaf();
+        const srv = await start({ broker, limits: { maxSubscriptions: 2 } }, (srv) => srv.subscription('/room/{id}', {
+            onSubscribe: (_socket, path) => {
+
+                if (path === '/room/9') {
+                    throw Boom.forbidden('no');
+                }
+            }
+        }));
+
+        const john = await pulseClient(srv, 'john');
+        const jane = await pulseClient(srv, 'jane');
+        broker.deaf = true;
+        await srv.subscribeUser('john', '/room/9', { persist: true });
+        await srv.subscribeUser('jane', ['/room/1', '/room/2'], { persist: true });
+        broker.deaf = false;
+        await jane.subscribe('/room/3', () => { });                               // her own: room for one more
+
+        broker.duringRead = () => srv.subscribeUser('john', '/room/8', { persist: true });      // after the read, before its answer
+        const reads = broker.reads;
+        broker.remote.reloadGroups!();
+        await until(() => jane.joinedPaths().length === 1, 1000, 'jane');
+        await wait(30);
+        expect(broker.reads - reads).to.equal(3);                                 // john twice
+        expect(john.joinedPaths()).to.equal(['/room/8']);                         // the first read did not have it
+        expect(srv.logs.filter(({ data }) => data?.error === 'Too many subscriptions').map(({ data }) => data.path)).to.equal(['/room/2']);
+        expect(srv.logs.filter(({ data }) => data?.error?.message === 'no').map(({ data }) => data.path)).to.equal(['/room/9']);       // the route refused it
+    });
+
+    it('reloads nothing without a broker that records memberships', async () => {
+
+        class Plain extends MemoryBroker {
+
+            remote!: BrokerSink;
+            override start(sink: BrokerSink): Promise<void> {
+
+                this.remote = sink;
+                return super.start(sink);
+            }
+        }
+
+        const broker = new Plain();
+        Object.defineProperty(broker, 'groups', { value: undefined });
+        const srv = await start({ broker });
+        await pulseClient(srv, 'john');
+        broker.remote.reloadGroups!();
+        await wait(20);
+        expect(srv.logs.filter(({ data }) => data?.reload)).to.equal([]);
+    });
+
     it('sweeps ended memberships nobody reads', async () => {
 
         const broker = new MemoryBroker();

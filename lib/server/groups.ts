@@ -1,6 +1,7 @@
 // Server-side subscriptions: the application subscribes (or unsubscribes) every socket of a user, or one
 // socket, on every node, optionally recording the user's membership so that its later sockets join at hello.
 // The broker carries the command to every node (GroupStore.send); each node applies it to its own sockets here.
+// A node that may have missed commands (its broker's subscription was lost) reads the recorded memberships again.
 
 import * as Boom from '@hapi/boom';
 import type { Server } from '@hapi/hapi';
@@ -34,8 +35,12 @@ export interface HelloJoin {
 }
 
 const tooMany = 'Too many subscriptions';
+const reloadRetry = 1000;                        // ms before a reload that could not read the memberships runs again
 
 export class Groups {
+
+    private readonly commands = new WeakMap<Socket, number>();     // membership commands applied to each socket
+    private retry: NodeJS.Timeout | undefined;
 
     constructor(private readonly host: GroupsHost, private readonly store: GroupStore | undefined, private readonly indexed: boolean) { }
 
@@ -52,6 +57,10 @@ export class Groups {
         }
 
         const command: MembershipCommand = { action: 'subscribe', paths: list, user: key };
+        if (persist) {
+            command.persist = true;
+        }
+
         this.admit(command, [...this.host.byUser.get(key) ?? []]);
         try {
             await store.send(command, persist ? { ttl: ttl ?? null, max: this.max() } : null);
@@ -110,6 +119,10 @@ export class Groups {
     async apply(command: MembershipCommand): Promise<void> {
 
         const targets = this.targets(command);
+        for (const socket of targets) {
+            this.commands.set(socket, (this.commands.get(socket) ?? 0) + 1);
+        }
+
         if (command.action === 'unsubscribe') {
             await Promise.all(targets.map((socket) => this.leave(socket, command.paths, command.message)));
             return;
@@ -128,7 +141,7 @@ export class Groups {
             socket.reserve(fresh.length);
             try {
                 for (const path of fresh) {
-                    await socket.inOrder(path, () => this.join(socket, path));
+                    await socket.inOrder(path, () => this.join(socket, path, command.persist === true));
                 }
             }
             finally {
@@ -168,6 +181,7 @@ export class Groups {
 
             try {
                 const catchup = await Catchups.subscribe(this.host, socket, path, positions?.[path]);
+                this.mark(socket, path);
                 result.joined.push(path);
                 if (catchup) {
                     result.catchups.push(catchup);
@@ -182,7 +196,83 @@ export class Groups {
         return result;
     }
 
-    private async join(socket: Socket, path: string): Promise<void> {
+    // After the broker's subscription was lost and restored: the membership commands sent meanwhile were missed.
+    // Each socket done with hello reads its user's recorded memberships again, joins those it does not hold and
+    // leaves those it holds through a membership that is no longer recorded; nothing else of its subscriptions
+    // changes. A read that fails (the broker out of reach again) is logged, and the whole reload runs again later.
+    reload(): void {
+
+        clearTimeout(this.retry);
+        this.resync().catch((error) => {
+
+            this.host.server.log(['pulse', 'subscribe', 'error'], { reload: true, error });
+            clearTimeout(this.retry);
+            this.retry = setTimeout(() => this.reload(), reloadRetry).unref();      // a late failure after stop() finds no socket
+        });
+    }
+
+    stop(): void {
+
+        clearTimeout(this.retry);
+    }
+
+    private async resync(): Promise<void> {
+
+        if (!this.store) {
+            return;                                                  // nothing is recorded
+        }
+
+        for (const user of [...this.host.byUser.keys()]) {
+            // A command applied to one of the user's sockets during the read may be newer than what was read
+            let applied: number;
+            let recorded: string[];
+            do {
+                applied = this.applied(user);
+                recorded = await this.store.paths(user);
+            } while (applied !== this.applied(user));
+
+            await Promise.all(this.targets({ user }).flatMap((socket) => this.match(socket, new Set(recorded))));
+        }
+    }
+
+    private applied(user: string): number {
+
+        return this.targets({ user }).reduce((sum, socket) => sum + (this.commands.get(socket) ?? 0), 0);
+    }
+
+    private match(socket: Socket, recorded: Set<string>): Promise<void>[] {
+
+        const work: Promise<void>[] = [];
+        for (const path of [...socket.grouped ?? []]) {
+            if (!recorded.has(path)) {
+                work.push(this.leave(socket, [path], undefined));
+            }
+        }
+
+        for (const path of recorded) {
+            if (socket.subscriptions.has(path)) {
+                continue;
+            }
+
+            if (socket.room() < 1) {
+                this.host.server.log(['pulse', 'subscribe', 'error'], { socket: socket.id, user: socket.user, path, error: tooMany });
+                continue;
+            }
+
+            socket.reserve(1);
+            work.push(socket.inOrder(path, () => this.join(socket, path, true)).finally(() => socket.reserve(-1)));
+        }
+
+        return work;
+    }
+
+    // A path the server joined because of a recorded membership: a reload ends it when the record is gone.
+    private mark(socket: Socket, path: string): void {
+
+        (socket.grouped ??= new Set()).add(path);
+    }
+
+    private async join(socket: Socket, path: string, recorded: boolean): Promise<void> {
 
         if (socket.subscriptions.has(path)) {
             return;                                                  // subscribed meanwhile, by the client
@@ -192,6 +282,10 @@ export class Groups {
             const catchup = await Catchups.subscribe(this.host, socket, path, undefined);
             if (!socket.subscriptions.has(path)) {
                 return;                                              // closed while onSubscribe ran
+            }
+
+            if (recorded) {
+                this.mark(socket, path);
             }
 
             socket.joined(path, catchup && socket.recovery ? catchup.report().position : null);
@@ -214,7 +308,7 @@ export class Groups {
         }
     }
 
-    private targets(command: MembershipCommand): Socket[] {
+    private targets(command: Pick<MembershipCommand, 'user' | 'socket'>): Socket[] {
 
         const sockets = command.socket !== undefined ? [this.host.sockets.get(command.socket)] : [...this.host.byUser.get(command.user!) ?? []];
         return sockets.filter((socket): socket is Socket => socket?.ready === true);        // not those still in hello

@@ -185,7 +185,8 @@ export class Listener implements SocketHost {
             stats: () => this.nodeStats(),
             resendPresence: () => this.subscriptions.presence.resend(),
             reloadPresence: () => this.subscriptions.presence.reload(),
-            membership: (command) => this.groups.apply(command)          // only sockets done with hello: none while stopping
+            membership: (command) => this.groups.apply(command),         // only sockets done with hello: none while stopping
+            reloadGroups: () => this.groups.reload()
         });
 
         this.subscriptions.presence.start();
@@ -198,6 +199,7 @@ export class Listener implements SocketHost {
     async stop(): Promise<void> {
 
         this.stopped = true;
+        this.groups.stop();
         this.beats?.stop();
         this.verifies?.stop();
 

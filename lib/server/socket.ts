@@ -140,6 +140,7 @@ export class Connection implements Socket {
     recovery = false;                            // negotiated the recovery extension
     expiry = false;                              // negotiated the expiry extension
     groups = false;                              // negotiated the groups extension (told of server-side subscriptions)
+    grouped: Set<string> | null = null;          // paths the server joined through a recorded membership (groups.ts)
     readonly upgradeHeaders: Readonly<Record<string, string>>;          // what tunnelled requests inherit: host, cookie, x-forwarded-*
     readonly connectedAt = Date.now();
     closeCode = 1005;                                           // the server's close code, else the client's (1005: none)

@@ -580,6 +580,7 @@ export class Subscriptions {
         }
 
         socket.subscriptions.delete(topic.path);
+        socket.grouped?.delete(topic.path);
         forget(socket, topic.path);
         topic.delete(socket);
         if (topic.route.source) {

@@ -366,8 +366,13 @@ export class RedisBroker implements Broker {
             }
         }
 
-        // Presence changes published while the subscription was down were missed: the followed paths are read again.
-        Promise.all(all).then(() => this.sink?.reloadPresence?.());
+        // Presence changes and membership commands published while the subscription was down were missed: the
+        // followed paths and the recorded memberships of this node's users are read again.
+        Promise.all(all).then(() => {
+
+            this.sink?.reloadPresence?.();
+            this.sink?.reloadGroups?.();
+        });
     }
 
     private disconnected(): void {
