@@ -10,6 +10,7 @@
 import { WebSocket } from 'ws';
 
 import { nowMs, serve } from './ipc';
+import { presenceCommands } from './load-presence';
 
 type Proto = 'nes' | 'sio';
 
@@ -709,6 +710,8 @@ serve({
     },
 
     ...recovery,
+
+    ...presenceCommands,
 
     // Closed-loop request round trips on the first `concurrency` sockets for `durationMs`.
     requests: async (args) => {

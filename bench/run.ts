@@ -260,6 +260,47 @@ function atLeast(text: string, scenario: string, key: string, parts: Array<[stri
     };
 }
 
+// Presence (issue 15, scenarios-presence.ts): a count that does not grow with the members, batched presence
+// messages through a mass reconnection, and what presence adds to the CPU of that reconnection.
+const presenceGoals: Goal[] = [
+    {
+        text: 'presence count (two nodes, Redis): count/s at 10k members ≥ 0.8× count/s at 1k (does not grow with the members)',
+        check: () => {
+
+            const ratioPar = pulseMed('presence-count', 'ratio');
+            const ratioSeq = pulseMed('presence-count', 'seqRatio');
+            return Number.isFinite(ratioPar) ? { value: `10k/1k = ${ratioPar.toFixed(2)}× (sequential ${ratioSeq.toFixed(2)}×)`, pass: ratioPar >= 0.8 } : null;
+        }
+    },
+    {
+        text: 'presence mass reconnection: server CPU per connection with presence ≤ 1.5× without',
+        check: () => {
+
+            const ratioCpu = pulseMed('presence-reconnect', 'ratio');
+            return Number.isFinite(ratioCpu) ? {
+                value: `${ratioCpu.toFixed(2)}× (${pulseMed('presence-reconnect', 'cpuOn').toFixed(3)} / ${pulseMed('presence-reconnect', 'cpuOff').toFixed(3)} ms)`,
+                pass: ratioCpu <= 1.5
+            } : null;
+        }
+    },
+    {
+        text: 'presence mass reconnection: the follower gets at most one message per batch interval (≪ one per socket) and ends with every member, every run',
+        check: () => {
+
+            const messages = allRuns('presence-reconnect', 'messages');
+            const bound = allRuns('presence-reconnect', 'bound');
+            const over = allRuns('presence-reconnect', 'overBound');
+            const missing = allRuns('presence-reconnect', 'missing');
+            return messages.length ? {
+                value: `${messages.map((m) => m.toFixed(0)).join(' / ')} messages per reconnection (bound ${bound.map((b) => b.toFixed(0)).join(' / ')}), ` +
+                    `${sum(over)} cycle(s) over the bound, ${Math.max(...missing)} member(s) missing`,
+                pass: [...over, ...missing].every((v) => v === 0),
+                failWord: 'FAIL'
+            } : null;
+        }
+    }
+];
+
 const goals: Goal[] = [
     atLeast('fan-out 1k: delivered/s ≥ socket.io and ≥ 0.8× pre-framed ws', 'fanout-1k', 'rate', [['socketio', 1], ['ws-preframed', 0.8]]),
     atLeast('fan-out 5k: delivered/s ≥ socket.io and ≥ 0.8× pre-framed ws', 'fanout-5k', 'rate', [['socketio', 1], ['ws-preframed', 0.8]]),
@@ -320,6 +361,7 @@ const goals: Goal[] = [
         }
     },
     atLeast('connection setups/s ≥ nes', 'connect', 'rate', [['nes', 1]]),
+    ...presenceGoals,
     {
         text: 'many sockets: longest idle event-loop stall (heartbeats only) ≤ 50 ms',
         check: () => {
@@ -437,6 +479,21 @@ function summaryTable(): string {
     return table(['scenario', ...shown.map((t) => t.label)], rows);
 }
 
+// Scenarios a session kind could not run (e.g. no Redis), one loud line per reason: their rows only say "n/a".
+function skippedLines(): string[] {
+
+    const byReason = new Map<string, string[]>();
+    for (const scenario of selected) {
+        for (const [target, entry] of results.get(scenario.id) ?? []) {
+            if (entry.unavailable && !targetByName(target).unavailable()) {
+                byReason.set(entry.unavailable, [...(byReason.get(entry.unavailable) ?? []), scenario.id].filter((id, i, all) => all.indexOf(id) === i));
+            }
+        }
+    }
+
+    return [...byReason].map(([reason, ids]) => `**NOT MEASURED: ${ids.join(', ')}: ${reason}.**`);
+}
+
 function versionOf(pkg: string): string {
 
     try {
@@ -465,6 +522,11 @@ function report(): string {
         'load process on a 2-core machine the client saturates first at high rates, so CPU per delivery is the fairer speed figure there.',
         ''
     ];
+
+    const skipped = skippedLines();
+    if (skipped.length) {
+        lines.push(...skipped, '');
+    }
 
     lines.push('## Summary (medians)', '', summaryTable(), '');
 

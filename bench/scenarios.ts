@@ -8,6 +8,7 @@ import Fs from 'node:fs';
 
 import { nowMs, type Peer } from './ipc';
 import { redisCleanup, redisProblem, redisUrl, uniquePrefix } from './redis';
+import { presenceScenarios, presenceSessions } from './scenarios-presence';
 import type { ServerOptions } from './servers/types';
 import { human, median } from './stats';
 import type { Target } from './targets';
@@ -301,7 +302,8 @@ export const sessions: readonly SessionKind[] = [
 
             await connect(s, sizes(ctx.quick).large, 'fan', 100, 0, true);
         }
-    }
+    },
+    ...presenceSessions                                         // scenarios-presence.ts (Redis)
 ];
 
 const [small, large, plain, nodes, recoverySession, manySession, deflateSmall, deflateLarge] = sessions as [SessionKind, SessionKind, SessionKind, SessionKind, SessionKind, SessionKind, SessionKind, SessionKind];
@@ -989,5 +991,6 @@ export const scenarios: readonly Scenario[] = [
     },
     twoNode,
     recovery,
+    ...presenceScenarios,                                       // presence-count, presence-reconnect
     many
 ];

@@ -228,6 +228,44 @@ serve({
         return { t0, t1: nowMs(), published };
     },
 
+    // Presence (hapi-pulse with ServerOptions.presence): members written straight into the presence store, as this
+    // node's (users m<first> …, in one script call per 500).
+    presenceFill: async (args) => {
+
+        const srv = need();
+        const path = String(args.path);
+        const first = Number(args.first);
+        const count = Number(args.count);
+        for (let done = 0; done < count; done += 500) {
+            await srv.presenceFill!(path, first + done, Math.min(500, count - done));
+        }
+
+        return {};
+    },
+
+    // server.presence.count(path) in `concurrency` loops for `durationMs`: counts done, the time they took, the
+    // last count read (checked by the caller).
+    presenceCount: async (args) => {
+
+        const srv = need();
+        const path = String(args.path);
+        const concurrency = Number(args.concurrency);
+        const durationMs = Number(args.durationMs);
+        let ops = 0;
+        let users = -1;
+        const t0 = nowMs();
+        const end = t0 + durationMs;
+        await Promise.all(Array.from({ length: concurrency }, async () => {
+
+            while (nowMs() < end) {
+                users = (await srv.presenceCount!(path)).users;
+                ++ops;
+            }
+        }));
+
+        return { ops, ms: nowMs() - t0, users };
+    },
+
     stop: async () => {
 
         steadyStop?.();

@@ -17,15 +17,21 @@ interface NesDecorated {
 // instead of leaving them unhandled (a Redis broker rejects when Redis is unreachable); the default targets leave
 // publish() exactly as an application would call it.
 
+// `prepare` runs before the plugin is registered (e.g. an auth strategy) and `extend` adds methods that need the
+// hapi server (the presence queries) to what the target returns.
+
 export interface HapiExtras {
     subscriptions?: Array<[string, object]>;
     catchPublish?: boolean;
+    prepare?(server: Server): void;
+    extend?(server: Server): Partial<BenchServer>;
 }
 
 export async function createHapiTarget(pluginModule: unknown, options: object = {}, extra: HapiExtras = {}): Promise<BenchServer> {
 
     const Hapi = await import('@hapi/hapi');
     const server: Server = Hapi.server({ port: 0, host: '127.0.0.1', debug: false });
+    extra.prepare?.(server);
     await server.register({ plugin: pluginModule as never, options });
 
     server.route({ method: 'GET', path: '/echo', handler: () => ECHO_PAYLOAD });
@@ -64,6 +70,7 @@ export async function createHapiTarget(pluginModule: unknown, options: object = 
         publishOnce: (paths, message) => nes.publish(paths as never, message, { once: true }),
         publishErrors: () => publishErrors,
         connections: () => sockets,
-        stop: () => server.stop({ timeout: 500 })
+        stop: () => server.stop({ timeout: 500 }),
+        ...extra.extend?.(server)
     };
 }

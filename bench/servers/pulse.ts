@@ -1,9 +1,11 @@
-// hapi-pulse, registered exactly like @hapi/nes, default options. The two-node and recovery scenarios pass
-// ServerOptions: a RedisBroker shared by several server processes, and/or a '/rec/{id}' subscription with history.
+// hapi-pulse, registered exactly like @hapi/nes, default options. The two-node, recovery and presence scenarios pass
+// ServerOptions: a RedisBroker shared by several server processes, and/or a '/rec/{id}' subscription with history,
+// or an auth strategy and '/room/{id}' with or without presence (pulse-presence.ts).
 
 import Path from 'node:path';
 
 import { createHapiTarget } from './hapi-common';
+import { presenceSetup } from './pulse-presence';
 import type { BenchServer, ServerFactory, ServerOptions } from './types';
 
 // dist/bench/servers/pulse.js -> dist/lib/index.js and the dist/lib/redis.js entry
@@ -35,12 +37,18 @@ export const create: ServerFactory = async (options = {}) => {
 export async function createPulseTarget(Pulse: unknown, options: ServerOptions): Promise<BenchServer> {
 
     const heartbeat = options.heartbeat ? { heartbeat: options.heartbeat } : {};
-    if (!options.broker && !options.history) {
+    if (!options.broker && !options.history && !options.presence) {
         return createHapiTarget(Pulse, heartbeat);
     }
 
     const { RedisBroker } = require(redisPath) as { RedisBroker: new (options: object) => unknown };
-    const pluginOptions = options.broker === 'redis' ? { ...heartbeat, broker: new RedisBroker({ url: options.url, prefix: options.prefix }) } : heartbeat;
+    const broker = options.broker === 'redis' ? new RedisBroker({ url: options.url, prefix: options.prefix }) : undefined;
+    const pluginOptions = broker ? { ...heartbeat, broker } : heartbeat;
+    if (options.presence) {
+        const setup = presenceSetup(options.presence, broker);
+        return createHapiTarget(Pulse, { ...pluginOptions, ...setup.options }, setup.extras);
+    }
+
     const subscriptions: Array<[string, object]> = options.history ? [['/rec/{id}', { history: options.history }]] : [];
     return createHapiTarget(Pulse, pluginOptions, { subscriptions, catchPublish: true });
 }
