@@ -117,6 +117,22 @@ describe('Deadlines', () => {
         }
     });
 
+    it('passes over a cancelled slice that comes due together with a live one', async () => {
+
+        const fired: number[] = [];
+        const deadlines = new Deadlines<number>({ sliceMs: 20, fire: (name) => fired.push(name) });
+        const now = Date.now();
+        deadlines.add(1, now + 20);
+        deadlines.cancel(deadlines.add(2, now + 60));                    // its slice stays in the heap, empty
+        while (Date.now() < now + 120) {
+            // hold the event loop past both slices, so one timer finds both due
+        }
+
+        await until(() => fired.length === 1, 3000, 'the live deadline');
+        await wait(60);
+        expect(fired).to.equal([1]);
+    });
+
     it('wakes up earlier for a deadline before the one it waits for', async () => {
 
         const fired: number[] = [];
