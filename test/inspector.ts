@@ -68,8 +68,12 @@ drive('HAPI_PULSE_INSPECTOR_URL', { viewport: { width: 1280, height: 900 }, http
     await tab.click('#request');
     await waitText('#status', 'Request answered 200');
 
+    await tab.fill('#sub', '/room/1');                       // a path with presence: the operator view shows its members
+    await tab.click('#subscribe');
+    await waitText('#status', 'Subscribed to /room/1');
+
     await waitText('#sockets', socketId);
-    await waitText('#paths', '/news');
+    await waitText('#paths', '/room/1');
     await tab.waitForTimeout(1200);                           // one more refresh: the frames settle
     if (process.env.HAPI_PULSE_INSPECTOR_SCREENSHOT) {
         await tab.screenshot({ path: process.env.HAPI_PULSE_INSPECTOR_SCREENSHOT, fullPage: true });
@@ -162,6 +166,7 @@ describe('Inspector', () => {
         const srv = await server({ inspector: { ...inspector, recentDisconnects: 2, maxListed: 2 }, auth: { type: 'direct', route: { strategy: 'basic', mode: 'optional' }, index: true }, limits: { maxSubscriptions: 2 } }, 'pulse', withUsers);
         srv.subscription('/item/{id}', { auth: { mode: 'optional' } });
         srv.subscription('/news');
+        srv.subscription('/room/{id}', { auth: { mode: 'optional' }, presence: true });
         await srv.start();
         cleanup(() => srv.stop());
 
@@ -175,6 +180,11 @@ describe('Inspector', () => {
         expect((await john.request({ type: 'sub', id: 2, path: '/item/6' })).statusCode).to.equal(429);
         const anonymous = await Peer.open(url(srv));
         await anonymous.hello();
+        const room = await Peer.open(url(srv));                                 // presence: jane twice (one member), one anonymous socket
+        await room.hello({ subs: ['/room/1'] });
+        for (const [peer, id] of [[jane, 3], [jane2, 4]] as const) {
+            expect((await peer.request({ type: 'sub', id, path: '/room/1' })).statusCode).to.not.exist();
+        }
 
         for (const code of [4100, 4101, 4102]) {
             const leaving = await Peer.open(url(srv));
@@ -183,27 +193,33 @@ describe('Inspector', () => {
             await leaving.closedWith();
         }
 
-        await until(() => srv.pulseStats().sockets === 4);
+        await until(() => srv.pulseStats().sockets === 5);
         const state = await (await fetch(srv.info.uri + '/pulse/state', { headers: { authorization: basic('admin') } })).json();
 
         expect(state.node).to.equal({ id: srv.info.id });
         expect(state.auth).to.equal({ type: 'direct', endpoint: '/nes/auth' });
         expect(state.metrics).to.equal({ exporting: false });
         expect(state.totals).to.equal(srv.pulseStats());
-        expect(state.totals).to.include({ sockets: 4, users: 2, topics: 2, subscriptions: 3 });
+        expect(state.totals).to.include({ sockets: 5, users: 2, topics: 3, subscriptions: 6 });
 
-        expect(state.sockets.total).to.equal(4);
+        expect(state.sockets.total).to.equal(5);
         expect(state.sockets.shown).to.have.length(2);                          // maxListed
         expect(state.sockets.shown[0]).to.include({ user: 'john', remoteAddress: '127.0.0.1', subscriptions: 2, inFlight: 0 });
         expect(state.sockets.shown[0].id).to.be.a.string();
         expect(state.sockets.shown[0].connectedAt as number).to.be.within(Date.now() - 60000, Date.now());
-        expect(state.sockets.shown[1]).to.include({ user: 'jane', subscriptions: 1 });
+        expect(state.sockets.shown[1]).to.include({ user: 'jane', subscriptions: 2 });
         expect(state.users).to.equal({ total: 2, shown: [{ user: 'jane', sockets: 2 }, { user: 'john', sockets: 1 }] });
-        expect(state.paths).to.equal({ total: 2, shown: [{ path: '/item/5', route: '/item/{id}', subscribers: 2 }, { path: '/news', route: '/news', subscribers: 1 }] });
+        expect(state.paths).to.equal({
+            total: 3, shown: [                                                  // maxListed: the two most subscribed
+                { path: '/room/1', route: '/room/{id}', subscribers: 3, presence: { members: 1, anonymous: 1 } },
+                { path: '/item/5', route: '/item/{id}', subscribers: 2, presence: null }
+            ]
+        });
+
         expect(state.limits).to.include({ maxSubscriptions: 1, maxInFlight: 0 });
         expect(state.upgrades).to.include({ origin: 0 });
-        expect(state.traffic.hello).to.include({ received: 7, sent: 7 });
-        expect(state.traffic.sub).to.include({ received: 1, sent: 0 });
+        expect(state.traffic.hello).to.include({ received: 8, sent: 8 });
+        expect(state.traffic.sub).to.include({ received: 3, sent: 2 });
         expect(state.traffic.error).to.include({ sent: 1 });
 
         // The newest first, two kept; the close code and reason the client sent
@@ -212,7 +228,7 @@ describe('Inspector', () => {
         expect(state.disconnects[0].duration as number).to.be.within(0, 60000);
         expect(state.disconnects[0].at as number).to.be.within(Date.now() - 60000, Date.now());
 
-        for (const peer of [john, jane, jane2, anonymous]) {
+        for (const peer of [john, jane, jane2, anonymous, room]) {
             peer.close();
         }
     });
@@ -236,6 +252,7 @@ describe('Inspector', () => {
 
         const srv = await server({ inspector, auth: { type: 'token', route: 'basic' }, heartbeat: false }, 'pulse', withUsers);
         srv.subscription('/news');
+        srv.subscription('/room/{id}', { presence: true });
         srv.route([
             { method: 'GET', path: '/whoami', options: { auth: 'basic', handler: (request) => request.auth.credentials } },
             { method: 'GET', path: '/control/publish', options: { auth: false, handler: async () => (await srv.publish('/news', { headline: 'hello from the server' }), null) } }
@@ -248,7 +265,7 @@ describe('Inspector', () => {
         const results = await runDriver(__filename, 'HAPI_PULSE_INSPECTOR_URL', `${srv.info.uri}/pulse`, 50000);
         expect(results.pageErrors).to.equal([]);
         expect(results.consoleErrors).to.equal([]);
-        expect(results.subs).to.equal('/news');
+        expect(results.subs).to.equal('/news /room/1');                         // innerText: the two spaces shown as one
 
         const frames: string[][] = results.frames;
         for (const [time] of frames) {
@@ -257,16 +274,16 @@ describe('Inspector', () => {
 
         const sent = frames.filter(([, direction]) => direction === '\u2192').map(([, , frame]) => JSON.parse(frame!));
         const received = frames.filter(([, direction]) => direction === '\u2190').map(([, , frame]) => JSON.parse(frame!));
-        expect(sent.map((frame) => frame.type)).to.equal(['hello', 'sub', 'request']);
+        expect(sent.map((frame) => frame.type)).to.equal(['hello', 'sub', 'request', 'sub']);
         expect(sent[0].auth).to.be.a.string();                                                  // the token the page fetched
-        expect(received.map((frame) => frame.type)).to.equal(['hello', 'sub', 'pub', 'request']);
+        expect(received.map((frame) => frame.type)).to.equal(['hello', 'sub', 'pub', 'request', 'sub']);
         expect(received[2]).to.equal({ type: 'pub', path: '/news', message: { headline: 'hello from the server' } });
         expect(received[3].payload).to.include({ user: 'admin' });
 
         const socket = results.sockets.find((row: string[]) => row[0] === results.socketId);
         expect(socket.slice(1, 3)).to.equal(['admin', '127.0.0.1']);
-        expect(socket[4]).to.equal('1');
-        expect(results.paths).to.equal([['/news', '/news', '1']]);
+        expect(socket[4]).to.equal('2');                                                       // subscriptions
+        expect(results.paths).to.equal([['/news', '/news', '1', '-'], ['/room/1', '/room/{id}', '1', '1']]);       // presence: admin, a member
         if (screenshot) {
             expect(Fs.existsSync(screenshot)).to.be.true();
         }

@@ -1,15 +1,17 @@
 // OpenTelemetry metrics after real traffic, read with the SDK's own reader: what an application that registers
 // an SDK (or passes a MeterProvider) sees, and that nothing is exported without one.
 
+import * as Boom from '@hapi/boom';
 import * as Code from '@hapi/code';
+import type * as Hapi from '@hapi/hapi';
 import * as Lab from '@hapi/lab';
 import * as Otel from '@opentelemetry/api';
-import { AggregationTemporality, MeterProvider, MetricReader } from '@opentelemetry/sdk-metrics';
+import { AggregationTemporality, DataPointType, MeterProvider, MetricReader } from '@opentelemetry/sdk-metrics';
 import type { DataPoint, Histogram, MetricData } from '@opentelemetry/sdk-metrics';
 
 import * as Pulse from '../lib';
 import { RedisBroker } from '../lib/redis';
-import { Nes, Peer, redisUrl, server, skipWithoutRedis, teardown, until, url } from './helpers';
+import { Nes, Peer, redisUrl, server, skipWithoutRedis, teardown, until, url, wait } from './helpers';
 
 const { expect } = Code;
 const lab = Lab.script();
@@ -87,6 +89,48 @@ const point = <T = number>(metrics: Map<string, MetricData>, name: string, attri
 const sorted = (object: Record<string, unknown>) => Object.fromEntries(Object.entries(object).sort(([a], [b]) => a.localeCompare(b)));
 
 const histogram = (metrics: Map<string, MetricData>, name: string, attributes: Record<string, unknown> = {}): Histogram | undefined => point<Histogram>(metrics, name, attributes);
+
+// Credentials are the JSON in the authorization header (presence members are users).
+const jsonAuth = (srv: Hapi.Server): void => {
+
+    srv.auth.scheme('json', () => ({
+        authenticate: (request: Hapi.Request, h: Hapi.ResponseToolkit) => {
+
+            const header = request.headers.authorization;
+            if (!header) {
+                throw Boom.unauthorized(null, 'Json');
+            }
+
+            return h.authenticated({ credentials: JSON.parse(header as string) });
+        }
+    }) as any);
+    srv.auth.strategy('json', 'json');
+};
+
+const asUser = (user?: string) => (user ? { auth: { headers: { authorization: JSON.stringify({ user }) } } } : {});
+
+// A raw socket, said hello to as `user` (anonymous without one), subscribed to `subs`.
+const member = async (srv: Hapi.Server, user: string | undefined, subs: string[]): Promise<Peer> => {
+
+    const peer = await Peer.open(url(srv));
+    expect((await peer.hello({ ...asUser(user), subs })).statusCode).to.not.exist();
+    return peer;
+};
+
+// Until the presence store has `users` members and `anonymous` sockets on `path` (writes are batched).
+const settled = async (srv: Hapi.Server, path: string, users: number, anonymous = 0): Promise<void> => {
+
+    const written = async () => {
+
+        const count = await srv.presence.count(path);
+        return count.users === users && count.anonymous === anonymous;
+    };
+
+    for (let tries = 0; !await written(); ++tries) {
+        expect(tries, `presence of ${path}`).to.be.below(600);
+        await wait(5);
+    }
+};
 
 const bytes = (frames: string[], type: string): number => frames.filter((frame) => JSON.parse(frame).type === type).reduce((sum, frame) => sum + Buffer.byteLength(frame), 0);
 
@@ -524,7 +568,97 @@ describe('Metrics', () => {
         expect((await reader.read()).size).to.equal(0);
     });
 
+    it('counts the members of presence paths through this node by route, up on join and down on leave', async () => {
+
+        const { reader, provider } = meter();
+        const srv = await server({ metrics: { meterProvider: provider }, auth: { type: 'direct', route: { strategy: 'json', mode: 'optional' } } }, 'pulse', jsonAuth);
+        srv.subscription('/room/{id}', { presence: { interval: 10 } });
+        srv.subscription('/news');
+        await srv.start();
+        cleanup(() => srv.stop());
+        const members = async (): Promise<number | undefined> => point(await reader.read(), 'pulse.presence.members', { 'pulse.route': '/room/{id}' });
+
+        expect(await members()).to.not.exist();                                 // no presence path joined yet
+        const john = await member(srv, 'john', ['/room/1', '/news']);
+        expect(await members()).to.equal(1);
+        const john2 = await member(srv, 'john', ['/room/1']);                   // a user counts once per path
+        expect(await members()).to.equal(1);
+        const jane = await member(srv, 'jane', ['/room/2']);
+        expect(await members()).to.equal(2);
+        const jim = await member(srv, 'jim', ['/room/1', '/room/2']);           // a member of two paths: one per path
+        expect(await members()).to.equal(4);
+        const anonymous = await member(srv, undefined, ['/room/1']);            // anonymous sockets are not members
+        await settled(srv, '/room/1', 2, 1);
+        const follower = await member(srv, 'joe', [Pulse.presencePath('/room/1')]);   // nor are followers
+        await until(() => follower.frames.length === 2);                        // hello, then the list
+        expect(JSON.parse(follower.frames[1]!).message).to.include({ presence: 'list', anonymous: 1 });
+        expect(JSON.parse(follower.frames[1]!).message.members).to.have.length(2);
+
+        let metrics = await reader.read();
+        expect(point(metrics, 'pulse.presence.members', { 'pulse.route': '/room/{id}' })).to.equal(4);
+        expect(metrics.get('pulse.presence.members')!.dataPoints).to.have.length(1);       // the route only: no path, no user, no /news
+        expect(metrics.get('pulse.presence.members')!.descriptor.unit).to.equal('{member}');
+        expect(metrics.get('pulse.presence.members')).to.include({ dataPointType: DataPointType.SUM, isMonotonic: false });      // an up-down count
+        expect(point(metrics, 'pulse.server.active_subscriptions', { 'pulse.route': '/room/{id}' })).to.equal(6);
+
+        // Leaving: the last socket of a user on a path takes the user away
+        expect((await jim.request({ type: 'unsub', id: 2, path: '/room/2' })).statusCode).to.not.exist();
+        expect(await members()).to.equal(3);
+        john.close();
+        await until(() => srv.pulseStats().sockets === 5);
+        expect(await members()).to.equal(3);                                    // john is still on /room/1 through john2
+        john2.close();
+        jane.close();
+        await until(() => srv.pulseStats().sockets === 3);
+        expect(await members()).to.equal(1);
+        jim.close();
+        await until(() => srv.pulseStats().sockets === 2);
+        expect(await members()).to.equal(0);                                    // none left: 0, not the last value
+
+        anonymous.close();
+        await until(() => srv.pulseStats().sockets === 1);
+        const rejoined = await member(srv, 'jane', ['/room/3']);
+        expect(await members()).to.equal(1);
+        await srv.stop();
+        expect(await members()).to.equal(0);                                    // a stopped server has none
+        rejoined.close();
+        follower.close();
+    });
+
     describe('with Redis', { skip: skipWithoutRedis('metrics across two nodes') }, () => {
+
+        it('counts each node\'s own presence members, not the cluster view it replicates', async () => {
+
+            const prefix = `pulse-test-metrics-presence-${process.pid}-${Date.now()}:`;
+            const nodes = [meter(), meter()];
+            const servers: Hapi.Server[] = [];
+            for (const { provider } of nodes) {
+                const srv = await server({ broker: new RedisBroker({ url: redisUrl, prefix }), metrics: { meterProvider: provider }, auth: { type: 'direct', route: { strategy: 'json', mode: 'optional' } } }, 'pulse', jsonAuth);
+                srv.subscription('/room/{id}', { presence: { interval: 10 } });
+                await srv.start();
+                cleanup(() => srv.stop());
+                servers.push(srv);
+            }
+
+            const [a, b] = servers as [Hapi.Server, Hapi.Server];
+            const peers = [await member(a, 'john', ['/room/1']), await member(b, 'john', ['/room/1']), await member(b, 'jane', ['/room/1'])];
+            await settled(a, '/room/1', 2);
+            const follower = await member(a, 'joe', [Pulse.presencePath('/room/1')]);          // node A holds a replica of both members
+            await until(() => follower.frames.length === 2);
+            expect(JSON.parse(follower.frames[1]!).message.members).to.have.length(2);
+
+            const members = async (node: number) => point(await nodes[node]!.reader.read(), 'pulse.presence.members', { 'pulse.route': '/room/{id}' });
+            expect(await members(0)).to.equal(1);                               // john, through A
+            expect(await members(1)).to.equal(2);                               // john and jane, through B: a sum over nodes counts john twice
+
+            peers[1]!.close();
+            await until(() => b.pulseStats().sockets === 1);
+            expect(await members(1)).to.equal(1);
+            expect(await members(0)).to.equal(1);
+            for (const peer of [peers[0]!, peers[2]!, follower]) {
+                peer.close();
+            }
+        });
 
         it('measures the delivery lag on another node from the publish time in the envelope', async () => {
 

@@ -69,7 +69,7 @@ tr.out td.dir { color: #1f5fbf; } tr.in td.dir { color: #1c7c3c; }
 <h3>Users <span class="muted" id="users-note"></span></h3>
 <table><thead><tr><th>user</th><th>sockets</th></tr></thead><tbody id="users"></tbody></table>
 <h3>Paths <span class="muted" id="paths-note"></span></h3>
-<table><thead><tr><th>path</th><th>route</th><th>subscribers</th></tr></thead><tbody id="paths"></tbody></table>
+<table><thead><tr><th>path</th><th>route</th><th>subscribers</th><th>presence members</th></tr></thead><tbody id="paths"></tbody></table>
 <h3>Limits hit</h3>
 <table><thead><tr><th>limit</th><th>times</th></tr></thead><tbody id="limits"></tbody></table>
 <h3>Refused upgrades</h3>
@@ -244,6 +244,11 @@ var duration = function (ms) {
     return ms < 1000 ? ms + ' ms' : ms < 60000 ? (ms / 1000).toFixed(1) + ' s' : Math.round(ms / 60000) + ' min';
 };
 
+// A presence path's members on this node, and its anonymous sockets when there are any.
+var members = function (presence) {
+    return presence === null ? '-' : presence.members + (presence.anonymous ? ' + ' + presence.anonymous + ' anonymous' : '');
+};
+
 var render = function (state) {
     config = state;
     $('node').textContent = 'node ' + state.node.id + ' \\u00b7 metrics ' + (state.metrics.exporting ? 'exported' : 'not exported (no OpenTelemetry SDK)');
@@ -258,7 +263,7 @@ var render = function (state) {
     note('users-note', state.users);
     fill('users', state.users.shown.map(function (u) { return [u.user, u.sockets]; }));
     note('paths-note', state.paths);
-    fill('paths', state.paths.shown.map(function (p) { return [p.path, p.route, p.subscribers]; }));
+    fill('paths', state.paths.shown.map(function (p) { return [p.path, p.route, p.subscribers, members(p.presence)]; }));
     fill('limits', Object.keys(state.limits).map(function (name) { return [name, state.limits[name]]; }));
     fill('upgrades', Object.keys(state.upgrades).map(function (name) { return [name, state.upgrades[name]]; }));
     fill('traffic', Object.keys(state.traffic).filter(function (type) {

@@ -12,6 +12,7 @@ import type { Request, ResponseToolkit, RouteOptionsAccess, Server } from '@hapi
 import type { Disconnect, Metrics } from './metrics';
 import { receivedTypes, sentTypes } from './metrics';
 import { page, script } from './inspector-page';
+import type { Presence } from './presence';
 import type { Connection } from './socket';
 import type { Topic } from './subscriptions';
 
@@ -25,7 +26,7 @@ export interface InspectorSettings {
 // What the inspector reads from the node (the listener provides it).
 export interface InspectorHost {
     readonly sockets: Map<string, Connection>;
-    readonly subscriptions: { readonly topics: Map<string, Topic> };
+    readonly subscriptions: { readonly topics: Map<string, Topic>; readonly presence: Pick<Presence, 'localMembers'> };
     readonly metrics: Metrics | null;               // never null while the inspector is on
     stats(): { sockets: number; users: number; topics: number; subscriptions: number; pendingUpgrades: number };
 }
@@ -42,7 +43,7 @@ export interface InspectorState {
     totals: ReturnType<InspectorHost['stats']>;
     sockets: Listed<{ id: string; user: string | null; remoteAddress: string; connectedAt: number; subscriptions: number; inFlight: number }>;
     users: Listed<{ user: string; sockets: number }>;
-    paths: Listed<{ path: string; route: string; subscribers: number }>;
+    paths: Listed<{ path: string; route: string; subscribers: number; presence: { members: number; anonymous: number } | null }>;      // presence: this node's members (null: presence off)
     limits: Record<string, number>;
     upgrades: Record<string, number>;
     traffic: Record<string, { received: number; receivedBytes: number; sent: number; sentBytes: number }>;
@@ -90,7 +91,8 @@ export const state = (server: Server, host: InspectorHost, settings: InspectorSe
     }
 
     // Most subscribed paths first.
-    const paths = [...host.subscriptions.topics.values()].map((topic) => ({ path: topic.path, route: topic.route.pattern, subscribers: topic.sockets.size }));
+    const { topics, presence } = host.subscriptions;
+    const paths = [...topics.values()].map((topic) => ({ path: topic.path, route: topic.route.pattern, subscribers: topic.sockets.size, presence: topic.route.presence ? presence.localMembers(topic.path) : null }));
     paths.sort((a, b) => b.subscribers - a.subscribers);
 
     const metrics = host.metrics!;                     // made whenever the inspector is on

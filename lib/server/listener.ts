@@ -234,6 +234,17 @@ export class Listener implements SocketHost {
                 }
 
                 return counts;
+            },
+            presenceByRoute: () => {
+
+                const counts = new Map<string, number>();
+                for (const topic of topics.values()) {
+                    if (topic.route.presence) {
+                        counts.set(topic.route.pattern, (counts.get(topic.route.pattern) ?? 0) + this.subscriptions.presence.localMembers(topic.path).members);
+                    }
+                }
+
+                return counts;
             }
         }, this.settings.inspector ? this.settings.inspector.recentDisconnects : 0);
     }

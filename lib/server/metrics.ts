@@ -131,6 +131,7 @@ export const framePayloadBytes = (frame: Buffer): number => frame.length - (fram
 export interface MetricsSource {
     connections(): number;
     subscriptionsByRoute(): Map<string, number>;
+    presenceByRoute(): Map<string, number>;            // this node's members of presence paths (see Presence.localMembers)
 }
 
 export interface Disconnect {
@@ -161,6 +162,7 @@ export class Metrics {
     readonly disconnects: Disconnect[] = [];                // newest last, at most recentDisconnects
 
     private readonly routeAttributes = new Map<string, MetricAttributes>();      // every route seen: bounded by the routes
+    private readonly presenceRoutes = new Set<string>();                         // every route with presence members seen
     private readonly publishes = new Map<string, number>();                      // per route, read when a reader collects
     private instruments: Instruments | null = null;
     private meter: Meter | null = null;
@@ -215,7 +217,8 @@ export class Metrics {
                 receivedBytes: meter.createObservableCounter('pulse.server.received.bytes', { description: 'Payload bytes received from clients, by message type', unit: 'By' }),
                 sentMessages: meter.createObservableCounter('pulse.server.sent.messages', { description: 'Messages sent to clients, by type', unit: '{message}' }),
                 sentBytes: meter.createObservableCounter('pulse.server.sent.bytes', { description: 'Payload bytes sent to clients, by message type', unit: 'By' }),
-                publishes: meter.createObservableCounter('pulse.server.publishes', { description: 'Publishes made on this node and accepted by the broker', unit: '{publish}' })
+                publishes: meter.createObservableCounter('pulse.server.publishes', { description: 'Publishes made on this node and accepted by the broker', unit: '{publish}' }),
+                presence: meter.createObservableUpDownCounter('pulse.presence.members', { description: 'Members of presence paths through this node (authenticated users with a socket here), by subscription route', unit: '{member}' })
             }
         };
     }
@@ -231,6 +234,15 @@ export class Metrics {
 
         for (const [route, attributes] of this.routeAttributes) {
             result.observe(observables.subscriptions, subscriptions.get(route) ?? 0, attributes);           // 0: none left
+        }
+
+        const members = this.live ? this.source.presenceByRoute() : new Map<string, number>();
+        for (const route of members.keys()) {
+            this.presenceRoutes.add(route);
+        }
+
+        for (const route of this.presenceRoutes) {
+            result.observe(observables.presence, members.get(route) ?? 0, this.route(route));               // 0: none left
         }
 
         for (const [route, count] of this.publishes) {

@@ -95,6 +95,7 @@ interface LocalUser {
 interface LocalPath {
     users: Map<string, LocalUser>;                            // '' holds the anonymous sockets
     joined: Map<Connection, string>;                              // the user each socket joined as
+    members: number;                                          // users (not '') with a socket here
 }
 
 type Member = PresenceMember<EncodedPayload>;                // what followers see of a member, its info JSON already
@@ -190,7 +191,7 @@ export class Presence {
 
         let local = this.local.get(path);
         if (!local) {
-            local = { users: new Map(), joined: new Map() };
+            local = { users: new Map(), joined: new Map(), members: 0 };
             this.local.set(path, local);
         }
 
@@ -203,6 +204,10 @@ export class Presence {
             local.users.set(admission.user, { sockets: 1, info: admission.info });
         }
 
+        if (admission.user !== '' && local.users.get(admission.user)!.sockets === 1) {
+            ++local.members;                                      // the user's first socket on the path here
+        }
+
         this.changed(path, admission.user);
     }
 
@@ -211,8 +216,19 @@ export class Presence {
         const local = this.local.get(path)!;                          // a socket in a presence topic joined it
         const user = local.joined.get(socket)!;
         local.joined.delete(socket);
-        --local.users.get(user)!.sockets;
+        if (--local.users.get(user)!.sockets === 0 && user !== '') {
+            --local.members;
+        }
+
         this.changed(path, user);
+    }
+
+    // This node's own part of a presence path with sockets here: its users with a socket on the path and its
+    // anonymous sockets on it (metrics and the inspector; no store read). A user on several nodes counts on each.
+    localMembers(path: string): { members: number; anonymous: number } {
+
+        const local = this.local.get(path)!;                          // a path with members here has its entry
+        return { members: local.members, anonymous: local.users.get('')?.sockets ?? 0 };
     }
 
     // The store lost this node's entries: everything is written again.
