@@ -1,6 +1,7 @@
 // One connection: validates each frame at the edge, dispatches it by type, and owns the send path.
 // Sends go synchronously into ws; its buffer is the queue, bounded by the outbound high-water mark.
 
+import { Buffer } from 'node:buffer';             // not the global: Node 20 defines that one as a getter, called on every use
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 
