@@ -36,7 +36,7 @@ export interface SessionKind {
     // How many load processes (default 1): one process holds at most its open-file limit of sockets.
     loads?(ctx: Ctx): number;
     // Why this kind cannot run now (e.g. 'skipped: no Redis'), checked before each session; null when it can.
-    unavailable?(): Promise<string | null>;
+    unavailable?(ctx: Ctx): Promise<string | null>;
     setup(ctx: Ctx, session: Session): Promise<void>;
     // After every child of the session has stopped (also after a failed setup).
     teardown?(ctx: Ctx, session: Session): Promise<void>;
@@ -84,7 +84,7 @@ export interface Sizes {
     connect: { count: number; inflight: number };
     twoNode: { sockets: number; bursts: number; perBurst: number; warmup: number };
     recovery: { clients: number; rate: number; cycles: number; leadMs: number; pauseMs: number; liveMs: number; history: { size: number; ttl: number } };
-    many: { sockets: number; perLoad: number; idleMs: number; heartbeat: { interval: number; timeout: number }; publishes: number };
+    many: { perLoad: number; idleMs: number; heartbeat: { interval: number; timeout: number }; publishes: number };     // counts: manyCounts()
 }
 
 // The soft limit on open files of this process (the children inherit it); each socket is one file.
@@ -100,14 +100,27 @@ export function openFileLimit(): number {
     }
 }
 
-// As many sockets as one server process may hold, leaving 500 files for everything else (the soft open-file
-// limit: 20,000 → 19,500); BENCH_MANY_SOCKETS sets a smaller count (to see how a figure grows with N).
-function manySockets(quick: boolean): number {
+// The socket counts of the many scenario, smallest first. The largest is as many sockets as one server process
+// may hold, leaving 500 files for everything else (the soft open-file limit: 20,000 → 19,500); the smaller one
+// (5,000, or a quarter of the largest under 10,000 files; --quick: 500 and 2,000) shows whether a figure grows
+// with N. BENCH_MANY_SOCKETS sets them: two counts ("5000,19500"), or one ("5000": that count only).
+export function manyCounts(quick: boolean): number[] {
 
     const most = Math.max(100, openFileLimit() - 500);
-    const asked = Number(process.env.BENCH_MANY_SOCKETS);
-    return Math.min(most, asked > 0 ? asked : (quick ? 2000 : most));
+    const asked = (process.env.BENCH_MANY_SOCKETS ?? '').split(',').map(Number).filter((n) => n > 0).map((n) => Math.min(most, Math.floor(n)));
+    const largest = quick ? Math.min(most, 2000) : most;
+    const counts = asked.length ? asked : [quick ? 500 : (most >= 10_000 ? 5000 : Math.round(most / 4)), largest];
+    const sorted = [...new Set(counts)].sort((a, b) => a - b);
+    return sorted.length > 2 ? [sorted[0]!, sorted[sorted.length - 1]!] : sorted;
 }
+
+// 'largest' is the many scenario itself, 'smaller' the same at the smaller count (none when only one is set).
+type ManyAt = 'largest' | 'smaller';
+const manyCount = (quick: boolean, at: ManyAt): number => {
+
+    const counts = manyCounts(quick);
+    return at === 'largest' ? counts[counts.length - 1]! : counts[0]!;
+};
 
 export function sizes(quick: boolean): Sizes {
 
@@ -124,7 +137,7 @@ export function sizes(quick: boolean): Sizes {
         connect: { count: 300, inflight: 50 },
         twoNode: { sockets: 400, bursts: 2, perBurst: 10, warmup: 5 },
         recovery: { clients: 100, rate: 200, cycles: 1, leadMs: 400, pauseMs: 300, liveMs: 300, history: { size: 1000, ttl: 60_000 } },
-        many: { sockets: manySockets(true), perLoad: 1000, idleMs: 5_000, heartbeat: { interval: 2_000, timeout: 1_000 }, publishes: 3 }
+        many: { perLoad: 1000, idleMs: 5_000, heartbeat: { interval: 2_000, timeout: 1_000 }, publishes: 3 }
     } : {
         small: 1000,
         large: 5000,
@@ -138,7 +151,7 @@ export function sizes(quick: boolean): Sizes {
         connect: { count: 1000, inflight: 50 },
         twoNode: { sockets: 1000, bursts: 4, perBurst: 25, warmup: 10 },
         recovery: { clients: 200, rate: 200, cycles: 2, leadMs: 700, pauseMs: 500, liveMs: 500, history: { size: 1000, ttl: 60_000 } },
-        many: { sockets: manySockets(false), perLoad: 5000, idleMs: 60_000, heartbeat: { interval: 15_000, timeout: 5_000 }, publishes: 5 }
+        many: { perLoad: 5000, idleMs: 60_000, heartbeat: { interval: 15_000, timeout: 5_000 }, publishes: 5 }
     };
 }
 
@@ -187,6 +200,38 @@ async function ensureMulti(s: Session): Promise<void> {
 
         s.state.multi = true;
     }
+}
+
+// As many sockets as the open-file limit allows (or the smaller count), each on its own /item/{i}, spread over load
+// processes of at most `perLoad` sockets, each process from its own source address (127.0.0.2, .3, ...: its own
+// ephemeral ports). Every target pings every heartbeat interval.
+function manySessionKind(id: string, at: ManyAt): SessionKind {
+
+    return {
+        id,
+        nodes: (ctx) => [{ heartbeat: sizes(ctx.quick).many.heartbeat }],
+        loads: (ctx) => Math.ceil(manyCount(ctx.quick, at) / sizes(ctx.quick).many.perLoad),
+        unavailable: async (ctx) => (at === 'smaller' && manyCounts(ctx.quick).length < 2 ? 'skipped: one socket count (BENCH_MANY_SOCKETS)' : null),
+        setup: async (ctx, s) => {
+
+            const n = manyCount(ctx.quick, at);
+            s.state.memBefore = await s.server.call<Mem>('mem', { gc: true });
+            const shares = s.clients.map((_, i) => Math.floor((n * (i + 1)) / s.clients.length) - Math.floor((n * i) / s.clients.length));
+            const t0 = nowMs();
+            const results = await Promise.all(s.clients.map((client, i) => client.call<Connected>('connect', {
+                proto: s.target.proto, port: s.port, count: shares[i], inflight: 50, subs: 'item', first: Math.floor((n * i) / s.clients.length),
+                localAddress: `127.0.0.${2 + i}`, timeoutMs: 20_000, totalTimeoutMs: 150_000
+            }, 180_000)));
+
+            const failed = results.reduce((sum, r) => sum + r.failed, 0);
+            if (failed) {
+                throw new Error(`${failed} of ${n} connections failed (${results.find((r) => r.failed)!.firstError})`);
+            }
+
+            s.state.shares = shares;
+            s.state.setupRate = n / ((nowMs() - t0) / 1000);
+        }
+    };
 }
 
 // Sessions. Every socket of 'small' and 'large' subscribes to its own /item/{index} in its hello; fan-out scenarios
@@ -261,33 +306,7 @@ export const sessions: readonly SessionKind[] = [
             }
         }
     },
-    {
-        // As many sockets as the open-file limit allows, each on its own /item/{i}, spread over load processes of at
-        // most `perLoad` sockets, each process from its own source address (127.0.0.2, .3, ...: its own ephemeral
-        // ports). Every target pings every heartbeat interval.
-        id: 'many',
-        nodes: (ctx) => [{ heartbeat: sizes(ctx.quick).many.heartbeat }],
-        loads: (ctx) => Math.ceil(sizes(ctx.quick).many.sockets / sizes(ctx.quick).many.perLoad),
-        setup: async (ctx, s) => {
-
-            const n = sizes(ctx.quick).many.sockets;
-            s.state.memBefore = await s.server.call<Mem>('mem', { gc: true });
-            const shares = s.clients.map((_, i) => Math.floor((n * (i + 1)) / s.clients.length) - Math.floor((n * i) / s.clients.length));
-            const t0 = nowMs();
-            const results = await Promise.all(s.clients.map((client, i) => client.call<Connected>('connect', {
-                proto: s.target.proto, port: s.port, count: shares[i], inflight: 50, subs: 'item', first: Math.floor((n * i) / s.clients.length),
-                localAddress: `127.0.0.${2 + i}`, timeoutMs: 20_000, totalTimeoutMs: 150_000
-            }, 180_000)));
-
-            const failed = results.reduce((sum, r) => sum + r.failed, 0);
-            if (failed) {
-                throw new Error(`${failed} of ${n} connections failed (${results.find((r) => r.failed)!.firstError})`);
-            }
-
-            s.state.shares = shares;
-            s.state.setupRate = n / ((nowMs() - t0) / 1000);
-        }
-    },
+    manySessionKind('many', 'largest'),
     {
         // Clients that offer permessage-deflate (as browsers and ws do), every socket on '/fan'.
         id: 'deflate-small',
@@ -303,10 +322,12 @@ export const sessions: readonly SessionKind[] = [
             await connect(s, sizes(ctx.quick).large, 'fan', 100, 0, true);
         }
     },
+    manySessionKind('many-small', 'smaller'),
     ...presenceSessions                                         // scenarios-presence.ts (Redis)
 ];
 
 const [small, large, plain, nodes, recoverySession, manySession, deflateSmall, deflateLarge] = sessions as [SessionKind, SessionKind, SessionKind, SessionKind, SessionKind, SessionKind, SessionKind, SessionKind];
+const manySmallSession = sessions.find((kind) => kind.id === 'many-small')!;
 const recoveryPath = '/rec/shared';
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -751,96 +772,111 @@ const recovery: Scenario = {
 };
 
 // Many sockets: what a node does on its own with as many idle subscribed sockets as it may hold (heartbeats:
-// does the event loop stall?), what each costs in heap, and how long one publish takes to reach them all.
+// does the event loop stall?), what each costs in heap, and how long one publish takes to reach them all; the
+// same at a smaller count (many-small), so that the report shows whether the stall grows with N.
 
 interface Idle { maxMs: number; p99Ms: number; p50Ms: number; samples: number; cpuUs: number; connections: number }
 
-const many: Scenario = {
-    id: 'many',
-    optIn: true,
-    title: 'Many sockets: idle event-loop stall, heap per socket, one publish to all',
-    describe: (quick) => {
+function manyScenario(id: string, at: ManyAt, session: SessionKind): Scenario {
 
-        const m = sizes(quick).many;
-        return `${human(m.sockets)} sockets (the open-file limit ${human(openFileLimit())} minus 500, or BENCH_MANY_SOCKETS), each subscribed to its own ` +
-            `\`/item/{id}\`, from ${Math.ceil(m.sockets / m.perLoad)} load processes of at most ${human(m.perLoad)} sockets, each from its own source address ` +
-            `(127.0.0.2, .3, ...). Every target pings every ${m.heartbeat.interval / 1000} s and drops a peer silent for ${m.heartbeat.timeout / 1000} s ` +
-            '(hapi-pulse and nes: `heartbeat`; socket.io: `pingInterval`/`pingTimeout`; raw ws: the ws README sweep of protocol pings, every interval). ' +
-            `Idle stall: \`perf_hooks.monitorEventLoopDelay\` (10 ms resolution) in the server over ${m.idleMs / 1000} s with nothing but heartbeats; ` +
-            'max is the longest the event loop was held (plus up to 10 ms), p99 of the 10 ms samples. Heap/RSS per socket: after a forced GC, minus the ' +
-            `figure before any connection. Then every socket also subscribes to \`/fan\` and the server publishes one 200 B message ${m.publishes} times ` +
-            '(after one warm-up), waiting for every delivery: "to all" is the median time from publish to the last delivery; p50/p99 over every ' +
-            'delivery. Setups/s: all the connections of the session opened at once (50 in flight per load process). Opt-in (`--only many`, once per ' +
-            'target): it takes about 1.5 minutes per target.';
-    },
-    targets: ['pulse', 'pulse-base', 'nes', 'socketio', 'ws-string'],
-    baselines: ['pulse-base', 'nes', 'socketio', 'ws-string'],
-    headline: { key: 'stallMax', label: 'longest idle stall', better: 'lower', format: ms },
-    metrics: [
-        { key: 'stallP99', label: 'idle p99', better: 'lower', format: ms },
-        { key: 'heap', label: 'heap/socket', better: 'lower', format: kb },
-        { key: 'rss', label: 'RSS/socket', better: 'lower', format: kb },
-        { key: 'allMs', label: 'one publish to all', better: 'lower', format: ms },
-        { key: 'p50', label: 'delivery p50', better: 'lower', format: ms },
-        { key: 'p99', label: 'delivery p99', better: 'lower', format: ms },
-        { key: 'setupRate', label: 'setups/s', better: 'higher', format: rate },
-        { key: 'idleCpu', label: 'idle CPU', better: 'lower', format: (v) => `${(v * 100).toFixed(1)}%` },
-        { key: 'dropped', label: 'dropped', better: 'lower', format: count },
-        { key: 'sockets', label: 'sockets', better: 'higher', format: count }
-    ],
-    repeats: 1,
-    session: manySession,
-    order: 1,
-    run: async (ctx, s) => {
+    return {
+        id,
+        optIn: true,
+        title: at === 'largest' ? 'Many sockets: idle event-loop stall, heap per socket, one publish to all' : 'Many sockets, the smaller count: the same figures at fewer sockets',
+        describe: (quick) => {
 
-        const m = sizes(ctx.quick).many;
-        const shares = s.state.shares as number[];
-        const before = s.state.memBefore as Mem;
-        await sleep(500);
-        const after = await s.server.call<Mem>('mem', { gc: true });
+            const m = sizes(quick).many;
+            const n = manyCount(quick, at);
+            const counts = manyCounts(quick);
+            const which = at === 'largest' ?
+                `${human(n)} sockets (the open-file limit ${human(openFileLimit())} minus 500, or the largest count of BENCH_MANY_SOCKETS)` :
+                `${human(n)} sockets (the smaller count of BENCH_MANY_SOCKETS or 5,000; ${human(counts[counts.length - 1]!)} in the next table: does a figure grow with N?)`;
+            return `${which}, each subscribed to its own ` +
+                `\`/item/{id}\`, from ${Math.ceil(n / m.perLoad)} load processes of at most ${human(m.perLoad)} sockets, each from its own source address ` +
+                `(127.0.0.2, .3, ...). Every target pings every ${m.heartbeat.interval / 1000} s and drops a peer silent for ${m.heartbeat.timeout / 1000} s ` +
+                '(hapi-pulse and nes: `heartbeat`; socket.io: `pingInterval`/`pingTimeout`; raw ws: the ws README sweep of protocol pings, every interval). ' +
+                `Idle stall: \`perf_hooks.monitorEventLoopDelay\` (10 ms resolution) in the server over ${m.idleMs / 1000} s with nothing but heartbeats; ` +
+                'max is the longest the event loop was held (plus up to 10 ms), p99 of the 10 ms samples. Heap/RSS per socket: after a forced GC, minus the ' +
+                `figure before any connection. Then every socket also subscribes to \`/fan\` and the server publishes one 200 B message ${m.publishes} times ` +
+                '(after one warm-up), waiting for every delivery: "to all" is the median time from publish to the last delivery ("per socket": divided by ' +
+                'the sockets); p50/p99 over every delivery. Setups/s: all the connections of the session opened at once (50 in flight per load process). ' +
+                'Opt-in (`--only many`, once per target): it takes about 1.5 minutes per target and count.';
+        },
+        targets: ['pulse', 'pulse-base', 'nes', 'socketio', 'ws-string'],
+        baselines: ['pulse-base', 'nes', 'socketio', 'ws-string'],
+        headline: { key: 'stallMax', label: 'longest idle stall', better: 'lower', format: ms },
+        metrics: [
+            { key: 'stallP99', label: 'idle p99', better: 'lower', format: ms },
+            { key: 'heap', label: 'heap/socket', better: 'lower', format: kb },
+            { key: 'rss', label: 'RSS/socket', better: 'lower', format: kb },
+            { key: 'allMs', label: 'one publish to all', better: 'lower', format: ms },
+            { key: 'allPerSocket', label: 'to all per socket', better: 'lower', format: us },
+            { key: 'p50', label: 'delivery p50', better: 'lower', format: ms },
+            { key: 'p99', label: 'delivery p99', better: 'lower', format: ms },
+            { key: 'setupRate', label: 'setups/s', better: 'higher', format: rate },
+            { key: 'idleCpu', label: 'idle CPU', better: 'lower', format: (v) => `${(v * 100).toFixed(1)}%` },
+            { key: 'dropped', label: 'dropped', better: 'lower', format: count },
+            { key: 'sockets', label: 'sockets', better: 'higher', format: count }
+        ],
+        repeats: 1,
+        session,
+        order: 1,
+        run: async (ctx, s) => {
 
-        const idle = await s.server.call<Idle>('idle', { ms: m.idleMs, resolution: 10 }, m.idleMs + 30_000);
-        const status = await Promise.all(s.clients.map((c) => c.call<{ open: number; dropped: number }>('status')));
-        const dropped = status.reduce((sum, st) => sum + st.dropped, 0);
+            const m = sizes(ctx.quick).many;
+            const n = manyCount(ctx.quick, at);
+            const shares = s.state.shares as number[];
+            const before = s.state.memBefore as Mem;
+            await sleep(500);
+            const after = await s.server.call<Mem>('mem', { gc: true });
 
-        const subscribed = await Promise.all(s.clients.map((c) => c.call<{ failed: number }>('subscribeAll', { path: '/fan', inflight: 50 }, 120_000)));
-        if (subscribed.some((r) => r.failed)) {
-            throw new Error(`${subscribed.reduce((sum, r) => sum + r.failed, 0)} subscriptions to /fan failed`);
-        }
+            const idle = await s.server.call<Idle>('idle', { ms: m.idleMs, resolution: 10 }, m.idleMs + 30_000);
+            const status = await Promise.all(s.clients.map((c) => c.call<{ open: number; dropped: number }>('status')));
+            const dropped = status.reduce((sum, st) => sum + st.dropped, 0);
 
-        const lasts: number[] = [];
-        for (let round = 0; round <= m.publishes; ++round) {                            // Round 0: warm-up
-            await Promise.all(s.clients.map((c) => c.call('arm', { mode: 'fan', latency: round > 1 ? 'keep' : 'reset' })));
-            const pub = await s.server.call<Published>('fanout', { path: '/fan', count: 1, size: sizes(ctx.quick).messageBytes, seqBase: round * 10, stamp: true }, 60_000);
-            const got = await Promise.all(s.clients.map((c, i) => c.call<Delivered>('wait', { total: shares[i]! - (status[i]!.dropped), timeoutMs: 30_000 }, 35_000)));
-            const delivered = got.reduce((sum, g) => sum + g.delivered, 0);
-            if (delivered < m.sockets - dropped) {
-                throw new Error(`one publish to all: ${delivered} of ${m.sockets - dropped} delivered within 30 s`);
+            const subscribed = await Promise.all(s.clients.map((c) => c.call<{ failed: number }>('subscribeAll', { path: '/fan', inflight: 50 }, 120_000)));
+            if (subscribed.some((r) => r.failed)) {
+                throw new Error(`${subscribed.reduce((sum, r) => sum + r.failed, 0)} subscriptions to /fan failed`);
             }
 
-            if (round) {
-                lasts.push(Math.max(...got.map((g) => g.lastAt)) - pub.t0);
-            }
-        }
+            const lasts: number[] = [];
+            for (let round = 0; round <= m.publishes; ++round) {                            // Round 0: warm-up
+                await Promise.all(s.clients.map((c) => c.call('arm', { mode: 'fan', latency: round > 1 ? 'keep' : 'reset' })));
+                const pub = await s.server.call<Published>('fanout', { path: '/fan', count: 1, size: sizes(ctx.quick).messageBytes, seqBase: round * 10, stamp: true }, 60_000);
+                const got = await Promise.all(s.clients.map((c, i) => c.call<Delivered>('wait', { total: shares[i]! - (status[i]!.dropped), timeoutMs: 30_000 }, 35_000)));
+                const delivered = got.reduce((sum, g) => sum + g.delivered, 0);
+                if (delivered < n - dropped) {
+                    throw new Error(`one publish to all: ${delivered} of ${n - dropped} delivered within 30 s`);
+                }
 
-        const samples = await Promise.all(s.clients.map((c) => c.call<{ values: number[] }>('latencies', {}, 30_000)));
-        const all = Float64Array.from(samples.flatMap((x) => x.values)).sort();
-        const at = (p: number) => (all.length ? all[Math.min(all.length - 1, Math.floor(p * all.length))]! : NaN);
-        return {
-            stallMax: idle.maxMs,
-            stallP99: idle.p99Ms,
-            heap: (after.heapUsed - before.heapUsed) / m.sockets,
-            rss: (after.rss - before.rss) / m.sockets,
-            allMs: median(lasts),
-            p50: at(0.5),
-            p99: at(0.99),
-            setupRate: s.state.setupRate as number,
-            idleCpu: idle.cpuUs / 1000 / m.idleMs,
-            dropped,
-            sockets: m.sockets
-        };
-    }
-};
+                if (round) {
+                    lasts.push(Math.max(...got.map((g) => g.lastAt)) - pub.t0);
+                }
+            }
+
+            const samples = await Promise.all(s.clients.map((c) => c.call<{ values: number[] }>('latencies', {}, 30_000)));
+            const all = Float64Array.from(samples.flatMap((x) => x.values)).sort();
+            const pct = (p: number) => (all.length ? all[Math.min(all.length - 1, Math.floor(p * all.length))]! : NaN);
+            return {
+                stallMax: idle.maxMs,
+                stallP99: idle.p99Ms,
+                heap: (after.heapUsed - before.heapUsed) / n,
+                rss: (after.rss - before.rss) / n,
+                allMs: median(lasts),
+                allPerSocket: (median(lasts) * 1000) / n,
+                p50: pct(0.5),
+                p99: pct(0.99),
+                setupRate: s.state.setupRate as number,
+                idleCpu: idle.cpuUs / 1000 / m.idleMs,
+                dropped,
+                sockets: n
+            };
+        }
+    };
+}
+
+const many = manyScenario('many', 'largest', manySession);
+const manySmall = manyScenario('many-small', 'smaller', manySmallSession);
 
 export const scenarios: readonly Scenario[] = [
     fanout('small', '1k'),
@@ -992,5 +1028,6 @@ export const scenarios: readonly Scenario[] = [
     twoNode,
     recovery,
     ...presenceScenarios,                                       // presence-count, presence-reconnect
+    manySmall,
     many
 ];
