@@ -42,9 +42,10 @@ export interface BrokerSink {
     log?(tags: string[], data: unknown): void;       // broker events (connection errors, reconnects) for server.log
     lost?(path: string): void;                       // publishes of this history path were missed and cannot be replayed
 
-    // Presence (brokers with a store): this node's open sockets and distinct users, reported with its lease; the
-    // store lost this node's entries (its lease ran out): send them all again; presence changes may have been
-    // missed (a subscription connection was lost): read the followed paths again.
+    // Presence (brokers with a store): this node's open sockets and distinct users (a store that shares nodes
+    // reports the sockets with the node's lease); the store lost this node's entries (its lease ran out): send
+    // them all again; presence changes may have been missed (a subscription connection was lost): read the
+    // followed paths again.
     stats?(): { sockets: number; users: number };
     resendPresence?(): void;
     reloadPresence?(): void;
@@ -104,9 +105,12 @@ export interface Broker {
 // cluster-wide members (one per user, with its socket count and info), the counts (kept up to date, read in
 // constant time) and the paths of each user. Whenever a user joins (its first socket on any node), leaves (its
 // last one) or gets new info, the store publishes a PresenceChange on presencePath(path) through the broker's
-// ordinary delivery, in the order it applied the changes. A store shared by several nodes holds each node's
-// entries under a lease the node renews; the entries of a node whose lease ran out are removed (and their
-// leaves published) by the nodes still alive.
+// ordinary delivery, in the order it applied the changes. A user's first socket on a path of a node is admitted
+// first (admit(): the limit check and the entry in one atomic step, so that maxMembers holds across nodes).
+// Each node also reports which users it holds sockets of (absolute, like the entries): the store keeps, per
+// user, how many nodes hold it, so that the cluster's distinct users are one constant-time read. A store shared
+// by several nodes holds each node's entries and users under a lease the node renews; those of a node whose
+// lease ran out are removed (and their leaves published) by the nodes still alive.
 
 export interface PresenceEntry {
     path: string;
@@ -119,6 +123,20 @@ export interface PresenceCount {
     users: number;                       // members (authenticated users)
     sockets: number;                     // every socket on the path, anonymous ones included
     anonymous: number;                   // sockets without a user
+}
+
+// This node holds at least one open socket of `user` (present), or none any more.
+export interface PresenceNodeUser {
+    user: string;
+    present: boolean;
+}
+
+// A user's first socket on a path of this node, to admit.
+export interface PresenceAdmission {
+    path: string;
+    user: string;                        // never '' (anonymous sockets are not members)
+    info: string;                        // JSON of the user's info, used when the user is new on the path
+    max: number;                         // the path's maxMembers
 }
 
 export interface PresenceMemberEntry {
@@ -141,7 +159,13 @@ export interface PresenceStore {
     readonly secret: string;
 
     // Rejects (503) when the entries cannot be stored now: the caller sends them again later.
-    apply(entries: PresenceEntry[]): Promise<void>;
+    apply(entries: PresenceEntry[], users?: PresenceNodeUser[]): Promise<void>;
+
+    // In order, each in one atomic step: when this node has no entry of the user on the path, stores one socket
+    // (as apply() would), unless the user is not a member of the path (on any node) and the path already has `max`
+    // members: then nothing changes and its answer is false. Resolves one answer per admission. Rejects (503) when
+    // the store cannot be reached: some admissions may have been stored; the caller writes its counts again.
+    admit(admissions: PresenceAdmission[]): Promise<boolean[]>;
     members(path: string): Promise<PresenceCount & { members: PresenceMemberEntry[] }>;
     count(path: string): Promise<PresenceCount>;
     paths(user: string): Promise<string[]>;
@@ -149,7 +173,8 @@ export interface PresenceStore {
     // Sets the info of a user present on `path` (false when it is not).
     update(path: string, user: string, info: string): Promise<boolean>;
 
-    // Sockets and users of every live node, each as its node last reported them (a user on two nodes counts twice).
+    // Live nodes; their sockets, as each last reported them; their distinct users, a user held by several nodes
+    // counted once (read in constant time, never by loading the users).
     cluster(): Promise<{ nodes: number; sockets: number; users: number }>;
 }
 

@@ -17,7 +17,7 @@ import type { Socket, Socket as PulseSocket } from './server/socket';
 import type { SubscriptionOptions, SubscriptionOptions as PulseSubscriptionOptions } from './server/subscriptions';
 
 export type { Broker, BrokerSink, PublishEnvelope, BroadcastEnvelope, HistoryOptions, PathPublish, Recovery } from './broker';
-export type { PresenceChange, PresenceCount, PresenceEntry, PresenceMemberEntry, PresenceStore } from './broker';
+export type { PresenceAdmission, PresenceChange, PresenceCount, PresenceEntry, PresenceMemberEntry, PresenceNodeUser, PresenceStore } from './broker';
 export type { PresenceMemberInfo, PresenceOptions, PresenceStats } from './server/presence';
 import type { PresenceMemberInfo, PresenceStats } from './server/presence';
 import type { PresenceCount } from './broker';

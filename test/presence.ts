@@ -268,6 +268,7 @@ describe('presence', () => {
         });
 
         const follower = await peer(srv, undefined, ['/$presence/room/1']);
+        await until(() => pubs(follower).length === 1);                       // the list, before any member
         const john = await peer(srv, { user: 'john' }, ['/room/1']);
         await until(() => pubs(follower).length === 2);
 
@@ -474,10 +475,15 @@ describe('presence', () => {
 
         const srv = await start((s) => s.subscription('/room/{id}', { presence: room }));
         const follower = await peer(srv, undefined, ['/$presence/room/1']);
+        await until(() => pubs(follower).length === 1);                       // the list, before any member
         const john = await peer(srv, { user: 'john', alias: 'J' }, ['/room/1']);
         const johnToo = await peer(srv, { user: 'john', alias: 'J' });
         const jane = await peer(srv, { user: 'jane' });
-        expect(await srv.presence.stats()).to.equal({ node: { sockets: 4, users: 2 }, cluster: { nodes: 1, sockets: 4, users: 2 } });
+        const app = await peer(srv, { app: 'no user' });                                            // a socket, no user
+        await eventually(async () => JSON.stringify(await srv.presence.stats()) === JSON.stringify({ node: { sockets: 5, users: 2 }, cluster: { nodes: 1, sockets: 5, users: 2 } }));
+        jane.close();
+        app.close();
+        await eventually(async () => JSON.stringify(await srv.presence.stats()) === JSON.stringify({ node: { sockets: 3, users: 1 }, cluster: { nodes: 1, sockets: 3, users: 1 } }));
 
         await until(() => pubs(follower).length === 2);
         expect(await srv.presence.update('/room/1', 'jane', { alias: 'x' })).to.be.false();
@@ -487,10 +493,44 @@ describe('presence', () => {
         expect(pubs(follower)[2].message.updates).to.equal([{ id: pubs(follower)[1].message.joins[0].id, info: null }]);
         expect(await srv.presence.members('/room/1')).to.equal([{ user: 'john', info: null, sockets: 1 }]);
 
-        for (const item of [follower, john, johnToo, jane]) {
+        for (const item of [follower, john, johnToo]) {
             item.close();
         }
 
+        await srv.stop();
+    });
+
+    it('admits members exactly up to maxMembers: of users racing for the last places, the others are refused (429) with nothing left of them', async () => {
+
+        const srv = await start((s) => s.subscription('/small', { presence: { maxMembers: 2, interval: 1000 } }));
+        const john = await peer(srv, { user: 'john' }, ['/small']);
+        const racers = await Promise.all(['ann', 'bob', 'cy', 'dan'].map((user) => peer(srv, { user })));
+        const replies = await Promise.all(racers.map((racer) => racer.reply({ type: 'sub', id: 1, path: '/small' })));
+        const admitted = racers.filter((_racer, i) => !replies[i].statusCode);
+        expect(admitted.length).to.equal(1);
+        for (const reply of replies.filter((item) => item.statusCode)) {
+            expect(reply.statusCode).to.equal(429);
+            expect(reply.payload.message).to.equal('Too many members on this path');
+        }
+
+        // Counted at once (not one interval later), and the refused hold no subscription
+        expect(await srv.presence.count('/small')).to.equal({ users: 2, sockets: 2, anonymous: 0 });
+        expect(srv.pulseStats().subscriptions).to.equal(2);
+        await srv.publish('/small', 'hi');
+        await until(() => admitted[0]!.frames.some((frame) => frame.includes('"hi"')));
+        for (const racer of racers.filter((item) => item !== admitted[0])) {
+            expect(racer.frames.some((frame) => frame.includes('"hi"'))).to.be.false();
+        }
+
+        // A member's other socket still gets in; once a member leaves, there is room again
+        const johnToo = await peer(srv, { user: 'john' }, ['/small']);
+        john.close();
+        johnToo.close();
+        await eventually(async () => (await srv.presence.count('/small')).users === 1);
+        const late = racers.find((item) => item !== admitted[0])!;
+        expect((await late.reply({ type: 'sub', id: 2, path: '/small' })).statusCode).to.not.exist();
+
+        racers.forEach((item) => item.close());
         await srv.stop();
     });
 
@@ -524,17 +564,22 @@ describe('presence', () => {
 
             const broker = new MemoryBroker();
             const inner = broker.presence;
-            const faults = { apply: 0, members: 0, slow: null as Promise<void> | null, slowApply: null as Promise<void> | null, deaf: false, sink: null as BrokerSink | null };
+            const faults = { apply: 0, admit: 0, members: 0, slow: null as Promise<void> | null, slowApply: null as Promise<void> | null, slowAdmit: null as Promise<void> | null, deaf: false, sink: null as BrokerSink | null };
             const unavailable = () => Promise.reject(Boom.serverUnavailable('Store unavailable'));
             const store: PresenceStore = {
                 get secret() {
 
                     return inner.secret;
                 },
-                apply: async (entries) => {
+                apply: async (entries, users) => {
 
                     await faults.slowApply;
-                    return faults.apply-- > 0 ? unavailable() : inner.apply(entries);
+                    return faults.apply-- > 0 ? unavailable() : inner.apply(entries, users);
+                },
+                admit: async (admissions) => {
+
+                    await faults.slowAdmit;
+                    return faults.admit-- > 0 ? unavailable() : inner.admit(admissions);
                 },
                 members: async (path) => {
 
@@ -566,8 +611,10 @@ describe('presence', () => {
 
             faults.apply = 1;
             const john = await peer(srv, { user: 'john', alias: 'J' }, ['/room/1']);
-            await eventually(async () => (await srv.presence.count('/room/1')).users === 1);
+            const anonymous = await peer(srv, undefined, ['/room/1']);            // written only by the batch
+            await eventually(async () => (await srv.presence.count('/room/1')).anonymous === 1);
             expect(errors.length).to.equal(1);
+            expect(await srv.presence.count('/room/1')).to.equal({ users: 1, sockets: 2, anonymous: 1 });
 
             faults.members = 1;
             const follower = await peer(srv);
@@ -609,9 +656,10 @@ describe('presence', () => {
             expect(pubs(follower)[0].message.presence).to.equal('list');
             await until(() => replay(pubs(follower).map((pub) => pub.message)).size === 2);
 
-            john.close();
-            jane.close();
-            follower.close();
+            for (const item of [john, anonymous, jane, follower]) {
+                item.close();
+            }
+
             await srv.stop();
         });
 
@@ -620,6 +668,7 @@ describe('presence', () => {
             const { broker, inner, faults } = faulty();
             const srv = await start((s) => s.subscription('/room/{id}', { presence: room }), { broker });
             const follower = await peer(srv, undefined, ['/$presence/room/1']);
+            await until(() => pubs(follower).length === 1);                       // the list, before any member
             const john = await peer(srv, { user: 'john', alias: 'J' }, ['/room/1']);
             await until(() => pubs(follower).length === 2);
 
@@ -660,6 +709,51 @@ describe('presence', () => {
             await srv.stop();
         });
 
+        it('leaves no member behind when the socket is gone while admitted, or when the store fails during an admission', async () => {
+
+            const { broker, faults } = faulty();
+            const srv = await start((s) => s.subscription('/room/{id}', { presence: { interval: 10 } }), { broker });
+            const errors = logged(srv, 'presence');
+            const follower = await peer(srv, undefined, ['/$presence/room/1']);
+            let release!: () => void;
+            faults.slowAdmit = new Promise((resolve) => {
+
+                release = resolve;
+            });
+
+            const gone = await peer(srv, { user: 'gone' });
+            gone.send({ type: 'sub', id: 1, path: '/room/1' });
+            gone.send({ type: 'sub', id: 2, path: '/room/2' });                // nobody else on it
+            const stays = await peer(srv, { user: 'stays' });
+            const staying = stays.reply({ type: 'sub', id: 1, path: '/room/1' });
+            await wait(20);
+            gone.close();
+            await until(() => srv.pulseStats().sockets === 2);
+            release();
+            faults.slowAdmit = null;
+            expect((await staying).statusCode).to.not.exist();
+
+            // gone was admitted (stored) but never joined: the next write takes it out again
+            await eventually(async () => JSON.stringify(await srv.presence.members('/room/1')) === JSON.stringify([{ user: 'stays', info: null, sockets: 1 }]));
+            await eventually(async () => (await srv.presence.paths('gone')).length === 0);
+            expect(await srv.presence.count('/room/2')).to.equal({ users: 0, sockets: 0, anonymous: 0 });
+
+            // The store fails: the sub is refused (503, logged), and nothing of it stays
+            faults.admit = 1;
+            const failed = await peer(srv, { user: 'failed' });
+            expect((await failed.reply({ type: 'sub', id: 1, path: '/room/1' })).statusCode).to.equal(503);
+            expect(errors.length).to.equal(1);
+            expect(srv.pulseStats().subscriptions).to.equal(2);
+            expect(await srv.presence.count('/room/1')).to.equal({ users: 1, sockets: 1, anonymous: 0 });
+            await until(() => replay(pubs(follower).map((pub) => pub.message)).size === 1);
+
+            for (const item of [follower, stays, failed]) {
+                item.close();
+            }
+
+            await srv.stop();
+        });
+
         it('writes one batch at a time, keeps a member who came back during a write, and does not retry a failed write once stopped', async () => {
 
             const { broker, faults } = faulty();
@@ -677,14 +771,24 @@ describe('presence', () => {
             john.close();                                                     // its write waits
             await until(() => srv.pulseStats().sockets === 0);
             await wait(30);
-            const jane = await peer(srv, { user: 'jane' }, ['/room/1']);       // the next batch waits for the first
-            const jim = await peer(srv, { user: 'jim' }, ['/room/1']);
+
+            // Admissions wait for the write under way (this node's writes reach the store in order), then go together
+            const joining = await Promise.all(['jane', 'jim', 'john'].map(async (user) => {
+
+                const opened = await Peer.open(url(srv));
+                opened.send({ type: 'hello', id: 1, version: '2', subs: ['/room/1'], ...auth({ user }) });
+                return opened;
+            }));
+
             await wait(30);
-            const back = await peer(srv, { user: 'john' }, ['/room/1']);       // john comes back and leaves again during it
-            back.close();
-            await until(() => srv.pulseStats().sockets === 2);
+            expect(joining.map((item) => item.frames.length)).to.equal([0, 0, 0]);
             release();
             faults.slowApply = null;
+            await until(() => joining.every((item) => item.frames.length === 1));
+            expect(joining.map((item) => JSON.parse(item.frames[0]!).statusCode)).to.equal([undefined, undefined, undefined]);
+            const [jane, jim, back] = joining as [Peer, Peer, Peer];
+            back.close();                                                     // john came back during the write, and leaves again
+            await until(() => srv.pulseStats().sockets === 2);
             await eventually(async () => (await srv.presence.count('/room/1')).users === 2);
             expect(await srv.presence.members('/room/1')).to.equal([{ user: 'jane', info: null, sockets: 1 }, { user: 'jim', info: null, sockets: 1 }]);
 
@@ -774,8 +878,47 @@ export const storeConformance = (flavour: StoreFlavour): void => {
             expect(await store.count('/room')).to.equal({ users: 0, sockets: 0, anonymous: 0 });
             expect(await store.members('/room')).to.equal({ users: 0, sockets: 0, anonymous: 0, members: [] });
             expect(await store.paths('john')).to.equal([]);
-            expect(await store.cluster()).to.equal({ nodes: 1, sockets: 3, users: 2 });
+            expect(await store.cluster()).to.equal({ nodes: 1, sockets: 3, users: 0 });
 
+            await broker.stop();
+        });
+
+        it('counts the users of the nodes once each, and admits members up to a limit', async () => {
+
+            const broker = flavour.make();
+            const sink = recorder();
+            await broker.start(sink);
+            await broker.subscribe('/$presence/full');
+            const store = broker.presence!;
+
+            // Users: absolute, like the entries (the same twice changes nothing); sockets as the node reports them
+            await store.apply([], [{ user: 'john', present: true }, { user: 'jane', present: true }]);
+            await store.apply([], [{ user: 'john', present: true }]);
+            expect(await store.cluster()).to.equal({ nodes: 1, sockets: 3, users: 2 });
+            await store.apply([], [{ user: 'jane', present: false }, { user: 'jim', present: false }]);
+            expect(await store.cluster()).to.equal({ nodes: 1, sockets: 3, users: 1 });
+
+            // In order, each against what the ones before left: a, b in; c refused; a again (this node has it) in
+            const admit = (user: string, info = 'null') => ({ path: '/full', user, info, max: 2 });
+            expect(await store.admit([admit('a', '{"n":1}'), admit('b'), admit('c'), admit('a')])).to.equal([true, true, false, true]);
+            expect(await store.members('/full')).to.equal({ users: 2, sockets: 2, anonymous: 0, members: [{ user: 'a', info: '{"n":1}', sockets: 1 }, { user: 'b', info: 'null', sockets: 1 }] });
+            expect(await store.paths('c')).to.equal([]);
+            const fullChanges = () => sink.changes.filter((item) => item.path === '/$presence/full').map((item) => item.change);
+            await until(() => fullChanges().length >= 1);
+            expect(fullChanges().flatMap((change) => change.joins)).to.equal([['a', '{"n":1}'], ['b', 'null']]);
+
+            // An admission where this node has sockets of the user changes nothing; a leave makes room
+            await store.apply([{ path: '/full', user: 'a', sockets: 3, info: 'null' }]);
+            expect(await store.admit([admit('a')])).to.equal([true]);
+            expect(await store.count('/full')).to.equal({ users: 2, sockets: 4, anonymous: 0 });
+            await store.apply([{ path: '/full', user: 'a', sockets: 0, info: 'null' }]);
+            expect(await store.admit([admit('c')])).to.equal([true]);
+            expect(await store.admit([admit('a')])).to.equal([false]);
+            expect((await store.members('/full')).members.map((member) => member.user).sort()).to.equal(['b', 'c']);
+
+            await store.apply([{ path: '/full', user: 'b', sockets: 0, info: 'null' }, { path: '/full', user: 'c', sockets: 0, info: 'null' }], [{ user: 'john', present: false }]);
+            expect(await store.count('/full')).to.equal({ users: 0, sockets: 0, anonymous: 0 });
+            expect(await store.cluster()).to.equal({ nodes: 1, sockets: 3, users: 0 });
             await broker.stop();
         });
     });
@@ -850,8 +993,9 @@ describe('presence across nodes over Redis', { skip: !redisAvailable }, () => {
             expect(await srv.presence.paths('jane')).to.equal(['/room/1']);
         }
 
-        // Each node reports its sockets and users with its lease (a user on two nodes counts on both)
-        await eventually(async () => JSON.stringify((await a.presence.stats()).cluster) === JSON.stringify({ nodes: 2, sockets: 6, users: 3 }));
+        // Sockets of every node; users once each, john on both nodes included
+        await eventually(async () => JSON.stringify((await a.presence.stats()).cluster) === JSON.stringify({ nodes: 2, sockets: 6, users: 2 }));
+        expect((await b.presence.stats()).node).to.equal({ sockets: 3, users: 2 });
 
         // john leaves node A only: still a member; an info update from B reaches A's follower
         await johnA.disconnect();
@@ -890,13 +1034,37 @@ describe('presence across nodes over Redis', { skip: !redisAvailable }, () => {
         await admin.del([`${prefix}P:leases`, ...await admin.keys(`${prefix}P:n:*`)]);
         await admin.del([`${prefix}P:c:/small`, `${prefix}P:u:/small`, `${prefix}P:i:/small`, `${prefix}P:p:john`]);
         const jim = await peer(a, { user: 'jim' });
-        expect((await jim.reply({ type: 'sub', id: 1, path: '/small' })).statusCode).to.not.exist();
+        expect((await jim.reply({ type: 'sub', id: 1, path: '/small' })).statusCode).to.equal(503);     // found the lease gone
+        expect((await jim.reply({ type: 'sub', id: 2, path: '/small' })).statusCode).to.not.exist();   // registered again meanwhile
         await eventually(async () => (await a.presence.count('/small')).sockets === 3);
         expect(await a.presence.members('/small')).to.part.include([{ user: 'john', info: null, sockets: 2 }, { user: 'jim', info: null, sockets: 1 }]);
         expect(errors.map((event) => event.error?.message)).to.include('Presence lease lost');
 
         for (const item of [onA, onB, jane, jim]) {
             item.close();
+        }
+
+        await a.stop();
+        await b.stop();
+    });
+
+    it('admits members exactly up to maxMembers across nodes: users racing on two nodes for the last places never both get in', { timeout: 20000 }, async () => {
+
+        const prefix = uniquePrefix();
+        const setup = (srv: Hapi.Server) => srv.subscription('/small/{id}', { presence: { maxMembers: 3, interval: 1000 } });
+        const a = await node(prefix, setup);
+        const b = await node(prefix, setup);
+        for (let round = 0; round < 5; ++round) {
+            const path = `/small/${round}`;
+            const racers = await Promise.all(['a1', 'a2', 'a3', 'b1', 'b2', 'b3'].map((user) => peer(user[0] === 'a' ? a : b, { user })));
+            const replies = await Promise.all(racers.map((racer) => racer.reply({ type: 'sub', id: 1, path })));
+            expect(replies.filter((reply) => !reply.statusCode).length).to.equal(3);
+            expect(replies.filter((reply) => reply.statusCode).map((reply) => reply.statusCode)).to.equal([429, 429, 429]);
+            expect(await a.presence.count(path)).to.equal({ users: 3, sockets: 3, anonymous: 0 });
+            expect(a.pulseStats().subscriptions + b.pulseStats().subscriptions).to.equal(3);
+            const admitted = racers.filter((_racer, i) => !replies[i].statusCode).map((racer) => racers.indexOf(racer));
+            expect((await b.presence.members(path)).map((member) => member.user).sort()).to.equal(admitted.map((i) => ['a1', 'a2', 'a3', 'b1', 'b2', 'b3'][i]));
+            racers.forEach((racer) => racer.close());
         }
 
         await a.stop();
@@ -938,6 +1106,7 @@ describe('presence across nodes over Redis', { skip: !redisAvailable }, () => {
         const a = await node(prefix, setup);
         const b = await node(prefix, setup);
         const follower = await peer(a, undefined, ['/$presence/room/1']);
+        await until(() => pubs(follower).length === 1);                       // the list, before any member
         const john = await peer(a, { user: 'john' }, ['/room/1']);
         await until(() => pubs(follower).length === 2);
 
@@ -976,6 +1145,7 @@ describe('presence across nodes over Redis', { skip: !redisAvailable }, () => {
         const survivor = await peer(a, { user: 'cy' }, ['/room/1']);
         await until(() => replay(pubs(follower).map((pub) => pub.message)).size === 3, 5000);
         expect((await a.presence.stats()).cluster.nodes).to.equal(2);
+        await eventually(async () => (await a.presence.stats()).cluster.users === 3);
 
         const exited = new Promise((resolve) => child.once('exit', resolve));
         child.kill('SIGKILL');
@@ -989,6 +1159,8 @@ describe('presence across nodes over Redis', { skip: !redisAvailable }, () => {
         expect(await a.presence.count('/room/1')).to.equal({ users: 1, sockets: 1, anonymous: 0 });
         expect(await a.presence.paths('ann')).to.equal([]);
         expect((await a.presence.stats()).cluster.nodes).to.equal(1);
+        await eventually(async () => (await a.presence.stats()).cluster.users === 1);          // its users go with its entries
+        expect(await admin.hKeys(`${prefix}P:users`)).to.equal(['cy']);
 
         doomed.forEach((item) => item.close());
         survivor.close();
@@ -1025,6 +1197,7 @@ describe('presence across nodes over Redis', { skip: !redisAvailable }, () => {
             }, 10000);
 
             expect(await srv.presence.members('/room/1')).to.equal([{ user: 'john', info: { alias: 'J' }, sockets: 1 }]);
+            await eventually(async () => (await srv.presence.stats()).cluster.users === 2);        // john, and jane (refused, still connected)
             await until(() => replay(pubs(follower).map((pub) => pub.message)).size === 1);     // the follower may have been told he left meanwhile
             expect([...replay(pubs(follower).map((pub) => pub.message)).values()]).to.equal([{ alias: 'J' }]);
 

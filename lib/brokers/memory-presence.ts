@@ -1,9 +1,9 @@
-// The memory broker's presence store: one node, so this node's counts are the totals, and every change is
-// delivered at once through the broker's sink, like a publish.
+// The memory broker's presence store: one node, so this node's counts are the totals (and the users it reports
+// are the cluster's), and every change is delivered at once through the broker's sink, like a publish.
 
 import { randomBytes } from 'node:crypto';
 
-import type { BrokerSink, PresenceChange, PresenceCount, PresenceEntry, PresenceMemberEntry, PresenceStore } from '../broker';
+import type { BrokerSink, PresenceAdmission, PresenceChange, PresenceCount, PresenceEntry, PresenceMemberEntry, PresenceNodeUser, PresenceStore } from '../broker';
 import { presencePath } from '../protocol';
 
 interface Member {
@@ -23,10 +23,20 @@ export class MemoryPresence implements PresenceStore {
 
     private readonly states = new Map<string, PathState>();
     private readonly byUser = new Map<string, Set<string>>();
+    private readonly users = new Set<string>();                // the users the node holds sockets of
 
     constructor(private readonly sink: () => BrokerSink | null) { }
 
-    apply(entries: PresenceEntry[]): Promise<void> {
+    apply(entries: PresenceEntry[], users: PresenceNodeUser[] = []): Promise<void> {
+
+        for (const { user, present } of users) {
+            if (present) {
+                this.users.add(user);
+            }
+            else {
+                this.users.delete(user);
+            }
+        }
 
         const changes = new Map<string, PresenceChange>();
         const changeOf = (path: string): PresenceChange => {
@@ -81,6 +91,28 @@ export class MemoryPresence implements PresenceStore {
         return Promise.resolve();
     }
 
+    // One node: the node has an entry of the user exactly when the user is a member.
+    async admit(admissions: PresenceAdmission[]): Promise<boolean[]> {
+
+        const answers: boolean[] = [];
+        for (const { path, user, info, max } of admissions) {
+            const state = this.states.get(path);
+            if (state?.users.has(user)) {
+                answers.push(true);
+                continue;
+            }
+
+            const room = (state?.users.size ?? 0) < max;
+            if (room) {
+                await this.apply([{ path, user, sockets: 1, info }]);
+            }
+
+            answers.push(room);
+        }
+
+        return answers;
+    }
+
     members(path: string): Promise<PresenceCount & { members: PresenceMemberEntry[] }> {
 
         const members = [...this.states.get(path)?.users ?? []].map(([user, { info, sockets }]) => ({ user, info, sockets }));
@@ -115,7 +147,7 @@ export class MemoryPresence implements PresenceStore {
     cluster(): Promise<{ nodes: number; sockets: number; users: number }> {
 
         const stats = this.sink()?.stats?.();
-        return Promise.resolve(stats ? { nodes: 1, ...stats } : { nodes: 0, sockets: 0, users: 0 });
+        return Promise.resolve(stats ? { nodes: 1, sockets: stats.sockets, users: this.users.size } : { nodes: 0, sockets: 0, users: 0 });
     }
 
     // The broker stopped: its node has no sockets left.
@@ -123,6 +155,7 @@ export class MemoryPresence implements PresenceStore {
 
         this.states.clear();
         this.byUser.clear();
+        this.users.clear();
     }
 
     private counts(path: string): PresenceCount {

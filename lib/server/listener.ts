@@ -395,6 +395,7 @@ export class Listener implements SocketHost {
             }
 
             this.verifies?.add(socket);                          // now authenticated: re-checked once per interval
+            this.subscriptions.presence.userOn(socket);          // the cluster's users (presence statistics)
             if (indexed !== null) {
                 let set = this.byUser.get(indexed);
                 if (!set) {
@@ -409,6 +410,7 @@ export class Listener implements SocketHost {
 
     private unindex(socket: Connection): void {
 
+        this.subscriptions.presence.userOff(socket);
         const user = socket.user;
         const set = user === null ? undefined : this.byUser.get(user);
         if (set) {

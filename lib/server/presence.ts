@@ -7,7 +7,10 @@
 // - Writing. This node keeps its own sockets per (path, user) and, once per batch interval, hands the store
 //   the absolute counts of the pairs that changed (a socket that leaves and comes back within the interval
 //   sends nothing). Absolute counts make a resend harmless: after a failed write, or when the store lost this
-//   node's entries (its lease ran out), they are simply sent again.
+//   node's entries (its lease ran out), they are simply sent again. The same writes carry which users this node
+//   holds sockets of (from the first route with presence on), so that the store counts the cluster's distinct
+//   users. A user's first socket on a path of this node is admitted by the store before its sub is answered
+//   (the limit check and its entry in one step); the admissions waiting meanwhile go together in the next write.
 // - Changes. The store publishes what a write changed (joins, leaves, info updates, counts) on the derived path
 //   presencePath(path) through the broker's ordinary delivery, in the order it applied them, to every node
 //   with followers of that path.
@@ -19,8 +22,8 @@
 //   and comes back within the interval (on any node) produces nothing.
 // - What leaves the server: for each member an opaque id (a keyed hash of the user, the key shared by all
 //   nodes through the store) and what info(credentials) returned; the anonymous count. Nothing else.
-// - Bounds: maxMembers per path (checked against the store when a user that is not yet present on this node
-//   joins), maxInfoBytes per member; followers are subscriptions, bounded by maxSubscriptions.
+// - Bounds: maxMembers per path (exact across nodes: checked by the store's admission), maxInfoBytes per member;
+//   followers are subscriptions, bounded by maxSubscriptions.
 
 import { createHmac } from 'node:crypto';
 
@@ -28,7 +31,7 @@ import * as Boom from '@hapi/boom';
 import * as Hoek from '@hapi/hoek';
 import type { Server } from '@hapi/hapi';
 
-import type { PresenceChange, PresenceCount, PresenceEntry, PresenceStore, PublishEnvelope } from '../broker';
+import type { PresenceAdmission, PresenceChange, PresenceCount, PresenceEntry, PresenceNodeUser, PresenceStore, PublishEnvelope } from '../broker';
 import { EncodedPayload, encode, presenceJson, presencePrefix } from '../protocol';
 import type { PresenceMember } from '../protocol';
 import { Prepared } from './prepared';
@@ -129,6 +132,10 @@ export class Presence {
     private flushTimer: NodeJS.Timeout | null = null;
     private writing: Promise<void> | null = null;
     private started = false;
+    private admissions: { admission: PresenceAdmission; resolve: (admitted: boolean) => void; reject: (err: unknown) => void }[] = [];
+    private tracking = false;                                 // a route has presence: this node's users are written
+    private readonly users = new Map<string, Set<Connection>>();  // this node's users, their open sockets
+    private dirtyUsers = new Set<string>();
 
     constructor(private readonly server: Server, private readonly store: PresenceStore | undefined, private readonly nodeStats: () => { sockets: number; users: number }) { }
 
@@ -136,6 +143,7 @@ export class Presence {
 
         Hoek.assert(this.store, `Invalid subscription options: ${pattern} (presence needs a broker with a presence store)`);
         this.interval = Math.min(this.interval, settings.interval);
+        this.tracking = true;
     }
 
     start(): void {
@@ -179,12 +187,56 @@ export class Presence {
             throw Boom.internal('Presence info too large');
         }
 
-        const { users } = await this.store!.count(path);
-        if (users >= settings.maxMembers && !(await this.store!.paths(user)).includes(path)) {
+        if (!await this.reserve({ path, user, info, max: settings.maxMembers })) {
             throw Boom.tooManyRequests('Too many members on this path');
         }
 
         return { user, info };
+    }
+
+    // Admitted by the store, with the admissions asked for while a write is under way. Whatever the store did (a
+    // failure may hide a stored one), the pair is written again with the next batch: its true count, 0 if the
+    // socket never joined.
+    private reserve(admission: PresenceAdmission): Promise<boolean> {
+
+        return new Promise((resolve, reject) => {
+
+            this.admissions.push({ admission, resolve, reject });
+            if (this.admissions.length === 1) {
+                void this.admitQueued();
+            }
+        });
+    }
+
+    private async admitQueued(): Promise<void> {
+
+        while (this.writing) {
+            await this.writing;
+        }
+
+        const queued = this.admissions;                               // never empty: a call starts with the first
+        this.admissions = [];
+        this.writing = this.store!.admit(queued.map((item) => item.admission)).then((answers) => {
+
+            queued.forEach((item, i) => {
+
+                if (answers[i]) {
+                    this.changed(item.admission.path, item.admission.user);
+                }
+
+                item.resolve(answers[i]!);
+            });
+        }, (err) => {
+
+            this.server.log(['pulse', 'presence', 'error'], err);
+            for (const item of queued) {
+                this.changed(item.admission.path, item.admission.user);
+                item.reject(err);
+            }
+        });
+
+        await this.writing;
+        this.writing = null;
     }
 
     join(socket: Connection, path: string, admission: Admission): void {
@@ -239,6 +291,45 @@ export class Presence {
                 this.changed(path, user);
             }
         }
+
+        for (const user of this.users.keys()) {
+            this.userChanged(user);
+        }
+    }
+
+    // A socket authenticated as a user (hello, reauth) / gone or authenticated again (its user then is the one it
+    // leaves). Written only once a route has presence (routes are declared before the server starts).
+    userOn(socket: Connection): void {
+
+        const user = socket.user;
+        if (!this.tracking || user === null) {
+            return;
+        }
+
+        let sockets = this.users.get(user);
+        if (!sockets) {
+            sockets = new Set();
+            this.users.set(user, sockets);
+            this.userChanged(user);
+        }
+
+        sockets.add(socket);
+    }
+
+    userOff(socket: Connection): void {
+
+        const user = socket.user;
+        const sockets = user === null ? undefined : this.users.get(user);
+        if (sockets?.delete(socket) && !sockets.size) {
+            this.users.delete(user!);
+            this.userChanged(user!);
+        }
+    }
+
+    private userChanged(user: string): void {
+
+        this.dirtyUsers.add(user);
+        this.scheduleFlush();
     }
 
     private changed(path: string, user: string): void {
@@ -250,6 +341,11 @@ export class Presence {
         }
 
         users.add(user);
+        this.scheduleFlush();
+    }
+
+    private scheduleFlush(): void {
+
         if (!this.flushTimer && this.started) {
             this.flushTimer = setTimeout(() => this.flush(), this.interval);
         }
@@ -265,25 +361,32 @@ export class Presence {
         }
 
         const dirty = this.dirty;
-        if (!dirty.size) {
+        const dirtyUsers = this.dirtyUsers;
+        if (!dirty.size && !dirtyUsers.size) {
             return;
         }
 
         this.dirty = new Map();
+        this.dirtyUsers = new Set();
         const entries: PresenceEntry[] = [];
         for (const [path, users] of dirty) {
-            const local = this.local.get(path)!;
+            const local = this.local.get(path);
             for (const user of users) {
-                const { sockets, info } = local.users.get(user)!;
-                entries.push({ path, user, sockets, info });
+                const held = local?.users.get(user);          // none: admitted, but the socket never joined
+                entries.push({ path, user, sockets: held?.sockets ?? 0, info: held?.info ?? 'null' });
             }
         }
 
-        this.writing = this.store!.apply(entries).then(() => {
+        const users: PresenceNodeUser[] = [];
+        for (const user of dirtyUsers) {
+            users.push({ user, present: this.users.has(user) });
+        }
+
+        this.writing = this.store!.apply(entries, users).then(() => {
 
             for (const { path, user } of entries) {
-                const local = this.local.get(path)!;
-                if (local.users.get(user)!.sockets === 0 && !this.dirty.get(path)?.has(user)) {
+                const local = this.local.get(path);
+                if (local?.users.get(user)?.sockets === 0) {                 // (written again as 0 if dirty again)
                     local.users.delete(user);
                     if (!local.users.size) {
                         this.local.delete(path);
@@ -295,6 +398,10 @@ export class Presence {
             this.server.log(['pulse', 'presence', 'error'], err);
             for (const { path, user } of entries) {
                 this.changed(path, user);                             // written again after the next interval
+            }
+
+            for (const { user } of users) {
+                this.userChanged(user);
             }
         });
 

@@ -6,14 +6,16 @@
 //   P:i:<path>   hash   user -> info JSON
 //   P:p:<user>   set    the paths the user is a member of
 //   P:n:<node>   hash   ["<path>","<user>"] -> that node's sockets (user "" for anonymous ones)
+//   P:nu:<node>  set    the users the node holds sockets of (presence paths or not)
+//   P:users      hash   user -> the number of nodes holding it: HLEN is the cluster's distinct users
 //   P:leases     zset   node -> end of its lease (ms, Redis clock)
-//   P:stats      hash   node -> "<sockets> <users>" as the node last reported them
+//   P:stats      hash   node -> its open sockets, as the node last reported them
 //   P:secret     string the key of member ids, made once
 //
 // Every node renews its lease every lease/3 (± 20%, so that nodes spread out). A lease that ran out is dead for
 // good: the node's writes are refused from then on, and it starts again under a new node name with everything it
 // holds. Every node also reaps dead leases at the same pace: a bounded batch of the dead node's entries per
-// script, each one removed as if the node had written 0, with the leaves published. A killed node's lease ends at
+// script, each one removed as if the node had written 0, with the leaves published, then its users. A killed node's lease ends at
 // most `lease` after its last renewal, and a live node reaps it within lease/3 × 1.2 after that: its members leave
 // within 1.4 × lease (plus the reaping and the followers' batch interval).
 //
@@ -24,7 +26,7 @@ import { createHash, randomBytes } from 'node:crypto';
 
 import { serverUnavailable } from '@hapi/boom';
 
-import type { BrokerSink, PresenceCount, PresenceEntry, PresenceMemberEntry, PresenceStore } from '../../broker';
+import type { BrokerSink, PresenceAdmission, PresenceCount, PresenceEntry, PresenceMemberEntry, PresenceNodeUser, PresenceStore } from '../../broker';
 
 export interface RedisPresenceHost {
     readonly prefix: string;
@@ -83,6 +85,18 @@ local function move(pfx, changes, order, path, user, delta, info)
     end
 end
 
+local function alive(pfx, node)
+    local lease = redis.call('ZSCORE', pfx .. 'P:leases', node)
+    return lease and tonumber(lease) >= clock()
+end
+
+-- One node fewer holds the user.
+local function drop(users, user)
+    if redis.call('HINCRBY', users, user, -1) <= 0 then
+        redis.call('HDEL', users, user)
+    end
+end
+
 local function pairs_json(list)
     local items = {}
     for i, item in ipairs(list) do
@@ -113,16 +127,28 @@ local function publish(pfx, changes, order)
 end
 `;
 
-// ARGV: prefix, node, then path, user, sockets, info for each entry. 0: the node's lease is gone.
+// ARGV: prefix, node, the number of users, then user, present (1 or 0) for each user, then path, user, sockets, info
+// for each entry. 0: the node's lease is gone.
 const applyScript = library + `
 local pfx, node = ARGV[1], ARGV[2]
-local lease = redis.call('ZSCORE', pfx .. 'P:leases', node)
-if not lease or tonumber(lease) < clock() then
+if not alive(pfx, node) then
     return 0
+end
+local nodeUsers, users = pfx .. 'P:nu:' .. node, pfx .. 'P:users'
+local first = 4 + 2 * tonumber(ARGV[3])
+for i = 4, first - 1, 2 do
+    local user = ARGV[i]
+    if ARGV[i + 1] == '1' then
+        if redis.call('SADD', nodeUsers, user) == 1 then
+            redis.call('HINCRBY', users, user, 1)
+        end
+    elseif redis.call('SREM', nodeUsers, user) == 1 then
+        drop(users, user)
+    end
 end
 local nodeKey = pfx .. 'P:n:' .. node
 local changes, order = {}, {}
-for i = 3, #ARGV, 4 do
+for i = first, #ARGV, 4 do
     local path, user, sockets, info = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3]
     local field = cjson.encode({ path, user })
     local old = tonumber(redis.call('HGET', nodeKey, field) or '0')
@@ -139,7 +165,7 @@ publish(pfx, changes, order)
 return 1
 `;
 
-// ARGV: prefix, node, lease ms, stats ("<sockets> <users>"), fresh: 1 to register, secret (kept if Redis lost it).
+// ARGV: prefix, node, lease ms, the node's open sockets, fresh: 1 to register, secret (kept if Redis lost it).
 // 0: the lease is gone.
 const renewScript = library + `
 local pfx, node = ARGV[1], ARGV[2]
@@ -167,8 +193,14 @@ local node = dead[1]
 local nodeKey = pfx .. 'P:n:' .. node
 local fields = redis.call('HRANDFIELD', nodeKey, tonumber(ARGV[2]), 'WITHVALUES')
 if #fields == 0 then
-    redis.call('ZREM', leases, node)
-    redis.call('HDEL', pfx .. 'P:stats', node)
+    local held = redis.call('SPOP', pfx .. 'P:nu:' .. node, tonumber(ARGV[2]))
+    for _, user in ipairs(held) do
+        drop(pfx .. 'P:users', user)
+    end
+    if #held == 0 then
+        redis.call('ZREM', leases, node)
+        redis.call('HDEL', pfx .. 'P:stats', node)
+    end
     return 1
 end
 local changes, order = {}, {}
@@ -179,6 +211,35 @@ for i = 1, #fields, 2 do
 end
 publish(pfx, changes, order)
 return 1
+`;
+
+// ARGV: prefix, node, then path, user, info, max for each admission. { 1, answer (1 or 0) for each }, or { 0 }: the
+// node's lease is gone.
+const admitScript = library + `
+local pfx, node = ARGV[1], ARGV[2]
+if not alive(pfx, node) then
+    return { 0 }
+end
+local nodeKey = pfx .. 'P:n:' .. node
+local changes, order = {}, {}
+local answers = { 1 }
+for i = 3, #ARGV, 4 do
+    local path, user, info, max = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
+    local field = cjson.encode({ path, user })
+    local answer = 1
+    if redis.call('HEXISTS', nodeKey, field) == 0 then
+        local member = redis.call('HEXISTS', pfx .. 'P:u:' .. path, user) == 1
+        if not member and (tonumber(redis.call('HGET', pfx .. 'P:c:' .. path, 'users')) or 0) >= max then
+            answer = 0
+        else
+            redis.call('HSET', nodeKey, field, 1)
+            move(pfx, changes, order, path, user, 1, info)
+        end
+    end
+    answers[#answers + 1] = answer
+end
+publish(pfx, changes, order)
+return answers
 `;
 
 // ARGV: prefix, path. { users, sockets, anonymous, user, sockets, info, ... }
@@ -217,22 +278,17 @@ end
 return 1
 `;
 
-// ARGV: prefix. { nodes, sockets, users } of the live leases.
+// ARGV: prefix. { nodes, sockets, users }: the live leases, their sockets, the distinct users of the nodes not reaped yet.
 const clusterScript = `
 local pfx = ARGV[1]
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local nodes = redis.call('ZRANGEBYSCORE', pfx .. 'P:leases', now, '+inf')
-local sockets, users = 0, 0
+local sockets = 0
 for _, node in ipairs(nodes) do
-    local stats = redis.call('HGET', pfx .. 'P:stats', node)
-    if stats then
-        local s, u = string.match(stats, '^(%d+) (%d+)$')
-        sockets = sockets + tonumber(s)
-        users = users + tonumber(u)
-    end
+    sockets = sockets + (tonumber(redis.call('HGET', pfx .. 'P:stats', node)) or 0)
 end
-return { #nodes, sockets, users }
+return { #nodes, sockets, redis.call('HLEN', pfx .. 'P:users') }
 `;
 
 const script = (source: string) => ({ source, sha: createHash('sha1').update(source).digest('hex') });
@@ -241,6 +297,7 @@ const scripts = {
     apply: script(applyScript),
     renew: script(renewScript),
     reap: script(reapScript),
+    admit: script(admitScript),
     members: script(membersScript),
     update: script(updateScript),
     cluster: script(clusterScript)
@@ -329,9 +386,13 @@ export class RedisPresence implements PresenceStore {
 
     // ---- Writes ----
 
-    async apply(entries: PresenceEntry[]): Promise<void> {
+    async apply(entries: PresenceEntry[], users: PresenceNodeUser[] = []): Promise<void> {
 
-        const args = [this.host.prefix, this.node];
+        const args = [this.host.prefix, this.node, `${users.length}`];
+        for (const { user, present } of users) {
+            args.push(user, present ? '1' : '0');
+        }
+
         for (const { path, user, sockets, info } of entries) {
             args.push(path, user, `${sockets}`, info);
         }
@@ -340,6 +401,22 @@ export class RedisPresence implements PresenceStore {
             await this.lost();
             throw serverUnavailable('Presence lease lost');
         }
+    }
+
+    async admit(admissions: PresenceAdmission[]): Promise<boolean[]> {
+
+        const args = [this.host.prefix, this.node];
+        for (const { path, user, info, max } of admissions) {
+            args.push(path, user, info, `${max}`);
+        }
+
+        const reply = await this.run(scripts.admit, args) as number[];
+        if (!Number(reply[0])) {
+            await this.lost();
+            throw serverUnavailable('Presence lease lost');
+        }
+
+        return reply.slice(1).map((answer) => !!Number(answer));
     }
 
     // The lease ran out (this node could not renew it in time): start again under a new name, with everything.
@@ -354,7 +431,7 @@ export class RedisPresence implements PresenceStore {
     private async renew(fresh = false): Promise<void> {
 
         const stats = this.host.sink()?.stats?.() ?? { sockets: 0, users: 0 };
-        if (!Number(await this.run(scripts.renew, [this.host.prefix, this.node, `${this.lease}`, `${stats.sockets} ${stats.users}`, fresh ? '1' : '0', this.secret]))) {
+        if (!Number(await this.run(scripts.renew, [this.host.prefix, this.node, `${this.lease}`, `${stats.sockets}`, fresh ? '1' : '0', this.secret]))) {
             await this.lost();
         }
     }
