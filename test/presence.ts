@@ -534,6 +534,101 @@ describe('presence', () => {
         await srv.stop();
     });
 
+    it('computes a member\'s info again after a reauth: followers get the update; another user leaves as the old one; an anonymous socket joins as its user', async () => {
+
+        const srv = await start((s) => {
+
+            s.subscription('/room/{id}', {
+                presence: {
+                    interval: 30,
+                    maxInfoBytes: 40,
+                    info: async (credentials) => {
+
+                        if (credentials.slow) {
+                            await wait(100);
+                        }
+
+                        if (credentials.fail) {
+                            throw new Error('info failed');
+                        }
+
+                        return { alias: credentials.alias };
+                    }
+                }
+            });
+            s.subscription('/small', { presence: { maxMembers: 1, interval: 30 } });
+        });
+
+        const errors = logged(srv, 'presence');
+        const reauth = (opened: Peer, credentials: Record<string, unknown>) => opened.reply({ type: 'reauth', id: `r${Math.random()}`, ...auth(credentials) });
+        const follower = await peer(srv, undefined, ['/$presence/room/1']);
+        await until(() => pubs(follower).length === 1);
+        const john = await peer(srv, { user: 'john', alias: 'J' }, ['/room/1']);
+        await until(() => pubs(follower).length === 2);
+        const id = pubs(follower)[1].message.joins[0].id;
+
+        // New info: an update; the same info, or info that fails or is too large (logged): nothing
+        expect((await reauth(john, { user: 'john', alias: 'Johnny' })).statusCode).to.not.exist();
+        await until(() => pubs(follower).length === 3);
+        expect(pubs(follower)[2].message).to.equal({ presence: 'diff', joins: [], updates: [{ id, info: { alias: 'Johnny' } }], leaves: [], anonymous: 0 });
+        expect(await srv.presence.members('/room/1')).to.equal([{ user: 'john', info: { alias: 'Johnny' }, sockets: 1 }]);
+        expect((await reauth(john, { user: 'john', alias: 'Johnny' })).statusCode).to.not.exist();
+        expect((await reauth(john, { user: 'john', fail: true })).statusCode).to.not.exist();
+        expect((await reauth(john, { user: 'john', alias: 'x'.repeat(40) })).statusCode).to.not.exist();
+        expect(errors.map((event) => event.data.error.message ?? event.data.error)).to.equal(['info failed', 'Presence info of 52 bytes is over maxInfoBytes (40)']);
+        expect(await srv.presence.members('/room/1')).to.equal([{ user: 'john', info: { alias: 'Johnny' }, sockets: 1 }]);
+
+        // A reauth as another user ends every subscription: john leaves, jane is no member
+        expect((await reauth(john, { user: 'jane', alias: 'Ja' })).statusCode).to.not.exist();
+        expect(john.frames.map((frame) => JSON.parse(frame)).filter((frame) => frame.type === 'revoke').map((frame) => frame.path)).to.equal(['/room/1']);
+        await until(() => pubs(follower).length === 4);
+        expect(pubs(follower)[3].message).to.equal({ presence: 'diff', joins: [], updates: [], leaves: [id], anonymous: 0 });
+        expect(await srv.presence.paths('jane')).to.equal([]);
+
+        // An anonymous socket that authenticates is admitted as its user and joins (leaving the anonymous count)
+        const anonymous = await peer(srv, undefined, ['/room/1', '/small']);
+        await until(() => replay(pubs(follower).map((pub) => pub.message)).size === 0 && pubs(follower).at(-1).message.anonymous === 1);
+        const kim = await peer(srv, { user: 'kim' }, ['/small']);
+        expect((await reauth(anonymous, { user: 'ann', alias: 'A' })).statusCode).to.not.exist();
+        await until(() => pubs(follower).at(-1).message.anonymous === 0);
+        expect([...replay(pubs(follower).map((pub) => pub.message)).values()]).to.equal([{ alias: 'A' }]);
+        expect(await srv.presence.members('/room/1')).to.equal([{ user: 'ann', info: { alias: 'A' }, sockets: 1 }]);
+
+        // Credentials without a user, before and after: still counted, not listed
+        const app = await peer(srv, { app: 'one' }, ['/room/1']);
+        await until(() => pubs(follower).at(-1).message.anonymous === 1);
+        expect((await reauth(app, { app: 'two' })).statusCode).to.not.exist();
+        expect(await srv.presence.count('/room/1')).to.equal({ users: 1, sockets: 2, anonymous: 1 });
+        app.close();
+        await until(() => pubs(follower).at(-1).message.anonymous === 0);
+
+        // ... but not where the path is full: that subscription is revoked, and nothing of it stays
+        expect(anonymous.frames.map((frame) => JSON.parse(frame)).filter((frame) => frame.type === 'revoke').map((frame) => frame.path)).to.equal(['/small']);
+        expect(await srv.presence.count('/small')).to.equal({ users: 1, sockets: 1, anonymous: 0 });
+
+        // A socket gone while its info is computed again changes nothing
+        const bob = await peer(srv, { user: 'bob', alias: 'B' }, ['/room/1']);
+        await until(() => replay(pubs(follower).map((pub) => pub.message)).size === 2);
+        bob.send({ type: 'reauth', id: 9, ...auth({ user: 'bob', alias: 'Bobby', slow: true }) });
+        await wait(20);
+        bob.close();
+        await until(() => replay(pubs(follower).map((pub) => pub.message)).size === 1);
+        const dan = await peer(srv, undefined, ['/room/1']);                  // anonymous, authenticates, gone meanwhile
+        dan.send({ type: 'reauth', id: 9, ...auth({ user: 'dan', alias: 'D', slow: true }) });
+        await wait(20);
+        dan.close();
+        await wait(150);
+        expect(pubs(follower).flatMap((pub) => pub.message.updates ?? []).map((member: any) => member.info)).to.equal([{ alias: 'Johnny' }]);
+        await eventually(async () => JSON.stringify(await srv.presence.count('/room/1')) === JSON.stringify({ users: 1, sockets: 1, anonymous: 0 }));
+        expect(await srv.presence.paths('dan')).to.equal([]);
+
+        for (const item of [follower, john, anonymous, kim]) {
+            item.close();
+        }
+
+        await srv.stop();
+    });
+
     it('writes the leaves of its sockets when the server stops', async () => {
 
         const broker = new MemoryBroker();
@@ -1044,6 +1139,26 @@ describe('presence across nodes over Redis', { skip: !redisAvailable }, () => {
             item.close();
         }
 
+        await a.stop();
+        await b.stop();
+    });
+
+    it('sends the new info of a member that reauthenticates on one node to the followers on another', { timeout: 20000 }, async () => {
+
+        const prefix = uniquePrefix();
+        const setup = (srv: Hapi.Server) => srv.subscription('/room/{id}', { presence: room });
+        const a = await node(prefix, setup);
+        const b = await node(prefix, setup);
+        const follower = await peer(a, undefined, ['/$presence/room/1']);
+        await until(() => pubs(follower).length === 1);
+        const john = await peer(b, { user: 'john', alias: 'J' }, ['/room/1']);
+        await until(() => replay(pubs(follower).map((pub) => pub.message)).size === 1);
+        expect((await john.reply({ type: 'reauth', id: 2, ...auth({ user: 'john', alias: 'Johnny' }) })).statusCode).to.not.exist();
+        await until(() => ([...replay(pubs(follower).map((pub) => pub.message)).values()][0] as any)?.alias === 'Johnny');
+        expect(await a.presence.members('/room/1')).to.equal([{ user: 'john', info: { alias: 'Johnny' }, sockets: 1 }]);
+
+        follower.close();
+        john.close();
         await a.stop();
         await b.stop();
     });

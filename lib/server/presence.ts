@@ -173,6 +173,18 @@ export class Presence {
             return { user, info: known.info };                        // already a member through this node
         }
 
+        const info = await this.infoOf(socket, path, settings);
+        if (!await this.reserve({ path, user, info, max: settings.maxMembers })) {
+            throw Boom.tooManyRequests('Too many members on this path');
+        }
+
+        return { user, info };
+    }
+
+    // The JSON of what info(credentials) returns for the socket's current credentials. Throws (logged) when info()
+    // throws or its JSON is over maxInfoBytes.
+    private async infoOf(socket: Connection, path: string, settings: PresenceSettings): Promise<string> {
+
         let info: string;
         try {
             info = JSON.stringify(settings.info ? await settings.info(socket.auth.credentials!) ?? null : null);
@@ -187,12 +199,60 @@ export class Presence {
             throw Boom.internal('Presence info too large');
         }
 
-        if (!await this.reserve({ path, user, info, max: settings.maxMembers })) {
-            throw Boom.tooManyRequests('Too many members on this path');
+        return info;
+    }
+
+    // After a reauth that kept the socket's identity (another user or strategy ends every subscription first), for
+    // a presence path it is on. A member: its info is computed again and, when it changed, set (followers get an
+    // update; info that fails keeps the one it had). A socket that was anonymous and now has a user: admitted as
+    // that user, as a sub would be, and joins as it. Resolves false when that admission is refused: the caller
+    // revokes the path.
+    async reauthenticated(socket: Connection, path: string, settings: PresenceSettings): Promise<boolean> {
+
+        const joined = this.local.get(path)!.joined.get(socket)!;
+        const user = socket.user ?? '';
+        if (joined !== user) {
+            let admission: Admission;
+            try {
+                admission = await this.admit(socket, path, settings);
+            }
+            catch {
+                return false;
+            }
+
+            if (this.local.get(path)?.joined.get(socket) === joined) {          // not gone (or joined again) meanwhile
+                this.leave(socket, path);
+                this.join(socket, path, admission);
+            }
+
+            return true;
         }
 
-        return { user, info };
+        if (user === '') {
+            return true;
+        }
+
+        let info: string;
+        try {
+            info = await this.infoOf(socket, path, settings);
+        }
+        catch {
+            return true;
+        }
+
+        const member = this.local.get(path)?.joined.get(socket) === user ? this.local.get(path)!.users.get(user)! : null;
+        if (member && member.info !== info) {
+            member.info = info;
+            await this.store!.update(path, user, info).catch(this.logError);
+        }
+
+        return true;
     }
+
+    private readonly logError = (err: unknown): void => {
+
+        this.server.log(['pulse', 'presence', 'error'], err as object);
+    };
 
     // Admitted by the store, with the admissions asked for while a write is under way. Whatever the store did (a
     // failure may hide a stored one), the pair is written again with the next batch: its true count, 0 if the
@@ -228,7 +288,7 @@ export class Presence {
             });
         }, (err) => {
 
-            this.server.log(['pulse', 'presence', 'error'], err);
+            this.logError(err);
             for (const item of queued) {
                 this.changed(item.admission.path, item.admission.user);
                 item.reject(err);
@@ -395,7 +455,7 @@ export class Presence {
             }
         }, (err) => {
 
-            this.server.log(['pulse', 'presence', 'error'], err);
+            this.logError(err);
             for (const { path, user } of entries) {
                 this.changed(path, user);                             // written again after the next interval
             }
@@ -507,7 +567,7 @@ export class Presence {
             }
         }, (err) => {
 
-            this.server.log(['pulse', 'presence', 'error'], err);
+            this.logError(err);
             this.applyBuffered(replica);
             if (initial) {
                 throw Boom.serverUnavailable('Presence unavailable');   // the followers waiting on it are refused

@@ -925,6 +925,11 @@ export class Connection implements Socket {
             await this.revoke(path, null);
         }
 
+        // Presence: members' info from the new credentials; an anonymous socket now a user joins as it, if admitted
+        for (const path of await this.host.subscriptions.reauthenticated(this)) {
+            await this.revoke(path, null);
+        }
+
         // Clients that negotiated expiry learn the new expiry with the reply.
         this.reply(this.expiry ? { type: 'reauth', id: request.id, pulse: { expiresAt: this.expiresAt } } : { type: 'reauth', id: request.id });
     }

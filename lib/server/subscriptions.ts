@@ -311,6 +311,20 @@ export class Subscriptions {
         }
     }
 
+    // After a reauth that kept the identity (and the revokes of what it may no longer hold): presence info computed
+    // again; the presence paths where the socket, anonymous until now, was refused as a member (to revoke).
+    async reauthenticated(socket: Connection): Promise<string[]> {
+
+        const refused: string[] = [];
+        for (const topic of [...socket.subscriptions.values()]) {
+            if (topic.route.presence && !await this.presence.reauthenticated(socket, topic.path, topic.route.presence)) {
+                refused.push(topic.path);
+            }
+        }
+
+        return refused;
+    }
+
     // After a reauth: the subscriptions the new credentials may no longer hold.
     unauthorized(socket: Connection): string[] {
 
