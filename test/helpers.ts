@@ -8,6 +8,7 @@ import * as Net from 'node:net';
 import * as Path from 'node:path';
 
 import * as Basic from '@hapi/basic';
+import * as Boom from '@hapi/boom';
 import * as Hapi from '@hapi/hapi';
 import { createClient } from '@redis/client';
 import WebSocket from 'ws';
@@ -463,3 +464,20 @@ export const expiringBasic = async (srv: Hapi.Server): Promise<void> => {
 };
 
 export const expiringHeader = (username: string, ttl: number | 'none'): { headers: { authorization: string } } => ({ headers: { authorization: 'Basic ' + Buffer.from(`${username}:${ttl}`).toString('base64') } });
+
+// Credentials are the JSON in the authorization header (tests that need users without passwords).
+export const jsonAuth = (srv: Hapi.Server): void => {
+
+    srv.auth.scheme('json', () => ({
+        authenticate: (request: Hapi.Request, h: Hapi.ResponseToolkit) => {
+
+            const header = request.headers.authorization;
+            if (!header) {
+                throw Boom.unauthorized(null, 'Json');
+            }
+
+            return h.authenticated({ credentials: JSON.parse(header as string) });
+        }
+    }) as any);
+    srv.auth.strategy('json', 'json');
+};

@@ -1,7 +1,6 @@
 // OpenTelemetry metrics after real traffic, read with the SDK's own reader: what an application that registers
 // an SDK (or passes a MeterProvider) sees, and that nothing is exported without one.
 
-import * as Boom from '@hapi/boom';
 import * as Code from '@hapi/code';
 import type * as Hapi from '@hapi/hapi';
 import * as Lab from '@hapi/lab';
@@ -11,7 +10,7 @@ import type { DataPoint, Histogram, MetricData } from '@opentelemetry/sdk-metric
 
 import * as Pulse from '../lib';
 import { RedisBroker } from '../lib/redis';
-import { Nes, Peer, redisUrl, server, skipWithoutRedis, teardown, until, url, wait } from './helpers';
+import { jsonAuth, Nes, Peer, redisUrl, server, skipWithoutRedis, teardown, until, url, wait } from './helpers';
 
 const { expect } = Code;
 const lab = Lab.script();
@@ -89,23 +88,6 @@ const point = <T = number>(metrics: Map<string, MetricData>, name: string, attri
 const sorted = (object: Record<string, unknown>) => Object.fromEntries(Object.entries(object).sort(([a], [b]) => a.localeCompare(b)));
 
 const histogram = (metrics: Map<string, MetricData>, name: string, attributes: Record<string, unknown> = {}): Histogram | undefined => point<Histogram>(metrics, name, attributes);
-
-// Credentials are the JSON in the authorization header (presence members are users).
-const jsonAuth = (srv: Hapi.Server): void => {
-
-    srv.auth.scheme('json', () => ({
-        authenticate: (request: Hapi.Request, h: Hapi.ResponseToolkit) => {
-
-            const header = request.headers.authorization;
-            if (!header) {
-                throw Boom.unauthorized(null, 'Json');
-            }
-
-            return h.authenticated({ credentials: JSON.parse(header as string) });
-        }
-    }) as any);
-    srv.auth.strategy('json', 'json');
-};
 
 const asUser = (user?: string) => (user ? { auth: { headers: { authorization: JSON.stringify({ user }) } } } : {});
 

@@ -15,33 +15,16 @@ import { createClient } from '@redis/client';
 import { Client, MemoryBroker, presencePath } from '../lib/index';
 import type { Broker, BrokerSink, PresenceChange, PresenceEntry, PresenceStore, PublishEnvelope } from '../lib/index';
 import { RedisBroker } from '../lib/redis';
-import { Nes, Peer, PrivateRedis, redisAvailable, redisServerAvailable, redisUrl, server, skipWithoutRedis, url, until, wait } from './helpers';
+import { jsonAuth, Nes, Peer, PrivateRedis, redisAvailable, redisServerAvailable, redisUrl, server, skipWithoutRedis, url, until, wait } from './helpers';
 
 const { expect } = Code;
 const lab = Lab.script();
 export { lab };
 const { describe, it } = lab;
 
-// Credentials are the JSON in the authorization header.
-const json = (srv: Hapi.Server): void => {
-
-    srv.auth.scheme('json', () => ({
-        authenticate: (request: Hapi.Request, h: Hapi.ResponseToolkit) => {
-
-            const header = request.headers.authorization;
-            if (!header) {
-                throw Boom.unauthorized(null, 'Json');
-            }
-
-            return h.authenticated({ credentials: JSON.parse(header as string) });
-        }
-    }) as any);
-    srv.auth.strategy('json', 'json');
-};
-
 const start = async (setup: (srv: Hapi.Server) => void, options: Record<string, unknown> = {}): Promise<Hapi.Server> => {
 
-    const srv = await server({ auth: { type: 'direct', route: { strategy: 'json', mode: 'optional' } }, ...options }, 'pulse', json);
+    const srv = await server({ auth: { type: 'direct', route: { strategy: 'json', mode: 'optional' } }, ...options }, 'pulse', jsonAuth);
     setup(srv);
     await srv.start();
     return srv;

@@ -1,13 +1,12 @@
 // Subscriptions through the public API: option validation, subscription auth, the per-path user index,
 // filters that fail, onUnsubscribe errors, and replay through user targeting and filters.
 
-import * as Boom from '@hapi/boom';
 import * as Code from '@hapi/code';
 import type * as Hapi from '@hapi/hapi';
 import * as Lab from '@hapi/lab';
 
 import { MemoryBroker } from '../lib';
-import { Peer, server, url, until, wait } from './helpers';
+import { jsonAuth, Peer, server, url, until, wait } from './helpers';
 
 const { expect } = Code;
 const lab = Lab.script();
@@ -16,24 +15,7 @@ const { describe, it } = lab;
 
 const pubs = (peer: Peer): any[] => peer.frames.map((frame) => JSON.parse(frame)).filter((message) => message.type === 'pub');
 
-// Credentials are the JSON in the authorization header.
-const json = (srv: Hapi.Server): void => {
-
-    srv.auth.scheme('json', () => ({
-        authenticate: (request: Hapi.Request, h: Hapi.ResponseToolkit) => {
-
-            const header = request.headers.authorization;
-            if (!header) {
-                throw Boom.unauthorized(null, 'Json');
-            }
-
-            return h.authenticated({ credentials: JSON.parse(header as string) });
-        }
-    }) as any);
-    srv.auth.strategy('json', 'json');
-};
-
-const authed = (options: Record<string, unknown> = {}) => server({ auth: { type: 'direct', route: { strategy: 'json', mode: 'optional' } }, ...options }, 'pulse', json);
+const authed = (options: Record<string, unknown> = {}) => server({ auth: { type: 'direct', route: { strategy: 'json', mode: 'optional' } }, ...options }, 'pulse', jsonAuth);
 
 const connect = async (srv: Hapi.Server, credentials?: Record<string, unknown>, extra: Record<string, unknown> = {}): Promise<Peer> => {
 
