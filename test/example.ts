@@ -11,9 +11,8 @@ import { join } from 'node:path';
 
 import * as Code from '@hapi/code';
 import * as Lab from '@hapi/lab';
-import { createClient } from '@redis/client';
 
-import { Nes, redisAvailable, redisUrl } from './helpers';
+import { deleteRedisKeys, Nes, redisAvailable, redisUrl } from './helpers';
 
 const chatUrls = process.env.HAPI_PULSE_CHAT_URLS;
 const { expect } = Code;
@@ -55,19 +54,7 @@ const stopDemo = async (child: ChildProcess): Promise<void> => {
 // The keys a demo run left under its own prefix (its recorded memberships have no ttl).
 const forget = async (prefix: string): Promise<void> => {
 
-    const admin = createClient({ url: redisUrl });
-    await admin.connect();
-    try {
-        for await (const batch of admin.scanIterator({ MATCH: `${prefix}*`, COUNT: 1000 })) {
-            const keys = ([] as string[]).concat(batch);
-            if (keys.length) {
-                await admin.del(keys);
-            }
-        }
-    }
-    finally {
-        admin.destroy();
-    }
+    await deleteRedisKeys(prefix);
 };
 
 // ---- Child: two browser contexts, alice on the first URL and bob on the second; prints both logs as JSON ----

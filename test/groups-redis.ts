@@ -10,7 +10,7 @@ import * as Lab from '@hapi/lab';
 import { createClient } from '@redis/client';
 
 import { RedisBroker } from '../lib/redis';
-import { Proxy, redisUrl, server, skipWithoutRedis, teardown, until, url, wait } from './helpers';
+import { deleteRedisKeys, Proxy, redisUrl, server, skipWithoutRedis, teardown, until, url, wait } from './helpers';
 import { basic, clients, header } from './groups-clients';
 
 const { expect } = Code;
@@ -29,16 +29,7 @@ after(async () => {
         return;
     }
 
-    const admin = createClient({ url: redisUrl });
-    await admin.connect();
-    for await (const batch of admin.scanIterator({ MATCH: `${runPrefix}*`, COUNT: 1000 })) {
-        const keys = ([] as string[]).concat(batch);
-        if (keys.length) {
-            await admin.del(keys);
-        }
-    }
-
-    admin.destroy();
+    await deleteRedisKeys(runPrefix);
 });
 
 

@@ -14,7 +14,7 @@ import { createClient } from '@redis/client';
 
 import { CloseCode, MemoryBroker } from '../lib';
 import { RedisBroker } from '../lib/redis';
-import { Peer, redisAvailable, redisUrl, server, skipWithoutRedis, teardown, url, until, wait } from './helpers';
+import { deleteRedisKeys, Peer, redisAvailable, redisUrl, server, skipWithoutRedis, teardown, url, until, wait } from './helpers';
 
 const { expect } = Code;
 const lab = Lab.script();
@@ -45,18 +45,7 @@ after(async () => {
     process.removeListener('unhandledRejection', onRejection);
     expect(rejections).to.equal([]);
     if (redisAvailable) {
-        const admin = createClient({ url: redisUrl });
-        await admin.connect();
-        const keys: string[] = [];
-        for await (const batch of admin.scanIterator({ MATCH: `${prefix}*`, COUNT: 1000 })) {
-            keys.push(...batch);
-        }
-
-        if (keys.length) {
-            await admin.del(keys);
-        }
-
-        admin.destroy();
+        await deleteRedisKeys(prefix);
     }
 });
 

@@ -481,3 +481,26 @@ export const jsonAuth = (srv: Hapi.Server): void => {
     }) as any);
     srv.auth.strategy('json', 'json');
 };
+
+// Deletes every key under a test's own prefix (never anything else), through `admin` or a client of its own.
+interface KeysClient {
+    scanIterator(options: { MATCH: string; COUNT: number }): AsyncIterable<string[]>;
+    del(keys: string[]): Promise<unknown>;
+}
+
+export const deleteRedisKeys = async (prefix: string, admin?: KeysClient): Promise<void> => {
+
+    const own = admin ? null : createClient({ url: redisUrl });
+    const client: KeysClient = admin ?? own!;
+    await own?.connect();
+    try {
+        for await (const keys of client.scanIterator({ MATCH: `${prefix}*`, COUNT: 1000 })) {
+            if (keys.length) {
+                await client.del(keys);
+            }
+        }
+    }
+    finally {
+        own?.destroy();
+    }
+};

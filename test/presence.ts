@@ -15,7 +15,7 @@ import { createClient } from '@redis/client';
 import { Client, MemoryBroker, presencePath } from '../lib/index';
 import type { Broker, BrokerSink, PresenceChange, PresenceEntry, PresenceStore, PublishEnvelope } from '../lib/index';
 import { RedisBroker } from '../lib/redis';
-import { jsonAuth, Nes, Peer, PrivateRedis, redisAvailable, redisServerAvailable, redisUrl, server, skipWithoutRedis, url, until, wait } from './helpers';
+import { deleteRedisKeys, jsonAuth, Nes, Peer, PrivateRedis, redisAvailable, redisServerAvailable, redisUrl, server, skipWithoutRedis, url, until, wait } from './helpers';
 
 const { expect } = Code;
 const lab = Lab.script();
@@ -1024,15 +1024,7 @@ describe('presence across nodes over Redis', { skip: !redisAvailable }, () => {
 
     lab.after(async () => {
 
-        const keys: string[] = [];
-        for await (const batch of admin.scanIterator({ MATCH: `${runPrefix}*`, COUNT: 1000 })) {
-            keys.push(...batch);
-        }
-
-        if (keys.length) {
-            await admin.del(keys);
-        }
-
+        await deleteRedisKeys(runPrefix, admin);
         admin.destroy();
     });
 

@@ -19,7 +19,7 @@ import { RedisBroker } from '../lib/redis';
 import type { RedisBrokerOptions } from '../lib/redis';
 import { basic, conformance, connect, recorder } from './broker';
 import type { Recorder } from './broker';
-import { PrivateRedis, Proxy, freePort, redisAvailable, redisServerAvailable, redisUrl, server, skipWithoutRedis, until, wait } from './helpers';
+import { deleteRedisKeys, PrivateRedis, Proxy, freePort, redisAvailable, redisServerAvailable, redisUrl, server, skipWithoutRedis, until, wait } from './helpers';
 
 const { expect } = Code;
 const lab = Lab.script();
@@ -38,14 +38,7 @@ const admin = createClient({ url: redisUrl });
 
 const cleanup = async (): Promise<void> => {
 
-    const keys: string[] = [];
-    for await (const batch of admin.scanIterator({ MATCH: `${runPrefix}*`, COUNT: 1000 })) {
-        keys.push(...batch);
-    }
-
-    if (keys.length) {
-        await admin.del(keys);
-    }
+    await deleteRedisKeys(runPrefix, admin);
 };
 
 if (redisAvailable) {

@@ -7,12 +7,11 @@ import * as Boom from '@hapi/boom';
 import * as Code from '@hapi/code';
 import type * as Hapi from '@hapi/hapi';
 import * as Lab from '@hapi/lab';
-import { createClient } from '@redis/client';
 
 import { RedisBroker } from '../lib/redis';
 import { chunk, encode } from '../lib/protocol';
 import type { Position } from '../lib/protocol';
-import { Peer, redisAvailable, redisUrl, server, url, until, wait } from './helpers';
+import { deleteRedisKeys, Peer, redisAvailable, redisUrl, server, url, until, wait } from './helpers';
 import type { Flavour } from './helpers';
 
 const { expect } = Code;
@@ -256,18 +255,7 @@ describe('wire format', () => {
                 return;
             }
 
-            const admin = createClient({ url: redisUrl });
-            await admin.connect();
-            const keys: string[] = [];
-            for await (const batch of admin.scanIterator({ MATCH: `${prefix}*`, COUNT: 1000 })) {
-                keys.push(...batch);
-            }
-
-            if (keys.length) {
-                await admin.del(keys);
-            }
-
-            admin.destroy();
+            await deleteRedisKeys(prefix);
         });
 
         const node = async (maxChunkChars: number | false, broker?: RedisBroker): Promise<Hapi.Server> => {
