@@ -616,6 +616,7 @@ serve({
         let started = 0;
         let failed = 0;
         let firstError = '';
+        const setupMs: number[] = [];                               // each socket's connect + hello, for its spread
         const cpu = process.cpuUsage();
         const t0 = nowMs();
 
@@ -624,8 +625,10 @@ serve({
             while (started < count && nowMs() < deadline) {
                 const index = base + started++;
                 const paths = subs === 'fan' ? ['/fan'] : (subs === 'item' ? [`/item/${index}`] : []);
+                const opened = nowMs();
                 try {
                     conns.push(await openOne(index, paths, timeoutMs, group, index === base));
+                    setupMs.push(nowMs() - opened);
                 }
                 catch (err) {
                     ++failed;
@@ -642,7 +645,9 @@ serve({
             firstError = firstError || `setup deadline reached after ${started} connections`;
         }
 
-        return { connected: count - failed, failed, ms: nowMs() - t0, clientCpuUs: usage.user + usage.system, firstError };
+        const sorted = Float64Array.from(setupMs).sort();
+        const setup = { p50: percentile(sorted, 0.5), p99: percentile(sorted, 0.99), max: sorted.length ? sorted[sorted.length - 1]! : NaN };
+        return { connected: count - failed, failed, ms: nowMs() - t0, clientCpuUs: usage.user + usage.system, firstError, setup };
     },
 
     // Starts counting deliveries. latency: 'reset' starts a new latency sample, 'keep' adds to it, absent turns it off.

@@ -157,7 +157,7 @@ export function sizes(quick: boolean): Sizes {
 
 // Shared result shapes (see load.ts and server-main.ts)
 
-interface Connected { connected: number; failed: number; ms: number; clientCpuUs: number; firstError: string }
+interface Connected { connected: number; failed: number; ms: number; clientCpuUs: number; firstError: string; setup?: { p50: number; p99: number; max: number } }
 interface Published { t0: number; t1: number; published: number }
 interface Delivered { delivered: number; bad: number; firstAt: number; lastAt: number; dropped: number; open: number; clientCpuUs: number; groups: Array<number | null>; bytes: number }
 interface Latency { count: number; p50Ms: number; p99Ms: number; maxMs: number }
@@ -202,9 +202,21 @@ async function ensureMulti(s: Session): Promise<void> {
     }
 }
 
+// Source addresses on the loopback (127.0.0.2, .3, ... on to 127.0.1.0 and so on), each handed out once per run. On
+// the addresses a 19,500-socket session had just closed, the next session's 5,000 setups ran at 794-846/s (two runs),
+// against 2,000-2,750/s on fresh ones and 2,700-2,800/s with no session before; 33,000 TIME_WAIT sockets on other
+// addresses did not slow them, so it is the reuse of the addresses themselves.
+let nextSourceAddress = 2;
+
+function freshSourceAddress(): string {
+
+    const n = nextSourceAddress++;
+    return `127.${(n >> 16) & 255}.${(n >> 8) & 255}.${n & 255}`;
+}
+
 // As many sockets as the open-file limit allows (or the smaller count), each on its own /item/{i}, spread over load
-// processes of at most `perLoad` sockets, each process from its own source address (127.0.0.2, .3, ...: its own
-// ephemeral ports). Every target pings every heartbeat interval.
+// processes of at most `perLoad` sockets, each process from its own source address (its own ephemeral ports).
+// Every target pings every heartbeat interval.
 function manySessionKind(id: string, at: ManyAt): SessionKind {
 
     return {
@@ -217,10 +229,12 @@ function manySessionKind(id: string, at: ManyAt): SessionKind {
             const n = manyCount(ctx.quick, at);
             s.state.memBefore = await s.server.call<Mem>('mem', { gc: true });
             const shares = s.clients.map((_, i) => Math.floor((n * (i + 1)) / s.clients.length) - Math.floor((n * i) / s.clients.length));
+            const addresses = s.clients.map(freshSourceAddress);
+            await s.server.call('cpuMark');
             const t0 = nowMs();
             const results = await Promise.all(s.clients.map((client, i) => client.call<Connected>('connect', {
                 proto: s.target.proto, port: s.port, count: shares[i], inflight: 50, subs: 'item', first: Math.floor((n * i) / s.clients.length),
-                localAddress: `127.0.0.${2 + i}`, timeoutMs: 20_000, totalTimeoutMs: 150_000
+                localAddress: addresses[i], timeoutMs: 20_000, totalTimeoutMs: 150_000
             }, 180_000)));
 
             const failed = results.reduce((sum, r) => sum + r.failed, 0);
@@ -230,6 +244,9 @@ function manySessionKind(id: string, at: ManyAt): SessionKind {
 
             s.state.shares = shares;
             s.state.setupRate = n / ((nowMs() - t0) / 1000);
+            s.state.setupCpu = (await s.server.call<Cpu>('cpuRead')).cpuUs / n;
+            s.state.setupP99 = Math.max(...results.map((r) => r.setup!.p99));
+            s.state.setupMax = Math.max(...results.map((r) => r.setup!.max));
         }
     };
 }
@@ -775,7 +792,7 @@ const recovery: Scenario = {
 // does the event loop stall?), what each costs in heap, and how long one publish takes to reach them all; the
 // same at a smaller count (many-small), so that the report shows whether the stall grows with N.
 
-interface Idle { maxMs: number; p99Ms: number; p50Ms: number; samples: number; cpuUs: number; connections: number }
+interface Idle { maxMs: number; p99Ms: number; p50Ms: number; samples: number; gcMaxMs: number; gcCount: number; ownMaxMs: number; cpuUs: number; connections: number }
 
 function manyScenario(id: string, at: ManyAt, session: SessionKind): Scenario {
 
@@ -793,13 +810,16 @@ function manyScenario(id: string, at: ManyAt, session: SessionKind): Scenario {
                 `${human(n)} sockets (the smaller count of BENCH_MANY_SOCKETS or 5,000; ${human(counts[counts.length - 1]!)} in the next table: does a figure grow with N?)`;
             return `${which}, each subscribed to its own ` +
                 `\`/item/{id}\`, from ${Math.ceil(n / m.perLoad)} load processes of at most ${human(m.perLoad)} sockets, each from its own source address ` +
-                `(127.0.0.2, .3, ...). Every target pings every ${m.heartbeat.interval / 1000} s and drops a peer silent for ${m.heartbeat.timeout / 1000} s ` +
+                `(127.0.0.2, .3, ..., never one an earlier session of the run used). Every target pings every ${m.heartbeat.interval / 1000} s and drops a peer silent for ${m.heartbeat.timeout / 1000} s ` +
                 '(hapi-pulse and nes: `heartbeat`; socket.io: `pingInterval`/`pingTimeout`; raw ws: the ws README sweep of protocol pings, every interval). ' +
                 `Idle stall: \`perf_hooks.monitorEventLoopDelay\` (10 ms resolution) in the server over ${m.idleMs / 1000} s with nothing but heartbeats; ` +
-                'max is the longest the event loop was held (plus up to 10 ms), p99 of the 10 ms samples. Heap/RSS per socket: after a forced GC, minus the ' +
+                'max is the longest the event loop was held (plus up to 10 ms), p99 of the 10 ms samples. Longest idle GC: the longest ' +
+                'garbage-collector pause in that minute (`gc` performance entries); longest hold, GC taken out: the longest gap between the ' +
+                'ticks of a 1 ms timer once the collector\'s pauses inside it are subtracted, i.e. what the process itself held the loop for. Heap/RSS per socket: after a forced GC, minus the ' +
                 `figure before any connection. Then every socket also subscribes to \`/fan\` and the server publishes one 200 B message ${m.publishes} times ` +
                 '(after one warm-up), waiting for every delivery: "to all" is the median time from publish to the last delivery ("per socket": divided by ' +
-                'the sockets); p50/p99 over every delivery. Setups/s: all the connections of the session opened at once (50 in flight per load process). ' +
+                'the sockets); p50/p99 over every delivery. Setups/s: all the connections of the session opened at once (50 in flight per load process); ' +
+                'server CPU/setup: the server process\'s user+system CPU over those setups divided by them; setup p99/max: connect to hello reply, per socket. ' +
                 'Opt-in (`--only many`, once per target): it takes about 1.5 minutes per target and count.';
         },
         targets: ['pulse', 'pulse-base', 'nes', 'socketio', 'ws-string'],
@@ -807,6 +827,8 @@ function manyScenario(id: string, at: ManyAt, session: SessionKind): Scenario {
         headline: { key: 'stallMax', label: 'longest idle stall', better: 'lower', format: ms },
         metrics: [
             { key: 'stallP99', label: 'idle p99', better: 'lower', format: ms },
+            { key: 'gcMax', label: 'longest idle GC', better: 'lower', format: ms },
+            { key: 'ownMax', label: 'longest hold, GC taken out', better: 'lower', format: ms },
             { key: 'heap', label: 'heap/socket', better: 'lower', format: kb },
             { key: 'rss', label: 'RSS/socket', better: 'lower', format: kb },
             { key: 'allMs', label: 'one publish to all', better: 'lower', format: ms },
@@ -814,6 +836,9 @@ function manyScenario(id: string, at: ManyAt, session: SessionKind): Scenario {
             { key: 'p50', label: 'delivery p50', better: 'lower', format: ms },
             { key: 'p99', label: 'delivery p99', better: 'lower', format: ms },
             { key: 'setupRate', label: 'setups/s', better: 'higher', format: rate },
+            { key: 'setupCpu', label: 'server CPU/setup', better: 'lower', format: us },
+            { key: 'setupP99', label: 'setup p99', better: 'lower', format: ms },
+            { key: 'setupMax', label: 'setup max', better: 'lower', format: ms },
             { key: 'idleCpu', label: 'idle CPU', better: 'lower', format: (v) => `${(v * 100).toFixed(1)}%` },
             { key: 'dropped', label: 'dropped', better: 'lower', format: count },
             { key: 'sockets', label: 'sockets', better: 'higher', format: count }
@@ -860,6 +885,8 @@ function manyScenario(id: string, at: ManyAt, session: SessionKind): Scenario {
             return {
                 stallMax: idle.maxMs,
                 stallP99: idle.p99Ms,
+                gcMax: idle.gcMaxMs,
+                ownMax: idle.ownMaxMs,
                 heap: (after.heapUsed - before.heapUsed) / n,
                 rss: (after.rss - before.rss) / n,
                 allMs: median(lasts),
@@ -867,6 +894,9 @@ function manyScenario(id: string, at: ManyAt, session: SessionKind): Scenario {
                 p50: pct(0.5),
                 p99: pct(0.99),
                 setupRate: s.state.setupRate as number,
+                setupCpu: s.state.setupCpu as number,
+                setupP99: s.state.setupP99 as number,
+                setupMax: s.state.setupMax as number,
                 idleCpu: idle.cpuUs / 1000 / m.idleMs,
                 dropped,
                 sockets: n

@@ -2,7 +2,7 @@
 // servers/<target>.js and obeys the orchestrator's commands (see ipc.ts). Publishing loops are bounded in count
 // and in time.
 
-import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { monitorEventLoopDelay, performance, PerformanceObserver } from 'node:perf_hooks';
 
 import { serve, nowMs } from './ipc';
 import { catalogue } from './messages';
@@ -76,21 +76,52 @@ serve({
 
     // Event-loop delay over `ms` of whatever the server does on its own (heartbeats, sweeps): a timer every
     // `resolution` ms records how late it fired, so `max` is the longest stall seen (plus up to one resolution).
+    // Beside it, what of the longest stall was not the garbage collector: a 1 ms timer chain notes each gap between
+    // its ticks, and the collector's pauses inside a gap ('gc' performance entries) are taken out of it.
     idle: async (args) => {
 
         const ms = Number(args.ms);
         const histogram = monitorEventLoopDelay({ resolution: Number(args.resolution ?? 10) });
+        const pauses: Array<[number, number]> = [];
+        const observer = new PerformanceObserver((list) => {
+
+            for (const entry of list.getEntries()) {
+                pauses.push([entry.startTime, entry.startTime + entry.duration]);
+            }
+        });
+
+        const gaps: Array<[number, number]> = [];
+        let last = performance.now();
+        const ticker = setInterval(() => {
+
+            const now = performance.now();
+            if (now - last > 3) {
+                gaps.push([last, now]);
+            }
+
+            last = now;
+        }, 1);
+
+        observer.observe({ entryTypes: ['gc'] });
         const cpu = process.cpuUsage();
         histogram.enable();
         await new Promise((resolve) => setTimeout(resolve, ms));
         histogram.disable();
         const usage = process.cpuUsage(cpu);
+        clearInterval(ticker);
+        observer.disconnect();
+
+        const overlap = (a: number, b: number) => pauses.reduce((sum, [from, to]) => sum + Math.max(0, Math.min(b, to) - Math.max(a, from)), 0);
+        const ownMaxMs = gaps.reduce((max, [a, b]) => Math.max(max, b - a - overlap(a, b)), 0);
         const toMs = (ns: number) => ns / 1e6;
         return {
             maxMs: toMs(histogram.max),
             p99Ms: toMs(histogram.percentile(99)),
             p50Ms: toMs(histogram.percentile(50)),
             samples: histogram.count,
+            gcMaxMs: pauses.reduce((max, [from, to]) => Math.max(max, to - from), 0),
+            gcCount: pauses.length,
+            ownMaxMs,
             cpuUs: usage.user + usage.system,
             connections: need().connections()
         };
