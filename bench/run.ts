@@ -44,6 +44,8 @@ if (!selected.length) {
 // Extra node flags for the children, e.g. BENCH_SERVER_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" to profile a server.
 const serverArgs = process.env.BENCH_SERVER_ARGS?.split(' ').filter(Boolean) ?? [];
 const clientArgs = process.env.BENCH_CLIENT_ARGS?.split(' ').filter(Boolean) ?? [];
+// BENCH_CHILD_LOG=<directory>: every child's stdout and stderr also go to a file there (the report keeps only a tail).
+const childLog = process.env.BENCH_CHILD_LOG;
 
 const repoRoot = Path.join(__dirname, '..', '..');
 const started = Date.now();
@@ -105,6 +107,12 @@ function spawn(name: string, file: string, args: string[], execArgv: string[]): 
 
     child.stdout!.on('data', keep);
     child.stderr!.on('data', keep);
+    if (childLog) {                                                 // e.g. BENCH_SERVER_ARGS=--trace-gc-nvp
+        const file = Fs.createWriteStream(Path.join(childLog, `${name.replace(/[^\w#-]+/g, '_')}.${child.pid}.log`));
+        child.stdout!.pipe(file);
+        child.stderr!.pipe(file);
+    }
+
     return { peer: new Peer(name, child), stderr: () => tail.trim() };
 }
 
