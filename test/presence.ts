@@ -1270,7 +1270,7 @@ describe('presence across nodes over Redis', { skip: !redisAvailable }, () => {
 
             const errors = logged(srv, 'presence');
             await redis.kill();
-            await until(() => errors.length > 0, 3000);                 // the lease cannot be renewed
+            await until(() => errors.some((event) => event.tags.includes('renew')), 5000);     // the lease cannot be renewed
             const refused = await peer(srv, { user: 'jane', alias: 'Ja' });
             expect((await refused.reply({ type: 'sub', id: 1, path: '/room/1' }, 5000)).statusCode).to.equal(503);
             await expect(srv.presence.count('/room/1')).to.reject();

@@ -369,7 +369,7 @@ export class RedisPresence implements PresenceStore {
                 await this.reap();
             }
             catch (err) {
-                this.host.log(['redis', 'presence', 'error'], err);
+                this.host.log(['redis', 'presence', 'renew', 'error'], err);
             }
         }
     }
