@@ -76,7 +76,7 @@ serve({
 
     // Event-loop delay over `ms` of whatever the server does on its own (heartbeats, sweeps): a timer every
     // `resolution` ms records how late it fired, so `max` is the longest stall seen (plus up to one resolution).
-    // Beside it, what of the longest stall was not the garbage collector: a 1 ms timer chain notes each gap between
+    // Beside it, what of the longest stall was not the garbage collector: a 1 ms interval timer notes each gap between
     // its ticks, and the collector's pauses inside a gap ('gc' performance entries) are taken out of it.
     idle: async (args) => {
 
