@@ -646,7 +646,7 @@ serve({
         }
 
         const sorted = Float64Array.from(setupMs).sort();
-        const setup = { p50: percentile(sorted, 0.5), p99: percentile(sorted, 0.99), max: sorted.length ? sorted[sorted.length - 1]! : NaN };
+        const setup = { p99: percentile(sorted, 0.99), max: sorted.length ? sorted[sorted.length - 1]! : NaN };
         return { connected: count - failed, failed, ms: nowMs() - t0, clientCpuUs: usage.user + usage.system, firstError, setup };
     },
 

@@ -157,7 +157,7 @@ export function sizes(quick: boolean): Sizes {
 
 // Shared result shapes (see load.ts and server-main.ts)
 
-interface Connected { connected: number; failed: number; ms: number; clientCpuUs: number; firstError: string; setup?: { p50: number; p99: number; max: number } }
+interface Connected { connected: number; failed: number; ms: number; clientCpuUs: number; firstError: string; setup: { p99: number; max: number } }
 interface Published { t0: number; t1: number; published: number }
 interface Delivered { delivered: number; bad: number; firstAt: number; lastAt: number; dropped: number; open: number; clientCpuUs: number; groups: Array<number | null>; bytes: number }
 interface Latency { count: number; p50Ms: number; p99Ms: number; maxMs: number }
@@ -245,8 +245,8 @@ function manySessionKind(id: string, at: ManyAt): SessionKind {
             s.state.shares = shares;
             s.state.setupRate = n / ((nowMs() - t0) / 1000);
             s.state.setupCpu = (await s.server.call<Cpu>('cpuRead')).cpuUs / n;
-            s.state.setupP99 = Math.max(...results.map((r) => r.setup!.p99));
-            s.state.setupMax = Math.max(...results.map((r) => r.setup!.max));
+            s.state.setupP99 = Math.max(...results.map((r) => r.setup.p99));
+            s.state.setupMax = Math.max(...results.map((r) => r.setup.max));
         }
     };
 }
@@ -792,7 +792,7 @@ const recovery: Scenario = {
 // does the event loop stall?), what each costs in heap, and how long one publish takes to reach them all; the
 // same at a smaller count (many-small), so that the report shows whether the stall grows with N.
 
-interface Idle { maxMs: number; p99Ms: number; p50Ms: number; samples: number; gcMaxMs: number; gcCount: number; ownMaxMs: number; cpuUs: number; connections: number }
+interface Idle { maxMs: number; p99Ms: number; p50Ms: number; samples: number; gcMaxMs: number; ownMaxMs: number; cpuUs: number; connections: number }
 
 function manyScenario(id: string, at: ManyAt, session: SessionKind): Scenario {
 

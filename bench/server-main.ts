@@ -120,7 +120,6 @@ serve({
             p50Ms: toMs(histogram.percentile(50)),
             samples: histogram.count,
             gcMaxMs: pauses.reduce((max, [from, to]) => Math.max(max, to - from), 0),
-            gcCount: pauses.length,
             ownMaxMs,
             cpuUs: usage.user + usage.system,
             connections: need().connections()
