@@ -1089,7 +1089,7 @@ describe('presence across nodes over Redis', { skip: !redisAvailable }, () => {
 
         const prefix = uniquePrefix();
         const setup = (srv: Hapi.Server) => srv.subscription('/small', { presence: { maxMembers: 1, interval: 10 } });
-        const a = await node(prefix, setup);
+        const a = await node(prefix, setup, 60000);          // renews every 20 s ± 20%: not during this test
         const b = await node(prefix, setup);
         const errors = logged(a, 'presence');
         const onA = await peer(a, { user: 'john' }, ['/small']);
@@ -1099,11 +1099,13 @@ describe('presence across nodes over Redis', { skip: !redisAvailable }, () => {
         const jane = await peer(b, { user: 'jane' });
         expect((await jane.reply({ type: 'sub', id: 1, path: '/small' })).statusCode).to.equal(429);
 
-        // Both nodes' leases and entries disappear (as if Redis lost them): each one's next write or renewal is refused,
-        // it registers again and writes everything again
-        await admin.del([`${prefix}P:leases`, ...await admin.keys(`${prefix}P:n:*`)]);
-        await admin.del([`${prefix}P:c:/small`, `${prefix}P:u:/small`, `${prefix}P:i:/small`, `${prefix}P:p:john`]);
         const jim = await peer(a, { user: 'jim' });
+        await eventually(async () => (await a.presence.stats()).cluster.users === 3);                    // every write done
+
+        // Both nodes' leases and entries disappear (as if Redis lost them). Each node registers again when it finds
+        // out and writes everything again: a at its next write (it does not renew during the test), b at its next
+        // renewal (it has nothing to write).
+        await admin.del([`${prefix}P:leases`, ...await admin.keys(`${prefix}P:n:*`), `${prefix}P:c:/small`, `${prefix}P:u:/small`, `${prefix}P:i:/small`, `${prefix}P:p:john`]);
         expect((await jim.reply({ type: 'sub', id: 1, path: '/small' })).statusCode).to.equal(503);     // found the lease gone
         await eventually(async () => (await a.presence.count('/small')).sockets === 2);                  // both nodes wrote john again
         expect(await a.presence.members('/small')).to.equal([{ user: 'john', info: null, sockets: 2 }]);
@@ -1116,6 +1118,50 @@ describe('presence across nodes over Redis', { skip: !redisAvailable }, () => {
 
         await a.stop();
         await b.stop();
+    });
+
+    it('finds at its next renewal that its lease is gone, while nobody writes, and starts again under a new name with its members', async () => {
+
+        const prefix = uniquePrefix();
+        const srv = await node(prefix, (s) => s.subscription('/room/{id}', { presence: room }));
+        const leases = logged(srv, 'lease');
+        const john = await peer(srv, { user: 'john', alias: 'J' }, ['/room/1']);
+        await eventually(async () => JSON.stringify((await srv.presence.stats()).cluster) === JSON.stringify({ nodes: 1, sockets: 1, users: 1 }));
+        const [before] = await admin.zRange(`${prefix}P:leases`, 0, -1);
+
+        // Everything of this prefix disappears while no client does anything: only the renewal loop can notice
+        await admin.del(await admin.keys(`${prefix}P:*`));
+        await until(() => leases.length === 1, 2000);
+        expect(leases[0].data).to.equal({ node: before });
+        await eventually(async () => (await srv.presence.count('/room/1')).users === 1);
+        expect(await srv.presence.members('/room/1')).to.equal([{ user: 'john', info: { alias: 'J' }, sockets: 1 }]);
+        const after = await admin.zRange(`${prefix}P:leases`, 0, -1);
+        expect(after).to.have.length(1);
+        expect(after[0]).to.not.equal(before);
+        expect(after[0].split('.')[0]).to.equal(before.split('.')[0]);      // the same node, its next generation
+
+        john.close();
+        await srv.stop();
+    });
+
+    it('finds at its next write that its lease is gone, long before a renewal, and writes everything again under a new name', async () => {
+
+        const prefix = uniquePrefix();
+        const srv = await node(prefix, (s) => s.subscription('/room/{id}', { presence: room }), 60000);     // renews every 20 s ± 20%: not during this test
+        const leases = logged(srv, 'lease');
+        const john = await peer(srv, { user: 'john', alias: 'J' }, ['/room/1']);
+        await eventually(async () => (await srv.presence.stats()).cluster.users === 1);         // (its socket count is written at renewals)
+
+        await admin.del(await admin.keys(`${prefix}P:*`));
+        const jane = await peer(srv, { user: 'jane', alias: 'Ja' });              // a user, on no path: one write, no admission
+        await until(() => leases.length === 1, 2000);
+        await eventually(async () => JSON.stringify((await srv.presence.stats()).cluster) === JSON.stringify({ nodes: 1, sockets: 2, users: 2 }));
+        expect(await srv.presence.members('/room/1')).to.equal([{ user: 'john', info: { alias: 'J' }, sockets: 1 }]);
+        expect(await admin.zRange(`${prefix}P:leases`, 0, -1)).to.equal([`${leases[0].data.node.split('.')[0]}.1`]);
+
+        john.close();
+        jane.close();
+        await srv.stop();
     });
 
     it('sends the new info of a member that reauthenticates on one node to the followers on another', { timeout: 20000 }, async () => {
